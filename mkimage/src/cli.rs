@@ -1,0 +1,349 @@
+//! The `cairn` command line: argument parsing and the human-facing output.
+//!
+//! `main.rs` only calls [`run`]; argv and the output streams are parameters, so tests
+//! drive the CLI like a user would. The reference in `docs/cli.md` is generated from the
+//! doc comments here (`cairn help-markdown`) and checked for drift by a test.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::{CommandFactory, Parser, Subcommand};
+
+use crate::build::{self, BuildOptions, KeyChoice};
+use crate::definition::{Compression, Definition, SigningKey};
+use crate::plan::{self, Role};
+
+/// Build immutable, verity-protected OS images for Kubernetes nodes.
+#[derive(Debug, Parser)]
+#[command(name = "cairn", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Build a signed GPT disk image from an image definition.
+    ///
+    /// Outputs `disk.raw`, `manifest.json` and `manifest.json.sig` in the output
+    /// directory, which is only touched once the build has succeeded.
+    Build {
+        /// The image definition (TOML), e.g. images/example.toml.
+        definition: PathBuf,
+        /// Output directory; created if missing, files in it are replaced.
+        #[arg(long, value_name = "DIR", required_unless_present = "plan")]
+        out: Option<PathBuf>,
+        /// Print the effective settings and partition layout, then stop without writing.
+        #[arg(long)]
+        plan: bool,
+        /// Signing key (PKCS#8 PEM); overrides `[signing] key` in the definition.
+        #[arg(long, value_name = "PRIVATE_KEY")]
+        key: Option<PathBuf>,
+    },
+    /// Create an ed25519 signing key pair.
+    ///
+    /// Writes the private key (PKCS#8 PEM, mode 0600) and the public key (SPKI PEM) beside
+    /// it with the extension `.pub`. Both are readable by OpenSSL 3.
+    Keygen {
+        /// Private key file to write.
+        #[arg(default_value = "cairn-release.pem")]
+        private_key: PathBuf,
+        /// Replace existing key files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Check a build output against its signed manifest.
+    ///
+    /// Verifies the signature first, then recomputes the disk's and every payload's
+    /// sha256, reads back the partition table, recomputes the dm-verity tree and checks
+    /// the UKI command line. Exits non-zero on the first mismatch.
+    Verify {
+        /// Build output directory (holding manifest.json).
+        dir: PathBuf,
+        /// Public key the manifest must be signed with.
+        #[arg(long, value_name = "PUBLIC_KEY")]
+        key: PathBuf,
+    },
+    /// Print this CLI's reference as Markdown (the source of docs/cli.md).
+    #[command(hide = true)]
+    HelpMarkdown,
+}
+
+/// Run the CLI with `argv` (including the program name). Returns the exit code.
+pub fn run(argv: Vec<OsString>, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
+    let cli = match Cli::try_parse_from(argv) {
+        Ok(c) => c,
+        Err(e) => {
+            let code = e.exit_code();
+            let text = e.render().ansi().to_string();
+            let _ = if code == 0 {
+                write!(out, "{text}")
+            } else {
+                write!(err, "{text}")
+            };
+            return code;
+        }
+    };
+    match dispatch(cli, out, err) {
+        Ok(()) => 0,
+        Err(e) => {
+            let _ = writeln!(err, "error: {e}");
+            for cause in e.chain().skip(1) {
+                let _ = writeln!(err, "  caused by: {cause}");
+            }
+            1
+        }
+    }
+}
+
+fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
+    match cli.command {
+        Command::Build {
+            definition,
+            out: out_dir,
+            plan,
+            key,
+        } => {
+            let def = Definition::load(&definition)?;
+            let opts = BuildOptions {
+                out: out_dir.unwrap_or_default(),
+                key,
+                source_date_epoch: std::env::var("SOURCE_DATE_EPOCH").ok(),
+                dev_key: build::dev_key_path(),
+            };
+            if plan {
+                return print_plan(&def, &opts, out);
+            }
+            let started = Instant::now();
+            let report = build::build(&def, &opts, &mut |line| {
+                let _ = writeln!(err, "==> {line}");
+            })
+            .with_context(|| format!("building {}", definition.display()))?;
+            print_summary(&report, started.elapsed().as_secs_f64(), out)?;
+            Ok(())
+        }
+        Command::Keygen { private_key, force } => {
+            let key = cairn_signing::PrivateKey::generate();
+            let public = build::public_path_for(&private_key);
+            key.write_pair(&private_key, &public, force)?;
+            writeln!(
+                out,
+                "private key  {} (mode 0600; keep it secret)",
+                private_key.display()
+            )?;
+            writeln!(out, "public key   {}", public.display())?;
+            writeln!(out, "fingerprint  {}", key.public().fingerprint())?;
+            writeln!(
+                out,
+                "use it with  cairn build DEFINITION --out DIR --key {}",
+                private_key.display()
+            )?;
+            Ok(())
+        }
+        Command::Verify { dir, key } => {
+            let public = cairn_signing::PublicKey::read(&key)?;
+            let (m, checks) =
+                crate::verify::verify_dir(&dir, &public).with_context(|| format!("verifying {}", dir.display()))?;
+            for c in checks {
+                writeln!(out, "ok  {c}")?;
+            }
+            writeln!(out, "verified {} {} (root hash {})", m.name, m.version, m.root_hash)?;
+            if m.development_key {
+                writeln!(err, "warning: this image is signed with a development key")?;
+            }
+            Ok(())
+        }
+        Command::HelpMarkdown => {
+            write!(out, "{}", help_markdown())?;
+            Ok(())
+        }
+    }
+}
+
+fn mib(b: u64) -> String {
+    if b % (1 << 20) == 0 {
+        format!("{} MiB", b >> 20)
+    } else {
+        format!("{:.1} MiB", b as f64 / (1 << 20) as f64)
+    }
+}
+
+fn print_plan(def: &Definition, opts: &BuildOptions, out: &mut dyn Write) -> Result<()> {
+    let layout = plan::layout(def);
+    let Compression::Zstd(level) = def.compression;
+    let epoch = build::effective_epoch(opts.source_date_epoch.as_deref())?;
+    let key = match build::signing_key_source(def, opts) {
+        KeyChoice::Release(p) if opts.key.is_some() => format!("{} (from --key)", p.display()),
+        KeyChoice::Release(p) => format!("{} (from the definition)", p.display()),
+        KeyChoice::Development(p, _) => format!("development key {} (no key configured)", p.display()),
+    };
+    writeln!(out, "plan for {} (nothing is written)", def.file.display())?;
+    writeln!(
+        out,
+        "  image        {} {} ({})",
+        def.name, def.version, def.architecture
+    )?;
+    writeln!(out, "  root source  {}", def.root.path().display())?;
+    for o in &def.overlays {
+        writeln!(out, "  overlay      {}", o.display())?;
+    }
+    writeln!(out, "  kernel       {}", def.kernel.display())?;
+    writeln!(out, "  initrd       {}", def.initrd.display())?;
+    writeln!(
+        out,
+        "  cmdline      {}",
+        plan::render_cmdline(&[0; 32], &def.cmdline).replacen(&"0".repeat(64), "<root hash>", 1)
+    )?;
+    writeln!(
+        out,
+        "  squashfs     zstd level {level}, {} blocks",
+        mib(def.block_size.0).replace(" MiB", "M").replace("0.1M", "128K")
+    )?;
+    writeln!(
+        out,
+        "  timestamps   {epoch} ({})",
+        if opts.source_date_epoch.is_some() {
+            "SOURCE_DATE_EPOCH"
+        } else {
+            "default"
+        }
+    )?;
+    writeln!(out, "  signing      {key}")?;
+    writeln!(
+        out,
+        "  disk         {} ({} bytes)",
+        mib(layout.disk_size),
+        layout.disk_size
+    )?;
+    writeln!(out, "  #  label     offset       size         type")?;
+    for (i, p) in layout.partitions.iter().enumerate() {
+        writeln!(
+            out,
+            "  {}  {:<9} {:<12} {:<12} {}",
+            i + 1,
+            p.entry.name,
+            mib(p.entry.offset()),
+            mib(p.entry.size()),
+            p.entry.type_guid
+        )?;
+    }
+    writeln!(
+        out,
+        "  UUIDs of root-a/verity-a are the halves of the root hash; the rest derive from it."
+    )?;
+    if matches!(def.signing, SigningKey::Development) && opts.key.is_none() {
+        writeln!(
+            out,
+            "  note: without [signing] key the image is signed with the development key"
+        )?;
+    }
+    Ok(())
+}
+
+fn print_summary(r: &build::BuildReport, secs: f64, out: &mut dyn Write) -> Result<()> {
+    let m = &r.manifest;
+    writeln!(
+        out,
+        "built {} {} in {:.1}s → {}",
+        m.name,
+        m.version,
+        secs,
+        r.out.display()
+    )?;
+    writeln!(
+        out,
+        "  disk.raw     {} (sparse), sha256 {}",
+        mib(m.disk.size),
+        &m.disk.sha256[..16]
+    )?;
+    writeln!(out, "  root hash    {}", m.root_hash)?;
+    writeln!(
+        out,
+        "  root fs      {} squashfs from {} of files ({} entries), {:.0}% of the {} slot",
+        mib(r.squashfs_size),
+        mib(r.tree.data_bytes),
+        r.tree.entries,
+        r.squashfs_size as f64 * 100.0 / r.root_slot as f64,
+        mib(r.root_slot)
+    )?;
+    writeln!(out, "  #  label     offset       size         uuid")?;
+    for (i, p) in r.layout.partitions.iter().enumerate() {
+        let note = match p.role {
+            Role::RootB | Role::VerityB => "  (empty slot)",
+            _ => "",
+        };
+        writeln!(
+            out,
+            "  {}  {:<9} {:<12} {:<12} {}{note}",
+            i + 1,
+            p.entry.name,
+            mib(p.entry.offset()),
+            mib(p.entry.size()),
+            p.entry.uuid
+        )?;
+    }
+    let stages: Vec<String> = r
+        .stages
+        .iter()
+        .map(|(n, d)| format!("{n} {:.1}s", d.as_secs_f64()))
+        .collect();
+    writeln!(out, "  stages       {}", stages.join(" · "))?;
+    for s in &r.skipped {
+        writeln!(out, "  skipped      {s}")?;
+    }
+    match &r.key {
+        KeyChoice::Release(p) => writeln!(out, "  signed with  {} ({})", p.display(), m.signing_key)?,
+        KeyChoice::Development(p, created) => {
+            writeln!(out, "  signed with  {} ({})", p.display(), m.signing_key)?;
+            writeln!(out)?;
+            writeln!(
+                out,
+                "  !!! SIGNED WITH THE DEVELOPMENT KEY{} — NOT FOR PRODUCTION !!!",
+                if *created { " (created by this build)" } else { "" }
+            )?;
+            writeln!(
+                out,
+                "  !!! Create a release key with `cairn keygen keys/release.pem` and set [signing] key. !!!"
+            )?;
+        }
+    }
+    writeln!(
+        out,
+        "  verify with  cairn verify {} --key {}",
+        r.out.display(),
+        match &r.key {
+            KeyChoice::Release(p) | KeyChoice::Development(p, _) => build::public_path_for(p).display().to_string(),
+        }
+    )?;
+    Ok(())
+}
+
+/// The CLI reference in Markdown, generated from the clap definitions.
+pub fn help_markdown() -> String {
+    let mut cmd = Cli::command();
+    let mut s = String::from(
+        "# `cairn` command reference\n\n<!-- generated by `cairn help-markdown`; a test checks it matches -->\n\n",
+    );
+    s.push_str(&format!(
+        "{}\n\n",
+        cmd.get_about().map(|a| a.to_string()).unwrap_or_default()
+    ));
+    for sub in cmd.get_subcommands_mut() {
+        if sub.is_hide_set() {
+            continue;
+        }
+        let name = sub.get_name().to_string();
+        s.push_str(&format!("## `cairn {name}`\n\n```text\n"));
+        let help = sub
+            .clone()
+            .bin_name(format!("cairn {name}"))
+            .render_long_help()
+            .to_string();
+        s.push_str(help.trim_end());
+        s.push_str("\n```\n\n");
+    }
+    s
+}

@@ -1,0 +1,767 @@
+//! The image definition (`image.toml`): parsed strictly, validated, defaults applied.
+//!
+//! Every error names the file, the line and column, and a fix. Paths in a definition are
+//! relative to the directory of the definition file. See `docs/image-definition.md` for
+//! the schema a user reads; this module is its single source of truth.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The definition schema version this Cairn reads.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Where systemd-boot-efi puts the stub and the boot loader on Debian.
+pub const DEFAULT_STUB: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
+/// systemd-boot for x86-64.
+pub const DEFAULT_SYSTEMD_BOOT: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
+
+const MIB: u64 = 1 << 20;
+
+/// A definition error with its place and a fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DefinitionError {
+    /// The definition file.
+    pub file: PathBuf,
+    /// 1-based line and column, when known.
+    pub at: Option<(usize, usize)>,
+    /// What is wrong.
+    pub message: String,
+    /// How to fix it.
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for DefinitionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some((l, c)) = self.at {
+            write!(f, ":{l}:{c}")?;
+        }
+        write!(f, ": {}", self.message)?;
+        if let Some(h) = &self.hint {
+            write!(f, "\n  hint: {h}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for DefinitionError {}
+
+/// A size in bytes, written as an integer or a string with a unit: `"512M"`, `"1G"`,
+/// `"1GiB"`, `"300MiB"`, `"4096"`. Units are binary (K = 1024).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Size(pub u64);
+
+impl Size {
+    /// Parse the string form.
+    pub fn parse(s: &str) -> Result<Size, String> {
+        let t = s.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        if unit.starts_with('.') {
+            return Err(format!("'{s}' is not a whole number; write e.g. \"1536M\" for 1.5G"));
+        }
+        let n: u64 = num.parse().map_err(|_| format!("'{s}' is not a size"))?;
+        let mult = match unit.trim() {
+            "" | "B" => 1,
+            "K" | "KiB" => 1 << 10,
+            "M" | "MiB" => 1 << 20,
+            "G" | "GiB" => 1 << 30,
+            "T" | "TiB" => 1 << 40,
+            u => return Err(format!("unknown unit '{u}' in '{s}'")),
+        };
+        n.checked_mul(mult)
+            .map(Size)
+            .ok_or_else(|| format!("'{s}' is too large"))
+    }
+}
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        if b >= 1 << 30 && b % (1 << 30) == 0 {
+            write!(f, "{} GiB", b >> 30)
+        } else if b >= MIB && b % MIB == 0 {
+            write!(f, "{} MiB", b >> 20)
+        } else if b >= MIB {
+            write!(f, "{:.1} MiB", b as f64 / MIB as f64)
+        } else {
+            write!(f, "{b} B")
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(Size(n)),
+            Raw::S(s) => Size::parse(&s).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// The file as written (serde's view); see [`Definition`] for the validated form.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawDefinition {
+    version: Spanned<u32>,
+    image: RawImage,
+    root: RawRoot,
+    kernel: RawKernel,
+    #[serde(default)]
+    boot: RawBoot,
+    #[serde(default)]
+    partitions: RawPartitions,
+    #[serde(default)]
+    squashfs: RawSquashfs,
+    #[serde(default)]
+    signing: RawSigning,
+    #[serde(default)]
+    output: RawOutput,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawImage {
+    name: Spanned<String>,
+    version: Spanned<String>,
+    #[serde(default)]
+    architecture: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawRoot {
+    source: Spanned<String>,
+    #[serde(default)]
+    overlays: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawKernel {
+    image: Spanned<String>,
+    initrd: Spanned<String>,
+    #[serde(default)]
+    cmdline: Vec<Spanned<String>>,
+    #[serde(default)]
+    stub: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawBoot {
+    #[serde(default)]
+    systemd_boot: Option<Spanned<String>>,
+    #[serde(default)]
+    timeout: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawPartitions {
+    esp_size: Option<Spanned<Size>>,
+    root_size: Option<Spanned<Size>>,
+    state_size: Option<Spanned<Size>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawSquashfs {
+    compression: Option<Spanned<String>>,
+    level: Option<Spanned<u32>>,
+    block_size: Option<Spanned<Size>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawSigning {
+    key: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawOutput {
+    formats: Option<Spanned<Vec<String>>>,
+}
+
+/// Where the root tree comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RootSource {
+    /// An existing directory.
+    Directory(PathBuf),
+    /// A tarball (`.tar`, `.tar.gz`, `.tar.xz`, `.tar.zst`).
+    Tarball(PathBuf),
+}
+
+impl RootSource {
+    /// The path, whichever kind.
+    pub fn path(&self) -> &Path {
+        match self {
+            RootSource::Directory(p) | RootSource::Tarball(p) => p,
+        }
+    }
+}
+
+/// Squashfs compression.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// zstd at a level from 1 to 22.
+    Zstd(u32),
+}
+
+/// What the build writes besides the manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    /// `disk.raw`, the image to flash or boot.
+    Raw,
+}
+
+/// Signing mode: a configured key, or the per-user development key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SigningKey {
+    /// A release key file (PKCS#8 PEM).
+    File(PathBuf),
+    /// Cairn's development key, created on first use.
+    Development,
+}
+
+/// A validated image definition with defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Definition {
+    /// The file it came from.
+    pub file: PathBuf,
+    /// Image name (`[a-z0-9-]`, starts with a letter).
+    pub name: String,
+    /// Image version.
+    pub version: String,
+    /// Architecture; only `x86-64` today.
+    pub architecture: String,
+    /// Root tree source.
+    pub root: RootSource,
+    /// Overlay directories, applied in order.
+    pub overlays: Vec<PathBuf>,
+    /// Kernel image.
+    pub kernel: PathBuf,
+    /// Initrd.
+    pub initrd: PathBuf,
+    /// Kernel command line words added after Cairn's own (`roothash=`).
+    pub cmdline: Vec<String>,
+    /// EFI stub for the UKI.
+    pub stub: PathBuf,
+    /// systemd-boot binary.
+    pub systemd_boot: PathBuf,
+    /// Boot menu timeout in seconds.
+    pub boot_timeout: u32,
+    /// ESP size.
+    pub esp_size: Size,
+    /// Size of each root slot.
+    pub root_size: Size,
+    /// State partition size in the image (it grows on first boot).
+    pub state_size: Size,
+    /// Squashfs compression.
+    pub compression: Compression,
+    /// Squashfs block size.
+    pub block_size: Size,
+    /// Signing key.
+    pub signing: SigningKey,
+    /// Output formats.
+    pub formats: Vec<OutputFormat>,
+    /// Line of `[partitions] root-size` (or of `[partitions]`), for "does not fit" errors.
+    pub root_size_line: Option<usize>,
+}
+
+/// Turn a byte offset into a 1-based (line, column).
+fn line_col(src: &str, offset: usize) -> (usize, usize) {
+    let before = &src[..offset.min(src.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rfind('\n').map_or(before.len(), |i| before.len() - i - 1) + 1;
+    (line, col)
+}
+
+struct Ctx<'a> {
+    file: &'a Path,
+    src: &'a str,
+    dir: &'a Path,
+}
+
+impl Ctx<'_> {
+    fn err<T>(
+        &self,
+        span: Option<std::ops::Range<usize>>,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> Result<T, DefinitionError> {
+        let hint: String = hint.into();
+        Err(DefinitionError {
+            file: self.file.to_owned(),
+            at: span.map(|s| line_col(self.src, s.start)),
+            message: message.into(),
+            hint: (!hint.is_empty()).then_some(hint),
+        })
+    }
+
+    fn path(&self, s: &Spanned<String>) -> PathBuf {
+        let p = Path::new(s.get_ref());
+        if p.is_absolute() {
+            p.to_owned()
+        } else {
+            self.dir.join(p)
+        }
+    }
+
+    /// A path that must exist as a file.
+    fn existing_file(&self, s: &Spanned<String>, what: &str, hint: &str) -> Result<PathBuf, DefinitionError> {
+        let p = self.path(s);
+        match std::fs::metadata(&p) {
+            Ok(m) if m.is_file() => Ok(p),
+            Ok(_) => self.err(Some(s.span()), format!("{what} {} is not a file", p.display()), hint),
+            Err(e) => self.err(Some(s.span()), format!("{what} {}: {e}", p.display()), hint),
+        }
+    }
+}
+
+fn valid_name(s: &str) -> bool {
+    s.len() <= 64
+        && s.starts_with(|c: char| c.is_ascii_lowercase())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+fn valid_version(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || ".~_-".contains(c))
+}
+
+/// Check one kernel command line word.
+pub fn valid_cmdline_word(w: &str) -> Result<(), String> {
+    if w.is_empty() {
+        return Err("empty word".into());
+    }
+    if let Some(c) = w.chars().find(|c| !c.is_ascii_graphic()) {
+        return Err(format!(
+            "'{w}' contains {c:?}; words are printable ASCII without spaces"
+        ));
+    }
+    for owned in ["roothash=", "usrhash=", "systemd.verity"] {
+        if w.starts_with(owned) {
+            return Err(format!("'{w}' is set by Cairn from the built root; remove it"));
+        }
+    }
+    Ok(())
+}
+
+impl Definition {
+    /// Read and validate a definition file.
+    pub fn load(file: &Path) -> Result<Definition, DefinitionError> {
+        let src = std::fs::read_to_string(file).map_err(|e| DefinitionError {
+            file: file.to_owned(),
+            at: None,
+            message: format!("cannot read the image definition: {e}"),
+            hint: Some(
+                "pass the path of an image definition, e.g. `cairn build images/example.toml --out out/`".into(),
+            ),
+        })?;
+        Self::parse(file, &src)
+    }
+
+    /// Validate definition text; `file` names it in errors and anchors relative paths.
+    pub fn parse(file: &Path, src: &str) -> Result<Definition, DefinitionError> {
+        let dir = file
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let cx = Ctx { file, src, dir };
+        let raw: RawDefinition = match toml::from_str(src) {
+            Ok(r) => r,
+            Err(e) => {
+                let msg = e.message().to_string();
+                let hint = if msg.contains("unknown field") {
+                    "remove or rename the key; docs/image-definition.md lists every key"
+                } else if msg.contains("missing field") {
+                    "add the key; docs/image-definition.md shows a complete example"
+                } else {
+                    "see docs/image-definition.md for the syntax of each key"
+                };
+                return cx.err(e.span(), msg, hint);
+            }
+        };
+
+        if *raw.version.get_ref() != SCHEMA_VERSION {
+            return cx.err(
+                Some(raw.version.span()),
+                format!("definition version {} is not supported", raw.version.get_ref()),
+                format!("this Cairn reads `version = {SCHEMA_VERSION}`"),
+            );
+        }
+        let name = raw.image.name.get_ref().clone();
+        if !valid_name(&name) {
+            return cx.err(
+                Some(raw.image.name.span()),
+                format!("image name '{name}' is not allowed"),
+                "use 1–64 characters of a–z, 0–9 and '-', starting with a letter",
+            );
+        }
+        let version = raw.image.version.get_ref().clone();
+        if !valid_version(&version) {
+            return cx.err(
+                Some(raw.image.version.span()),
+                format!("image version '{version}' is not allowed"),
+                "use letters, digits, '.', '~', '_' and '-' ('+' is reserved for boot counting)",
+            );
+        }
+        let architecture = match &raw.image.architecture {
+            None => "x86-64".to_string(),
+            Some(a) if a.get_ref() == "x86-64" => "x86-64".to_string(),
+            Some(a) => {
+                return cx.err(
+                    Some(a.span()),
+                    format!("architecture '{}' is not supported", a.get_ref()),
+                    "use \"x86-64\"",
+                )
+            }
+        };
+
+        let src_path = cx.path(&raw.root.source);
+        let root = match std::fs::metadata(&src_path) {
+            Ok(m) if m.is_dir() => RootSource::Directory(src_path),
+            Ok(m) if m.is_file() => {
+                let n = src_path.to_string_lossy();
+                if [".tar", ".tar.gz", ".tgz", ".tar.xz", ".tar.zst"]
+                    .iter()
+                    .any(|e| n.ends_with(e))
+                {
+                    RootSource::Tarball(src_path)
+                } else {
+                    return cx.err(
+                        Some(raw.root.source.span()),
+                        format!("root source {n} is neither a directory nor a .tar, .tar.gz, .tar.xz or .tar.zst file"),
+                        "point `source` at a directory or a tarball of the root tree",
+                    );
+                }
+            }
+            Ok(_) => {
+                return cx.err(
+                    Some(raw.root.source.span()),
+                    format!("root source {} is not a file or directory", src_path.display()),
+                    "",
+                )
+            }
+            Err(e) => {
+                return cx.err(
+                    Some(raw.root.source.span()),
+                    format!("root source {}: {e}", src_path.display()),
+                    "point `source` at an existing directory or tarball (paths are relative to the definition file)",
+                )
+            }
+        };
+        let mut overlays = Vec::new();
+        for o in &raw.root.overlays {
+            let p = cx.path(o);
+            if !p.is_dir() {
+                return cx.err(
+                    Some(o.span()),
+                    format!("overlay {} is not a directory", p.display()),
+                    "overlays are directories laid over the root tree",
+                );
+            }
+            overlays.push(p);
+        }
+
+        let kernel = cx.existing_file(
+            &raw.kernel.image,
+            "kernel",
+            "name the kernel image (bzImage/vmlinuz) to boot",
+        )?;
+        let initrd = cx.existing_file(
+            &raw.kernel.initrd,
+            "initrd",
+            "name the initrd that opens the verity root",
+        )?;
+        let mut cmdline = Vec::new();
+        for w in &raw.kernel.cmdline {
+            if let Err(why) = valid_cmdline_word(w.get_ref()) {
+                return cx.err(
+                    Some(w.span()),
+                    format!("kernel command line: {why}"),
+                    "write one word per list item, e.g. cmdline = [\"console=ttyS0\", \"quiet\"]",
+                );
+            }
+            cmdline.push(w.get_ref().clone());
+        }
+        let stub = match &raw.kernel.stub {
+            Some(s) => cx.existing_file(
+                s,
+                "EFI stub",
+                "install systemd-boot-efi or name systemd's linuxx64.efi.stub",
+            )?,
+            None => PathBuf::from(DEFAULT_STUB),
+        };
+        let systemd_boot = match &raw.boot.systemd_boot {
+            Some(s) => cx.existing_file(
+                s,
+                "systemd-boot",
+                "install systemd-boot-efi or name systemd-bootx64.efi",
+            )?,
+            None => PathBuf::from(DEFAULT_SYSTEMD_BOOT),
+        };
+        let boot_timeout = raw.boot.timeout.as_ref().map_or(0, |t| *t.get_ref());
+        if boot_timeout > 600 {
+            let t = raw.boot.timeout.as_ref().expect("checked");
+            return cx.err(
+                Some(t.span()),
+                "boot menu timeout over 600 seconds",
+                "use seconds from 0 (menu on key press) to 600",
+            )?;
+        }
+
+        let size = |s: &Option<Spanned<Size>>, default: u64, min: u64, key: &str| -> Result<Size, DefinitionError> {
+            match s {
+                None => Ok(Size(default)),
+                Some(v) if v.get_ref().0 < min || v.get_ref().0 % MIB != 0 => cx.err(
+                    Some(v.span()),
+                    format!(
+                        "{key} {} must be a whole number of MiB and at least {}",
+                        v.get_ref(),
+                        Size(min)
+                    ),
+                    format!("e.g. {key} = \"{}M\"", default >> 20),
+                ),
+                Some(v) => Ok(*v.get_ref()),
+            }
+        };
+        let esp_size = size(&raw.partitions.esp_size, 512 * MIB, 64 * MIB, "esp-size")?;
+        let root_size = size(&raw.partitions.root_size, 1024 * MIB, 16 * MIB, "root-size")?;
+        let state_size = size(&raw.partitions.state_size, 256 * MIB, 16 * MIB, "state-size")?;
+        let root_size_line = raw
+            .partitions
+            .root_size
+            .as_ref()
+            .map(|s| line_col(src, s.span().start).0);
+
+        let compression = match raw
+            .squashfs
+            .compression
+            .as_ref()
+            .map(|c| (c.get_ref().as_str(), c.span()))
+        {
+            None | Some(("zstd", _)) => {
+                let level = raw.squashfs.level.as_ref().map_or(15, |l| *l.get_ref());
+                if !(1..=22).contains(&level) {
+                    let l = raw
+                        .squashfs
+                        .level
+                        .as_ref()
+                        .expect("only a given level can be out of range");
+                    return cx.err(
+                        Some(l.span()),
+                        format!("zstd level {level} is out of range"),
+                        "use 1 (fast) to 22 (small); 15 is the default",
+                    )?;
+                }
+                Compression::Zstd(level)
+            }
+            Some((other, span)) => {
+                return cx.err(
+                    Some(span),
+                    format!("compression '{other}' is not supported"),
+                    "use \"zstd\"",
+                )
+            }
+        };
+        let block_size = match &raw.squashfs.block_size {
+            None => Size(128 << 10),
+            Some(b) => {
+                let v = b.get_ref().0;
+                if !v.is_power_of_two() || !(4096..=(1 << 20)).contains(&v) {
+                    return cx.err(
+                        Some(b.span()),
+                        format!("squashfs block size {} is not allowed", b.get_ref()),
+                        "use a power of two from 4K to 1M; 128K is the default",
+                    );
+                }
+                *b.get_ref()
+            }
+        };
+        let signing = match &raw.signing.key {
+            None => SigningKey::Development,
+            Some(k) => SigningKey::File(cx.path(k)),
+        };
+        let formats = match &raw.output.formats {
+            None => vec![OutputFormat::Raw],
+            Some(f) => {
+                let mut out = Vec::new();
+                for name in f.get_ref() {
+                    match name.as_str() {
+                        "raw" => out.push(OutputFormat::Raw),
+                        other => {
+                            return cx.err(
+                                Some(f.span()),
+                                format!("output format '{other}' is not supported"),
+                                "use [\"raw\"]",
+                            )
+                        }
+                    }
+                }
+                out
+            }
+        };
+
+        Ok(Definition {
+            file: file.to_owned(),
+            name,
+            version,
+            architecture,
+            root,
+            overlays,
+            kernel,
+            initrd,
+            cmdline,
+            stub,
+            systemd_boot,
+            boot_timeout,
+            esp_size,
+            root_size,
+            state_size,
+            compression,
+            block_size,
+            signing,
+            formats,
+            root_size_line,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::create_dir(dir.path().join("tree")).unwrap();
+            std::fs::write(dir.path().join("vmlinuz"), b"k").unwrap();
+            std::fs::write(dir.path().join("initrd"), b"i").unwrap();
+            Fixture { dir }
+        }
+        fn parse(&self, extra: &str) -> Result<Definition, DefinitionError> {
+            let src = format!(
+                "version = 1\n[image]\nname = \"node\"\nversion = \"1.0\"\n[root]\nsource = \"tree\"\n\
+                 [kernel]\nimage = \"vmlinuz\"\ninitrd = \"initrd\"\n{extra}"
+            );
+            Definition::parse(&self.dir.path().join("image.toml"), &src)
+        }
+    }
+
+    #[test]
+    fn minimal_definition_gets_defaults() {
+        let f = Fixture::new();
+        let d = f.parse("").unwrap();
+        assert_eq!(d.name, "node");
+        assert_eq!(d.root, RootSource::Directory(f.dir.path().join("tree")));
+        assert_eq!(d.esp_size, Size(512 * MIB));
+        assert_eq!(d.root_size, Size(1024 * MIB));
+        assert_eq!(d.compression, Compression::Zstd(15));
+        assert_eq!(d.signing, SigningKey::Development);
+        assert_eq!(d.formats, vec![OutputFormat::Raw]);
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(Size::parse("512M"), Ok(Size(512 * MIB)));
+        assert_eq!(Size::parse("1GiB"), Ok(Size(1 << 30)));
+        assert_eq!(Size::parse("4096"), Ok(Size(4096)));
+        assert!(Size::parse("1.5G").is_err());
+        assert!(Size::parse("12Q").is_err());
+        assert_eq!(Size(1536 * MIB).to_string(), "1536 MiB");
+    }
+
+    fn err(r: Result<Definition, DefinitionError>) -> DefinitionError {
+        r.expect_err("must fail")
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_fix() {
+        let f = Fixture::new();
+        let e = err(f.parse("[partitions]\nroot-szie = \"1G\"\n"));
+        assert_eq!(e.at.map(|a| a.0), Some(11));
+        assert!(e.message.contains("unknown field `root-szie`"), "{e}");
+        assert!(e.to_string().contains("hint:"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_point_at_their_line() {
+        let f = Fixture::new();
+        for (extra, line, needle) in [
+            ("[partitions]\nroot-size = \"1.5G\"\n", 11, "whole number"),
+            ("[partitions]\nroot-size = \"8M\"\n", 11, "at least"),
+            ("[squashfs]\nlevel = 30\n", 11, "out of range"),
+            ("[squashfs]\ncompression = \"xz\"\n", 11, "not supported"),
+            ("cmdline = [\"roothash=00\"]\n", 10, "set by Cairn"),
+            ("cmdline = [\"a b\"]\n", 10, "printable"),
+            ("[output]\nformats = [\"vhd\"]\n", 11, "not supported"),
+        ] {
+            let e = err(f.parse(extra));
+            assert_eq!(e.at.map(|a| a.0), Some(line), "{extra}: {e}");
+            assert!(e.to_string().contains(needle), "{extra}: {e}");
+        }
+    }
+
+    #[test]
+    fn image_fields_are_checked() {
+        let f = Fixture::new();
+        let path = f.dir.path().join("image.toml");
+        let e = err(Definition::parse(&path, "version = 2\n"));
+        assert!(
+            e.message.contains("missing field") || e.message.contains("version"),
+            "{e}"
+        );
+        let base = "version = 1\n[image]\nname = \"Node\"\nversion = \"1\"\n[root]\nsource = \"tree\"\n[kernel]\nimage = \"vmlinuz\"\ninitrd = \"initrd\"\n";
+        let e = err(Definition::parse(&path, base));
+        assert_eq!(e.at, Some((3, 8)));
+        let e = err(Definition::parse(
+            &path,
+            &base.replace("\"Node\"", "\"node\"").replace("\"1\"", "\"1+3\""),
+        ));
+        assert!(e.hint.unwrap().contains("boot counting"));
+        let e = err(Definition::parse(
+            &path,
+            &base.replace("\"Node\"", "\"node\"").replace("\"tree\"", "\"nope\""),
+        ));
+        assert_eq!(e.at.map(|a| a.0), Some(6));
+        let e = err(Definition::parse(
+            &path,
+            &base
+                .replace("\"Node\"", "\"node\"")
+                .replace("version = 1", "version = 7"),
+        ));
+        assert!(e.to_string().contains("version = 1"), "{e}");
+    }
+
+    #[test]
+    fn syntax_errors_have_positions() {
+        let f = Fixture::new();
+        let e = err(Definition::parse(&f.dir.path().join("x.toml"), "version = 1\n[image\n"));
+        assert_eq!(e.at.map(|a| a.0), Some(2));
+    }
+
+    #[test]
+    fn missing_file_is_clear() {
+        let e = Definition::load(Path::new("/nonexistent/image.toml")).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/image.toml: cannot read"), "{e}");
+    }
+}

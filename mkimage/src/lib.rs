@@ -1,0 +1,26 @@
+//! The Cairn image builder.
+//!
+//! `cairn build` turns an image definition into a signed, verity-protected GPT disk
+//! image with an A/B layout, writing every on-disk format itself into plain files: no
+//! root, no loop devices, no mounts. The pipeline (see `docs/architecture.md`):
+//!
+//! [`definition`] → [`rootfs`] (tree, overlays) → [`squashfs`] → [`verity`] →
+//! [`uki`] → [`fat`] (ESP) → [`gpt`] + [`ext4`] (disk) → manifest and signature
+//! ([`cairn_signing`]). [`plan`] holds the pure layout and rendered files; [`build`]
+//! runs the stages; [`verify`] checks a finished build.
+
+pub mod build;
+pub mod cli;
+pub mod definition;
+pub mod ext4;
+pub mod fat;
+pub mod gpt;
+pub mod guid;
+pub mod plan;
+pub mod rootfs;
+pub mod squashfs;
+pub mod tarstream;
+pub mod tools;
+pub mod uki;
+pub mod verify;
+pub mod verity;

@@ -1,0 +1,213 @@
+//! `cairn verify`: check a build output against its signed manifest.
+//!
+//! Order matters: the signature is checked before the manifest is parsed, and every
+//! later check compares the disk against values from the now-trusted manifest: the
+//! disk's size and sha256, each payload's sha256, the partition table (both copies, all
+//! CRCs, every entry), the active slot's UUIDs against the root hash, a recomputed
+//! verity tree against both the stored tree and the root hash, and the UKI's command
+//! line against the root hash.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use cairn_signing::{Manifest, ManifestError, PublicKey};
+
+use crate::build::{sha256_range, MANIFEST_FILE, SIGNATURE_FILE};
+use crate::gpt::{self, BACKUP_SECTORS, FIRST_USABLE, SECTOR};
+use crate::uki;
+use crate::verity::{self, VerityParams};
+
+/// Why verification failed.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// A file could not be read.
+    #[error("{op} {path}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The manifest or its signature.
+    #[error("{path}")]
+    Manifest {
+        /// The manifest file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: ManifestError,
+    },
+    /// Something on disk differs from the manifest.
+    #[error("MISMATCH: {what}: manifest says {expected}, found {found}")]
+    Mismatch {
+        /// What was compared.
+        what: String,
+        /// The manifest's value.
+        expected: String,
+        /// What is there.
+        found: String,
+    },
+}
+
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> VerifyError {
+    let path = path.to_owned();
+    move |source| VerifyError::Io { op, path, source }
+}
+
+fn expect_eq(what: impl Into<String>, expected: impl ToString, found: impl ToString) -> Result<(), VerifyError> {
+    let (e, f) = (expected.to_string(), found.to_string());
+    if e == f {
+        Ok(())
+    } else {
+        Err(VerifyError::Mismatch {
+            what: what.into(),
+            expected: e,
+            found: f,
+        })
+    }
+}
+
+fn read_range(file: &mut File, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+    file.seek(SeekFrom::Start(offset))?;
+    let mut v = vec![0u8; len as usize];
+    file.read_exact(&mut v)?;
+    Ok(v)
+}
+
+/// Verify the build in `dir`; returns the manifest and a line per check that passed.
+pub fn verify_dir(dir: &Path, key: &PublicKey) -> Result<(Manifest, Vec<String>), VerifyError> {
+    let mpath = dir.join(MANIFEST_FILE);
+    let spath = dir.join(SIGNATURE_FILE);
+    let bytes = std::fs::read(&mpath).map_err(io_err("reading", &mpath))?;
+    let sig = std::fs::read(&spath).map_err(io_err("reading", &spath))?;
+    let m = Manifest::from_signed(&bytes, &sig, key).map_err(|source| VerifyError::Manifest {
+        path: mpath.clone(),
+        source,
+    })?;
+    let mut ok = vec![format!("signature: good, key {}", key.fingerprint())];
+
+    let dpath = dir.join(&m.disk.file);
+    let mut disk = File::open(&dpath).map_err(io_err("opening", &dpath))?;
+    let size = disk.metadata().map_err(io_err("reading", &dpath))?.len();
+    expect_eq("disk size", m.disk.size, size)?;
+    let sha = sha256_range(&mut disk, 0, size).map_err(io_err("hashing", &dpath))?;
+    expect_eq("disk sha256", &m.disk.sha256, hex::encode(sha))?;
+    ok.push(format!("disk: {} bytes, sha256 matches", size));
+
+    for p in &m.payloads {
+        if p.offset.checked_add(p.size).is_none_or(|end| end > size) {
+            return Err(VerifyError::Mismatch {
+                what: format!("payload {} range", p.name),
+                expected: format!("inside the {size}-byte disk"),
+                found: format!("{}+{}", p.offset, p.size),
+            });
+        }
+        let h = sha256_range(&mut disk, p.offset, p.size).map_err(io_err("hashing", &dpath))?;
+        expect_eq(format!("payload {} sha256", p.name), &p.sha256, hex::encode(h))?;
+        ok.push(format!("payload {}: {} bytes, sha256 matches", p.name, p.size));
+    }
+
+    // Partition table.
+    let head = read_range(&mut disk, 0, FIRST_USABLE * SECTOR).map_err(io_err("reading", &dpath))?;
+    let tail = read_range(&mut disk, size - BACKUP_SECTORS * SECTOR, BACKUP_SECTORS * SECTOR)
+        .map_err(io_err("reading", &dpath))?;
+    let (disk_guid, parts) = gpt::read(&head, &tail, size).map_err(|e| VerifyError::Mismatch {
+        what: "partition table".into(),
+        expected: "a valid GPT".into(),
+        found: e.to_string(),
+    })?;
+    expect_eq("disk GUID", &m.disk.guid, disk_guid)?;
+    expect_eq("number of partitions", m.partitions.len(), parts.len())?;
+    for (want, got) in m.partitions.iter().zip(&parts) {
+        let n = &want.label;
+        expect_eq(format!("partition {n} label"), n, &got.name)?;
+        expect_eq(format!("partition {n} type"), &want.type_guid, got.type_guid)?;
+        expect_eq(format!("partition {n} UUID"), &want.uuid, got.uuid)?;
+        expect_eq(format!("partition {n} offset"), want.offset, got.offset())?;
+        expect_eq(format!("partition {n} size"), want.size, got.size())?;
+        expect_eq(format!("partition {n} attributes"), want.attributes, got.attributes)?;
+    }
+    let uuid_of = |label: &str| parts.iter().find(|p| p.name == label).map(|p| p.uuid.0);
+    let root_hash = hex::decode(&m.root_hash).map_err(|_| VerifyError::Mismatch {
+        what: "root hash".into(),
+        expected: "64 hex digits".into(),
+        found: m.root_hash.clone(),
+    })?;
+    expect_eq(
+        "root-a UUID (first half of the root hash)",
+        hex::encode(&root_hash[..16]),
+        hex::encode(uuid_of("root-a").unwrap_or_default()),
+    )?;
+    expect_eq(
+        "verity-a UUID (second half of the root hash)",
+        hex::encode(&root_hash[16..]),
+        hex::encode(uuid_of("verity-a").unwrap_or_default()),
+    )?;
+    ok.push(format!(
+        "partition table: {} partitions, both copies and CRCs good",
+        parts.len()
+    ));
+
+    // Verity: recompute from the root payload with the stored superblock's salt and UUID.
+    let (Some(root), Some(vp)) = (m.payload("root"), m.payload("verity")) else {
+        return Err(VerifyError::Mismatch {
+            what: "payloads".into(),
+            expected: "root and verity".into(),
+            found: "missing".into(),
+        });
+    };
+    let stored = read_range(&mut disk, vp.offset, vp.size).map_err(io_err("reading", &dpath))?;
+    let salt: [u8; 32] = hex::decode(&m.verity_salt)
+        .ok()
+        .and_then(|s| s.try_into().ok())
+        .ok_or_else(|| VerifyError::Mismatch {
+            what: "verity salt".into(),
+            expected: "64 hex digits".into(),
+            found: m.verity_salt.clone(),
+        })?;
+    if stored.len() < 4096 || stored[88..120] != salt {
+        return Err(VerifyError::Mismatch {
+            what: "verity superblock salt".into(),
+            expected: m.verity_salt.clone(),
+            found: hex::encode(stored.get(88..120).unwrap_or(&[])),
+        });
+    }
+    let params = VerityParams {
+        salt,
+        uuid: stored[16..32].try_into().expect("16 bytes"),
+    };
+    disk.seek(SeekFrom::Start(root.offset))
+        .map_err(io_err("reading", &dpath))?;
+    let tree = verity::build(&mut disk, root.size, &params).map_err(io_err("hashing", &dpath))?;
+    expect_eq("verity root hash", &m.root_hash, hex::encode(tree.root_hash))?;
+    if tree.hash_device != stored {
+        return Err(VerifyError::Mismatch {
+            what: "verity hash tree".into(),
+            expected: "the tree of the root payload".into(),
+            found: "different bytes".into(),
+        });
+    }
+    ok.push(format!("verity: recomputed root hash {} matches", m.root_hash));
+
+    // UKI command line.
+    if let Some(up) = m.payload("uki") {
+        let image = read_range(&mut disk, up.offset, up.size).map_err(io_err("reading", &dpath))?;
+        let cmdline = uki::section(&image, ".cmdline")
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .unwrap_or_default();
+        let want = format!("roothash={}", m.root_hash);
+        if !cmdline.split_whitespace().any(|w| w == want) {
+            return Err(VerifyError::Mismatch {
+                what: "UKI command line".into(),
+                expected: want,
+                found: cmdline,
+            });
+        }
+        ok.push("uki: command line carries the root hash".to_string());
+    }
+    Ok((m, ok))
+}

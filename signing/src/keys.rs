@@ -1,0 +1,276 @@
+//! ed25519 release keys on disk.
+//!
+//! | file | format | notes |
+//! |---|---|---|
+//! | private key | PKCS#8 v1 PEM (`-----BEGIN PRIVATE KEY-----`), mode 0600 | written *without* the optional public-key field: OpenSSL 3 refuses PKCS#8 v2 ed25519 keys |
+//! | public key | SubjectPublicKeyInfo PEM (`-----BEGIN PUBLIC KEY-----`) | what `openssl pkey -pubin` reads, and what is baked into images |
+//! | signature | raw 64 bytes | what `openssl pkeyutl -verify -rawin -sigfile` takes |
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
+use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use sha2::{Digest, Sha256};
+
+/// Length in bytes of a detached signature file.
+pub const SIGNATURE_LEN: usize = 64;
+
+/// What can go wrong with keys and signatures.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// A key or signature file could not be read or written.
+    #[error("{op} {path}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a key of the expected kind.
+    #[error("{path} is not an ed25519 {kind} in PEM form ({detail}); create one with `cairn keygen`")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// "private key" or "public key".
+        kind: &'static str,
+        /// What the decoder said.
+        detail: String,
+    },
+    /// Refusing to replace an existing key.
+    #[error("{0} already exists; pass --force to replace it (the old key is lost)")]
+    Exists(PathBuf),
+    /// The signature does not match the data and key.
+    #[error("signature does not match (key {fingerprint})")]
+    BadSignature {
+        /// Fingerprint of the key that was tried.
+        fingerprint: String,
+    },
+    /// A signature file of the wrong size.
+    #[error("signature must be {SIGNATURE_LEN} bytes, found {0}")]
+    SignatureLength(usize),
+}
+
+/// An ed25519 private (signing) key.
+pub struct PrivateKey(SigningKey);
+
+/// An ed25519 public (verifying) key.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct PublicKey(VerifyingKey);
+
+impl PrivateKey {
+    /// Create a new random key from the operating system's generator.
+    pub fn generate() -> Self {
+        PrivateKey(SigningKey::generate(&mut rand_core::OsRng))
+    }
+
+    /// Build a key from 32 secret bytes (tests and deterministic fixtures).
+    pub fn from_bytes(secret: [u8; 32]) -> Self {
+        PrivateKey(SigningKey::from_bytes(&secret))
+    }
+
+    /// Read a PKCS#8 PEM private key (v1 or v2).
+    pub fn read(path: &Path) -> Result<Self, KeyError> {
+        let text = fs::read_to_string(path).map_err(|source| KeyError::Io {
+            op: "reading private key",
+            path: path.to_owned(),
+            source,
+        })?;
+        SigningKey::from_pkcs8_pem(&text)
+            .map(PrivateKey)
+            .map_err(|e| KeyError::Parse {
+                path: path.to_owned(),
+                kind: "private key",
+                detail: e.to_string(),
+            })
+    }
+
+    /// PKCS#8 v1 PEM, without the public key (OpenSSL 3 compatible).
+    pub fn to_pem(&self) -> String {
+        let bytes = ed25519_dalek::pkcs8::KeypairBytes {
+            secret_key: self.0.to_bytes(),
+            public_key: None,
+        };
+        bytes
+            .to_pkcs8_pem(LineEnding::LF)
+            .expect("encoding 32 bytes as PKCS#8 cannot fail")
+            .to_string()
+    }
+
+    /// The matching public key.
+    pub fn public(&self) -> PublicKey {
+        PublicKey(self.0.verifying_key())
+    }
+
+    /// Sign `data`; the result is the raw 64-byte signature.
+    pub fn sign(&self, data: &[u8]) -> [u8; SIGNATURE_LEN] {
+        self.0.sign(data).to_bytes()
+    }
+
+    /// Write the private key (mode 0600) and the public key next to it as `<path>.pub`
+    /// unless `public_path` says otherwise. Refuses to overwrite unless `force`.
+    pub fn write_pair(&self, private_path: &Path, public_path: &Path, force: bool) -> Result<(), KeyError> {
+        for p in [private_path, public_path] {
+            if !force && p.exists() {
+                return Err(KeyError::Exists(p.to_owned()));
+            }
+        }
+        write_file_atomic(private_path, self.to_pem().as_bytes(), 0o600)?;
+        write_file_atomic(public_path, self.public().to_pem().as_bytes(), 0o644)
+    }
+}
+
+impl PublicKey {
+    /// Read an SPKI PEM public key.
+    pub fn read(path: &Path) -> Result<Self, KeyError> {
+        let text = fs::read_to_string(path).map_err(|source| KeyError::Io {
+            op: "reading public key",
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_pem(&text).map_err(|detail| KeyError::Parse {
+            path: path.to_owned(),
+            kind: "public key",
+            detail,
+        })
+    }
+
+    /// Parse an SPKI PEM public key.
+    pub fn from_pem(text: &str) -> Result<Self, String> {
+        VerifyingKey::from_public_key_pem(text)
+            .map(PublicKey)
+            .map_err(|e| e.to_string())
+    }
+
+    /// SPKI PEM text.
+    pub fn to_pem(&self) -> String {
+        self.0
+            .to_public_key_pem(LineEnding::LF)
+            .expect("encoding a public key cannot fail")
+    }
+
+    /// The 32 raw key bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        self.0.as_bytes()
+    }
+
+    /// `sha256:<hex>` of the raw key bytes: how manifests and summaries name a key.
+    pub fn fingerprint(&self) -> String {
+        format!("sha256:{}", hex::encode(Sha256::digest(self.0.as_bytes())))
+    }
+
+    /// Check a raw 64-byte signature over `data`.
+    pub fn verify(&self, data: &[u8], signature: &[u8]) -> Result<(), KeyError> {
+        let sig: [u8; SIGNATURE_LEN] = signature
+            .try_into()
+            .map_err(|_| KeyError::SignatureLength(signature.len()))?;
+        self.0
+            .verify(data, &Signature::from_bytes(&sig))
+            .map_err(|_| KeyError::BadSignature {
+                fingerprint: self.fingerprint(),
+            })
+    }
+}
+
+/// Write `data` to `path` through a temporary file in the same directory: write, fsync,
+/// set mode, rename, fsync the directory. Readers see the old file or the new one.
+pub fn write_file_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), KeyError> {
+    let io = |op: &'static str, p: &Path| {
+        let p = p.to_owned();
+        move |source| KeyError::Io { op, path: p, source }
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    fs::create_dir_all(&dir).map_err(io("creating directory", &dir))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    let result = (|| {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(io("creating", &tmp))?;
+        f.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(io("setting mode of", &tmp))?;
+        f.write_all(data).map_err(io("writing", &tmp))?;
+        f.sync_all().map_err(io("syncing", &tmp))?;
+        fs::rename(&tmp, path).map_err(io("renaming into place", path))?;
+        fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io("syncing directory", &dir))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pem_round_trip_and_signature() {
+        let key = PrivateKey::from_bytes([7; 32]);
+        let pem = key.to_pem();
+        assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----\n"));
+        // PKCS#8 v1 ed25519: 48 bytes of DER, i.e. 64 base64 characters on one line.
+        assert_eq!(pem.lines().nth(1).unwrap().len(), 64);
+        let again = SigningKey::from_pkcs8_pem(&pem).unwrap();
+        assert_eq!(again.to_bytes(), [7; 32]);
+
+        let public = key.public();
+        let parsed = PublicKey::from_pem(&public.to_pem()).unwrap();
+        assert_eq!(parsed, public);
+
+        let sig = key.sign(b"manifest");
+        public.verify(b"manifest", &sig).unwrap();
+        assert!(matches!(
+            public.verify(b"manifesT", &sig),
+            Err(KeyError::BadSignature { .. })
+        ));
+        assert!(matches!(
+            public.verify(b"manifest", &sig[..63]),
+            Err(KeyError::SignatureLength(63))
+        ));
+    }
+
+    #[test]
+    fn write_pair_sets_modes_and_refuses_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let (private, public) = (dir.path().join("k.pem"), dir.path().join("k.pub"));
+        let key = PrivateKey::from_bytes([1; 32]);
+        key.write_pair(&private, &public, false).unwrap();
+        let mode = fs::metadata(&private).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(matches!(
+            key.write_pair(&private, &public, false),
+            Err(KeyError::Exists(_))
+        ));
+        key.write_pair(&private, &public, true).unwrap();
+        assert_eq!(PrivateKey::read(&private).unwrap().public(), key.public());
+        assert_eq!(PublicKey::read(&public).unwrap(), key.public());
+    }
+
+    #[test]
+    fn reading_garbage_says_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("junk.pem");
+        fs::write(&path, "not a key").unwrap();
+        let err = PrivateKey::read(&path).err().unwrap().to_string();
+        assert!(err.contains("cairn keygen"), "{err}");
+    }
+}
