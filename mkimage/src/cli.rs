@@ -31,7 +31,7 @@ enum Command {
     /// Outputs `disk.raw`, `manifest.json` and `manifest.json.sig` in the output
     /// directory, which is only touched once the build has succeeded.
     Build {
-        /// The image definition (TOML), e.g. images/example.toml.
+        /// The image definition (TOML), e.g. images/node.toml.
         definition: PathBuf,
         /// Output directory; created if missing, files in it are replaced.
         #[arg(long, value_name = "DIR", required_unless_present = "plan")]

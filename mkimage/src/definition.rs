@@ -368,9 +368,7 @@ impl Definition {
             file: file.to_owned(),
             at: None,
             message: format!("cannot read the image definition: {e}"),
-            hint: Some(
-                "pass the path of an image definition, e.g. `cairn build images/example.toml --out out/`".into(),
-            ),
+            hint: Some("pass the path of an image definition, e.g. `cairn build images/node.toml --out out/`".into()),
         })?;
         Self::parse(file, &src)
     }
