@@ -27,7 +27,9 @@ use cairn_signing::manifest::{self, Disk, Manifest, PartitionEntry, Payload};
 use cairn_signing::{KeyError, PrivateKey};
 use sha2::{Digest, Sha256};
 
-use crate::definition::{Compression, Definition, RootSource, SigningKey, Size};
+use crate::customize;
+use crate::debian::{self, DebianError, LockMode};
+use crate::definition::{Artifact, ArtifactSource, Compression, Definition, NodeAgent, RootSource, SigningKey, Size};
 use crate::ext4::{self, Ext4Spec};
 use crate::fat::{FatError, FatSpec};
 use crate::gpt::{Gpt, GptError};
@@ -113,6 +115,19 @@ pub enum BuildError {
     /// The output directory cannot be used.
     #[error("output {0}: {1}")]
     Output(PathBuf, String),
+    /// Preparing the Debian root.
+    #[error(transparent)]
+    Debian(#[from] DebianError),
+    /// A pinned artifact does not match its hash.
+    #[error("{what} sha256 mismatch: the definition pins {expected}, the file is {found}\n  hint: fix [kubelet] sha256 or the file")]
+    ArtifactHash {
+        /// Which artifact.
+        what: &'static str,
+        /// Pinned hash.
+        expected: String,
+        /// Actual hash.
+        found: String,
+    },
     /// `SOURCE_DATE_EPOCH` is not a number.
     #[error("SOURCE_DATE_EPOCH='{0}' is not a number of seconds\n  hint: unset it or set it to e.g. $(git log -1 --format=%ct)")]
     Epoch(String),
@@ -134,6 +149,65 @@ pub struct BuildOptions {
     pub source_date_epoch: Option<String>,
     /// Where the development key lives (normally [`dev_key_path`]).
     pub dev_key: PathBuf,
+    /// Use the lock, or refresh it (`cairn lock --update`).
+    pub lock_mode: LockMode,
+}
+
+/// What the Debian stage did, for the summary.
+#[derive(Debug, Clone)]
+pub struct DebianReport {
+    /// The tree came from the cache.
+    pub cache_hit: bool,
+    /// Its cache key.
+    pub key: String,
+    /// Installed packages.
+    pub packages: usize,
+    /// Packages downloaded by this build.
+    pub downloaded: usize,
+    /// The lock file.
+    pub lock: PathBuf,
+    /// Why the lock was written, if it was.
+    pub lock_written: Option<&'static str>,
+}
+
+/// A file next to the running `cairn` executable.
+pub fn beside_cairn(name: &str) -> Result<PathBuf, BuildError> {
+    let exe = std::env::current_exe().map_err(io_err("finding", Path::new("the cairn executable")))?;
+    let p = exe.with_file_name(name);
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(BuildError::Input {
+            what: "node agent",
+            path: p,
+            source: io::Error::from(io::ErrorKind::NotFound),
+            hint: "build the workspace (`cargo build --release`) so cairn-node sits beside cairn",
+        })
+    }
+}
+
+/// Read a pinned artifact and check its sha256.
+fn fetch_artifact(a: &Artifact, scratch: &Path) -> Result<Vec<u8>, BuildError> {
+    let bytes = match &a.source {
+        ArtifactSource::Path(p) => read_input(p, "kubelet", "point [kubelet] path at the pinned binary")?,
+        ArtifactSource::Url(u) => {
+            tools::require(&["curl"])?;
+            let to = scratch.join("kubelet.download");
+            let mut cmd = std::process::Command::new("curl");
+            cmd.args(["-fsSL", "--retry", "3", "-o"]).arg(&to).arg(u);
+            tools::run(&mut cmd, "curl")?;
+            fs::read(&to).map_err(io_err("reading", &to))?
+        }
+    };
+    let got: [u8; 32] = Sha256::digest(&bytes).into();
+    if got != a.sha256 {
+        return Err(BuildError::ArtifactHash {
+            what: "kubelet",
+            expected: hex::encode(a.sha256),
+            found: hex::encode(got),
+        });
+    }
+    Ok(bytes)
 }
 
 /// The per-user development key: `$XDG_DATA_HOME/cairn/dev-key.pem`, falling back to
@@ -212,6 +286,12 @@ pub struct BuildReport {
     pub skipped: Vec<String>,
     /// The layout with identifiers.
     pub layout: Layout,
+    /// The Debian stage, for Debian roots.
+    pub debian: Option<DebianReport>,
+    /// Cairn units installed.
+    pub units: Vec<String>,
+    /// sha256 of the kubelet baked in, if one was pinned.
+    pub kubelet: Option<String>,
 }
 
 /// Removes the staging directory unless the build committed it.
@@ -359,8 +439,11 @@ pub fn build(def: &Definition, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -
         "systemd-boot",
         "apt-get install systemd-boot-efi, or set [boot] systemd-boot",
     )?;
-    let kernel = read_input(&def.kernel, "kernel", "set [kernel] image to a bzImage")?;
-    let initrd = read_input(&def.initrd, "initrd", "set [kernel] initrd")?;
+    let agent = match &def.node_agent {
+        None => None,
+        Some(NodeAgent::Path(p)) => Some(p.clone()),
+        Some(NodeAgent::BesideCairn) => Some(beside_cairn("cairn-node")?),
+    };
     let mut layout = plan::layout(def);
     Gpt::new(
         Guid::NIL,
@@ -397,13 +480,76 @@ pub fn build(def: &Definition, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -
     };
     lap("check", &mut stages, &mut t);
 
-    // 2. root tree
-    log(&format!("root tree: indexing {}", def.root.path().display()));
-    let mut tree = match &def.root {
-        RootSource::Directory(d) => Tree::from_dir(d)?,
+    // 2. Debian packages (cached) and the root tree
+    let mut debian_report = None;
+    let (mut tree, tree_kernel, tree_initrd) = match &def.root {
+        RootSource::Directory(d) => {
+            log(&format!("root tree: indexing {}", d.display()));
+            (Tree::from_dir(d)?, None, None)
+        }
         RootSource::Tarball(p) => {
+            log(&format!("root tree: indexing {}", p.display()));
             let tar = decompress(p, &staging_dir)?;
-            Tree::from_tar(&tar)?
+            (Tree::from_tar(&tar)?, None, None)
+        }
+        RootSource::Debian(spec) => {
+            let inputs = debian::TreeInputs {
+                dracut_modules: &def.dracut_modules,
+                drivers: &def.initrd_drivers,
+                epoch,
+            };
+            let prepared = debian::prepare(spec, &def.file, &inputs, opts.lock_mode, log)?;
+            lap("debian", &mut stages, &mut t);
+            log(&format!("root tree: indexing {} packages", prepared.lock.package.len()));
+            let mut tree = Tree::from_tar(&prepared.tar)?;
+            let c = customize::debian_root(&mut tree, epoch)?;
+            log(&format!(
+                "root tree: removed {} entries an image must not carry, {} /var entries moved to the factory copy",
+                c.removed, c.factory_var
+            ));
+            let (k, i) = (prepared.kernel.clone(), prepared.initrd.clone());
+            debian_report = Some(DebianReport {
+                cache_hit: prepared.cache_hit,
+                key: prepared.key.clone(),
+                packages: prepared.lock.package.len(),
+                downloaded: prepared.downloaded,
+                lock: spec.lock.clone(),
+                lock_written: prepared.lock_written,
+            });
+            (tree, Some(k), Some(i))
+        }
+    };
+    let kernel_path = def
+        .kernel
+        .clone()
+        .or(tree_kernel)
+        .expect("definition validation ensures a kernel");
+    let initrd_path = def
+        .initrd
+        .clone()
+        .or(tree_initrd)
+        .expect("definition validation ensures an initrd");
+    let kernel = read_input(&kernel_path, "kernel", "set [kernel] image to a bzImage")?;
+    let initrd = read_input(&initrd_path, "initrd", "set [kernel] initrd")?;
+    let mut units = Vec::new();
+    if let Some(dir) = &def.units {
+        units = customize::install_units(&mut tree, dir, epoch)?;
+        log(&format!("root tree: installed and enabled {} Cairn units", units.len()));
+    }
+    if let Some(agent) = &agent {
+        let bytes = read_input(
+            agent,
+            "node agent",
+            "build it with `cargo build --release -p cairn-node`",
+        )?;
+        tree.add_file("usr/bin/cairn-node", 0o755, bytes, epoch)?;
+    }
+    let kubelet = match &def.kubelet {
+        None => None,
+        Some(a) => {
+            let bytes = fetch_artifact(a, &staging_dir)?;
+            tree.add_file("usr/bin/kubelet", 0o755, bytes, epoch)?;
+            Some(hex::encode(a.sha256))
         }
     };
     for o in &def.overlays {
@@ -673,6 +819,9 @@ pub fn build(def: &Definition, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -
         root_slot,
         skipped,
         layout,
+        debian: debian_report,
+        units,
+        kubelet,
     })
 }
 

@@ -9,12 +9,14 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::build::{self, BuildOptions, KeyChoice};
-use crate::definition::{Compression, Definition, SigningKey};
+use crate::debian::{self, Lock, LockMode};
+use crate::definition::{Compression, Definition, RootSource, SigningKey};
 use crate::plan::{self, Role};
+use crate::vm::{self, Accel, Vm, VmSpec};
 
 /// Build immutable, verity-protected OS images for Kubernetes nodes.
 #[derive(Debug, Parser)]
@@ -42,6 +44,37 @@ enum Command {
         /// Signing key (PKCS#8 PEM); overrides `[signing] key` in the definition.
         #[arg(long, value_name = "PRIVATE_KEY")]
         key: Option<PathBuf>,
+        /// Another overlay directory, laid over the root after the definition's overlays
+        /// (repeatable), e.g. a debugging console for a test image.
+        #[arg(long, value_name = "DIR")]
+        overlay: Vec<PathBuf>,
+    },
+    /// Boot a built image under QEMU with UEFI firmware (OVMF).
+    ///
+    /// Runs on a copy-on-write overlay, so the image itself is never modified. The serial
+    /// console is this terminal; SSH is forwarded to 127.0.0.1:<ssh-port>. When the node
+    /// prints its ready line, the boot-phase budget is printed. Stop with Ctrl-C.
+    Boot {
+        /// A build output directory (holding disk.raw) or a disk image.
+        image: PathBuf,
+        /// A config drive image to attach as a second disk.
+        #[arg(long, value_name = "FILE")]
+        config_drive: Option<PathBuf>,
+        /// Stop after this many seconds (exit status 1 if the node was not ready by then).
+        #[arg(long, value_name = "SECONDS")]
+        timeout: Option<u64>,
+        /// Power off as soon as the node is ready, after printing the boot-phase budget.
+        #[arg(long)]
+        until_ready: bool,
+        /// Host port forwarded to the node's SSH port.
+        #[arg(long, default_value_t = 2222)]
+        ssh_port: u16,
+        /// CPU acceleration: auto tries KVM and falls back to TCG.
+        #[arg(long, value_enum, default_value_t = Accel::Auto)]
+        accel: Accel,
+        /// Guest memory in MiB.
+        #[arg(long, default_value_t = 2048)]
+        memory: u32,
     },
     /// Create an ed25519 signing key pair.
     ///
@@ -66,6 +99,18 @@ enum Command {
         /// Public key the manifest must be signed with.
         #[arg(long, value_name = "PUBLIC_KEY")]
         key: PathBuf,
+    },
+    /// Resolve a Debian root's packages and write its lock file.
+    ///
+    /// With a current lock this only checks that the cached tree (or a fresh mmdebstrap
+    /// run) matches it. `--update` resolves the newest versions on purpose and rewrites
+    /// the lock. The tree lands in the cache, so the next `cairn build` starts warm.
+    Lock {
+        /// The image definition (TOML) with a [root.debian] table.
+        definition: PathBuf,
+        /// Refresh every package to the mirror's current version.
+        #[arg(long)]
+        update: bool,
     },
     /// Print this CLI's reference as Markdown (the source of docs/cli.md).
     #[command(hide = true)]
@@ -106,13 +151,21 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
             out: out_dir,
             plan,
             key,
+            overlay,
         } => {
-            let def = Definition::load(&definition)?;
+            let mut def = Definition::load(&definition)?;
+            for o in overlay {
+                if !o.is_dir() {
+                    bail!("--overlay {}: not a directory", o.display());
+                }
+                def.overlays.push(o);
+            }
             let opts = BuildOptions {
                 out: out_dir.unwrap_or_default(),
                 key,
                 source_date_epoch: std::env::var("SOURCE_DATE_EPOCH").ok(),
                 dev_key: build::dev_key_path(),
+                lock_mode: LockMode::Use,
             };
             if plan {
                 return print_plan(&def, &opts, out);
@@ -156,6 +209,116 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
             }
             Ok(())
         }
+        Command::Boot {
+            image,
+            config_drive,
+            timeout,
+            until_ready,
+            ssh_port,
+            accel,
+            memory,
+        } => {
+            let disk = if image.is_dir() {
+                image.join(build::DISK_FILE)
+            } else {
+                image.clone()
+            };
+            if !disk.is_file() {
+                bail!(
+                    "{} is not a disk image or a build output directory (run `cairn build` first)",
+                    image.display()
+                );
+            }
+            let spec = VmSpec {
+                disk,
+                config_drive,
+                memory_mib: memory,
+                cpus: 2,
+                ssh_port: Some(ssh_port),
+                accel,
+                echo: true,
+            };
+            let mut vm = Vm::start(&spec)?;
+            writeln!(
+                err,
+                "cairn: booting {} ({}, SSH on 127.0.0.1:{ssh_port}); Ctrl-C stops",
+                image.display(),
+                if vm.accel == Accel::Kvm { "KVM" } else { "TCG" }
+            )?;
+            // Keyboard to the serial console.
+            let stdin_to_vm = vm.console_input();
+            std::thread::spawn(move || {
+                let mut line = String::new();
+                while std::io::stdin().read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+                    if stdin_to_vm.send(&line).is_err() {
+                        break;
+                    }
+                    line.clear();
+                }
+            });
+            let limit = std::time::Duration::from_secs(timeout.unwrap_or(if until_ready { 900 } else { u64::MAX / 4 }));
+            let ready = vm.wait_for_line("cairn: ready ", limit);
+            let phases = vm::boot_phases(&vm.lines());
+            match ready {
+                Ok(_) => {
+                    writeln!(err, "\n{}", vm::render_budget(&phases, vm.accel))?;
+                    if until_ready {
+                        vm.kill();
+                        return Ok(());
+                    }
+                }
+                Err(e) => {
+                    vm.kill();
+                    return Err(e).context("the node did not become ready");
+                }
+            }
+            let left = limit.saturating_sub(vm.elapsed());
+            match vm.wait_exit(left) {
+                Some(status) => writeln!(err, "cairn: QEMU exited ({status})")?,
+                None => {
+                    writeln!(err, "cairn: --timeout reached, stopping the VM")?;
+                    vm.kill();
+                }
+            }
+            Ok(())
+        }
+        Command::Lock { definition, update } => {
+            let def = Definition::load(&definition)?;
+            let RootSource::Debian(spec) = &def.root else {
+                bail!(
+                    "{} has no [root.debian] table; only Debian roots have a lock",
+                    definition.display()
+                );
+            };
+            let epoch = build::effective_epoch(std::env::var("SOURCE_DATE_EPOCH").ok().as_deref())?;
+            let inputs = debian::TreeInputs {
+                dracut_modules: &def.dracut_modules,
+                drivers: &def.initrd_drivers,
+                epoch,
+            };
+            let mode = if update { LockMode::Update } else { LockMode::Use };
+            let p = debian::prepare(spec, &def.file, &inputs, mode, &mut |line| {
+                let _ = writeln!(err, "==> {line}");
+            })?;
+            let state = match p.lock_written {
+                Some(why) => format!("written ({why})"),
+                None => "unchanged".into(),
+            };
+            writeln!(
+                out,
+                "lock {} {state}: {} packages from {}",
+                spec.lock.display(),
+                p.lock.package.len(),
+                p.lock.mirrors.main
+            )?;
+            writeln!(
+                out,
+                "tree cache key {} ({})",
+                p.key,
+                if p.cache_hit { "already cached" } else { "built now" }
+            )?;
+            Ok(())
+        }
         Command::HelpMarkdown => {
             write!(out, "{}", help_markdown())?;
             Ok(())
@@ -186,12 +349,44 @@ fn print_plan(def: &Definition, opts: &BuildOptions, out: &mut dyn Write) -> Res
         "  image        {} {} ({})",
         def.name, def.version, def.architecture
     )?;
-    writeln!(out, "  root source  {}", def.root.path().display())?;
+    writeln!(out, "  root         {}", def.root.describe())?;
+    if let RootSource::Debian(d) = &def.root {
+        let lock = match Lock::load(&d.lock) {
+            Ok(Some(l)) if l.request == debian::request_hash(d) => {
+                format!("{} ({} packages pinned)", d.lock.display(), l.package.len())
+            }
+            Ok(Some(_)) => format!(
+                "{} (out of date: the package request changed; the build re-resolves)",
+                d.lock.display()
+            ),
+            Ok(None) => format!("{} (none yet: the build resolves and writes it)", d.lock.display()),
+            Err(e) => format!("{} (unreadable: {e})", d.lock.display()),
+        };
+        writeln!(out, "  lock         {lock}")?;
+        writeln!(out, "  packages     {}", debian::include_list(d).join(" "))?;
+        writeln!(out, "  cache        {}", debian::cache_dir().display())?;
+    }
     for o in &def.overlays {
         writeln!(out, "  overlay      {}", o.display())?;
     }
-    writeln!(out, "  kernel       {}", def.kernel.display())?;
-    writeln!(out, "  initrd       {}", def.initrd.display())?;
+    let from_tree = |p: &Option<PathBuf>, what: &str| match p {
+        Some(p) => p.display().to_string(),
+        None => format!("{what} from the Debian root"),
+    };
+    writeln!(
+        out,
+        "  kernel       {}",
+        from_tree(&def.kernel, "the kernel package's vmlinuz")
+    )?;
+    writeln!(out, "  initrd       {}", from_tree(&def.initrd, "dracut"))?;
+    writeln!(
+        out,
+        "  kubelet      {}",
+        match &def.kubelet {
+            Some(k) => format!("pinned, sha256 {}", hex::encode(k.sha256)),
+            None => "none pinned: the image will not run a kubelet".into(),
+        }
+    )?;
     writeln!(
         out,
         "  cmdline      {}",
@@ -284,6 +479,33 @@ fn print_summary(r: &build::BuildReport, secs: f64, out: &mut dyn Write) -> Resu
             mib(p.entry.size()),
             p.entry.uuid
         )?;
+    }
+    if let Some(d) = &r.debian {
+        writeln!(
+            out,
+            "  debian       {} packages, tree {} (cache key {}), {} downloaded",
+            d.packages,
+            if d.cache_hit {
+                "from the cache"
+            } else {
+                "built by mmdebstrap"
+            },
+            d.key,
+            d.downloaded
+        )?;
+        if let Some(why) = d.lock_written {
+            writeln!(out, "  lock         wrote {} ({why}); commit it", d.lock.display())?;
+        }
+    }
+    if !r.units.is_empty() {
+        writeln!(out, "  units        {}", r.units.join(" "))?;
+    }
+    match &r.kubelet {
+        Some(sha) => writeln!(out, "  kubelet      included, sha256 {}", &sha[..16])?,
+        None => writeln!(
+            out,
+            "  kubelet      NOT INCLUDED: no [kubelet] artifact pinned, so this image has no kubelet"
+        )?,
     }
     let stages: Vec<String> = r
         .stages

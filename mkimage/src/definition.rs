@@ -115,7 +115,12 @@ struct RawDefinition {
     version: Spanned<u32>,
     image: RawImage,
     root: RawRoot,
+    #[serde(default)]
     kernel: RawKernel,
+    #[serde(default)]
+    initrd: RawInitrd,
+    #[serde(default)]
+    kubelet: Option<RawKubelet>,
     #[serde(default)]
     boot: RawBoot,
     #[serde(default)]
@@ -140,16 +145,61 @@ struct RawImage {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawRoot {
-    source: Spanned<String>,
+    #[serde(default)]
+    source: Option<Spanned<String>>,
+    #[serde(default)]
+    debian: Option<Spanned<RawDebian>>,
     #[serde(default)]
     overlays: Vec<Spanned<String>>,
+    #[serde(default)]
+    units: Option<Spanned<String>>,
+    #[serde(default)]
+    node_agent: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawDebian {
+    suite: Spanned<String>,
+    #[serde(default)]
+    mirror: Option<Spanned<String>>,
+    #[serde(default)]
+    security_mirror: Option<Spanned<String>>,
+    #[serde(default)]
+    components: Option<Vec<Spanned<String>>>,
+    packages: Vec<Spanned<String>>,
+    #[serde(default)]
+    kernel: Option<Spanned<String>>,
+    #[serde(default)]
+    lock: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawInitrd {
+    #[serde(default)]
+    drivers: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    dracut_modules: Option<Vec<Spanned<String>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawKubelet {
+    #[serde(default)]
+    path: Option<Spanned<String>>,
+    #[serde(default)]
+    url: Option<Spanned<String>>,
+    sha256: Spanned<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawKernel {
-    image: Spanned<String>,
-    initrd: Spanned<String>,
+    #[serde(default)]
+    image: Option<Spanned<String>>,
+    #[serde(default)]
+    initrd: Option<Spanned<String>>,
     #[serde(default)]
     cmdline: Vec<Spanned<String>>,
     #[serde(default)]
@@ -200,16 +250,97 @@ pub enum RootSource {
     Directory(PathBuf),
     /// A tarball (`.tar`, `.tar.gz`, `.tar.xz`, `.tar.zst`).
     Tarball(PathBuf),
+    /// Debian packages, installed by mmdebstrap and pinned by a lock file.
+    Debian(DebianSpec),
 }
 
 impl RootSource {
-    /// The path, whichever kind.
-    pub fn path(&self) -> &Path {
+    /// A short description for the plan and progress lines.
+    pub fn describe(&self) -> String {
         match self {
-            RootSource::Directory(p) | RootSource::Tarball(p) => p,
+            RootSource::Directory(p) | RootSource::Tarball(p) => p.display().to_string(),
+            RootSource::Debian(d) => format!("Debian {} ({} packages requested)", d.suite, d.packages.len()),
         }
     }
 }
+
+/// Debian packages for the root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DebianSpec {
+    /// Suite, e.g. `bookworm`; its `-updates` and `-security` suites are added.
+    pub suite: String,
+    /// Main archive URL; `None` takes the host's apt configuration.
+    pub mirror: Option<String>,
+    /// Security archive URL; `None` takes the host's apt configuration.
+    pub security_mirror: Option<String>,
+    /// Archive components.
+    pub components: Vec<String>,
+    /// Requested packages (the kernel and the initrd tools are added).
+    pub packages: Vec<String>,
+    /// The kernel package.
+    pub kernel_package: String,
+    /// The lock file.
+    pub lock: PathBuf,
+}
+
+/// Where a pinned artifact comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArtifactSource {
+    /// A local file.
+    Path(PathBuf),
+    /// An http(s) or file URL, fetched with curl.
+    Url(String),
+}
+
+/// A file pinned by its sha256 (the kubelet, which Debian does not package).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Artifact {
+    /// Where it comes from.
+    pub source: ArtifactSource,
+    /// Its expected sha256.
+    pub sha256: [u8; 32],
+}
+
+/// Where the node agent binary comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeAgent {
+    /// `cairn-node` next to the running `cairn` executable (one `cargo build` makes both).
+    BesideCairn,
+    /// A given file.
+    Path(PathBuf),
+}
+
+/// The dracut modules that open a dm-verity root with systemd in the initrd.
+pub const DEFAULT_DRACUT_MODULES: &[&str] = &[
+    "systemd",
+    "systemd-initrd",
+    "systemd-veritysetup",
+    "dracut-systemd",
+    "base",
+    "fs-lib",
+    "rootfs-block",
+    "udev-rules",
+    "kernel-modules",
+];
+
+/// Kernel modules the initrd carries: virtio, SATA, NVMe, USB storage, dm-verity and the
+/// file systems of the disk.
+pub const DEFAULT_INITRD_DRIVERS: &[&str] = &[
+    "virtio_blk",
+    "virtio_pci",
+    "virtio_scsi",
+    "ahci",
+    "nvme",
+    "usb_storage",
+    "uas",
+    "xhci_pci",
+    "ehci_pci",
+    "sd_mod",
+    "dm_verity",
+    "squashfs",
+    "ext4",
+    "vfat",
+];
 
 /// Squashfs compression.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -249,10 +380,20 @@ pub struct Definition {
     pub root: RootSource,
     /// Overlay directories, applied in order.
     pub overlays: Vec<PathBuf>,
-    /// Kernel image.
-    pub kernel: PathBuf,
-    /// Initrd.
-    pub initrd: PathBuf,
+    /// Kernel image; `None` takes the one the Debian root installs.
+    pub kernel: Option<PathBuf>,
+    /// Initrd; `None` builds one with dracut inside the Debian root.
+    pub initrd: Option<PathBuf>,
+    /// Directory of Cairn's systemd units to install and enable.
+    pub units: Option<PathBuf>,
+    /// The node agent to install as /usr/bin/cairn-node.
+    pub node_agent: Option<NodeAgent>,
+    /// dracut modules for the initrd.
+    pub dracut_modules: Vec<String>,
+    /// Kernel modules for the initrd.
+    pub initrd_drivers: Vec<String>,
+    /// The kubelet binary, if pinned.
+    pub kubelet: Option<Artifact>,
     /// Kernel command line words added after Cairn's own (`roothash=`).
     pub cmdline: Vec<String>,
     /// EFI stub for the UKI.
@@ -316,6 +457,143 @@ impl Ctx<'_> {
         } else {
             self.dir.join(p)
         }
+    }
+
+    fn root_source(&self, source: &Spanned<String>) -> Result<RootSource, DefinitionError> {
+        let src_path = self.path(source);
+        match std::fs::metadata(&src_path) {
+            Ok(m) if m.is_dir() => Ok(RootSource::Directory(src_path)),
+            Ok(m) if m.is_file() => {
+                let n = src_path.to_string_lossy();
+                if [".tar", ".tar.gz", ".tgz", ".tar.xz", ".tar.zst"]
+                    .iter()
+                    .any(|e| n.ends_with(e))
+                {
+                    Ok(RootSource::Tarball(src_path))
+                } else {
+                    self.err(
+                        Some(source.span()),
+                        format!("root source {n} is neither a directory nor a .tar, .tar.gz, .tar.xz or .tar.zst file"),
+                        "point `source` at a directory or a tarball of the root tree",
+                    )
+                }
+            }
+            Ok(_) => self.err(
+                Some(source.span()),
+                format!("root source {} is not a file or directory", src_path.display()),
+                "",
+            ),
+            Err(e) => self.err(
+                Some(source.span()),
+                format!("root source {}: {e}", src_path.display()),
+                "point `source` at an existing directory or tarball (paths are relative to the definition file)",
+            ),
+        }
+    }
+
+    fn debian(&self, d: &Spanned<RawDebian>) -> Result<DebianSpec, DefinitionError> {
+        let raw = d.get_ref();
+        let word = |s: &Spanned<String>, what: &str, hint: &str| -> Result<String, DefinitionError> {
+            let v = s.get_ref();
+            let ok = v.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+                && v.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c));
+            if ok {
+                Ok(v.clone())
+            } else {
+                self.err(Some(s.span()), format!("'{v}' is not a valid {what}"), hint)
+            }
+        };
+        let url = |s: &Option<Spanned<String>>| -> Result<Option<String>, DefinitionError> {
+            match s {
+                None => Ok(None),
+                Some(u)
+                    if ["http://", "https://", "file:/"]
+                        .iter()
+                        .any(|p| u.get_ref().starts_with(p)) =>
+                {
+                    Ok(Some(u.get_ref().trim_end_matches('/').to_string()))
+                }
+                Some(u) => self.err(
+                    Some(u.span()),
+                    format!("mirror '{}' is not an http(s) or file URL", u.get_ref()),
+                    "e.g. mirror = \"http://deb.debian.org/debian\"",
+                ),
+            }
+        };
+        let suite = word(&raw.suite, "suite", "e.g. suite = \"bookworm\"")?;
+        let mut packages = Vec::new();
+        for p in &raw.packages {
+            packages.push(word(
+                p,
+                "package name",
+                "Debian package names are lower case letters, digits, '+', '-' and '.'",
+            )?);
+        }
+        let components = match &raw.components {
+            None => vec!["main".to_string()],
+            Some(c) => c
+                .iter()
+                .map(|c| word(c, "component", "e.g. [\"main\"]"))
+                .collect::<Result<_, _>>()?,
+        };
+        let kernel_package = match &raw.kernel {
+            None => "linux-image-amd64".to_string(),
+            Some(k) => word(k, "package name", "e.g. kernel = \"linux-image-amd64\"")?,
+        };
+        let lock = match &raw.lock {
+            None => self.dir.join("cairn.lock"),
+            Some(l) => self.path(l),
+        };
+        Ok(DebianSpec {
+            suite,
+            mirror: url(&raw.mirror)?,
+            security_mirror: url(&raw.security_mirror)?,
+            components,
+            packages,
+            kernel_package,
+            lock,
+        })
+    }
+
+    fn artifact(&self, k: &RawKubelet) -> Result<Artifact, DefinitionError> {
+        let mut sha = [0u8; 32];
+        if hex::decode_to_slice(k.sha256.get_ref(), &mut sha).is_err() {
+            return self.err(
+                Some(k.sha256.span()),
+                "kubelet sha256 is not 64 hex digits",
+                "write the artifact's `sha256sum`",
+            );
+        }
+        let source = match (&k.path, &k.url) {
+            (Some(p), None) => ArtifactSource::Path(self.existing_file(
+                p,
+                "kubelet",
+                "point `path` at the kubelet binary you pinned",
+            )?),
+            (None, Some(u))
+                if ["http://", "https://", "file://"]
+                    .iter()
+                    .any(|s| u.get_ref().starts_with(s)) =>
+            {
+                ArtifactSource::Url(u.get_ref().clone())
+            }
+            (None, Some(u)) => {
+                return self.err(
+                    Some(u.span()),
+                    format!("'{}' is not an http(s) or file URL", u.get_ref()),
+                    "",
+                )
+            }
+            _ => {
+                return self.err(
+                    Some(k.sha256.span()),
+                    "[kubelet] needs exactly one of `path` and `url`",
+                    "e.g. path = \"artifacts/kubelet\"",
+                )
+            }
+        };
+        Ok(Artifact { source, sha256: sha })
     }
 
     /// A path that must exist as a file.
@@ -430,36 +708,21 @@ impl Definition {
             }
         };
 
-        let src_path = cx.path(&raw.root.source);
-        let root = match std::fs::metadata(&src_path) {
-            Ok(m) if m.is_dir() => RootSource::Directory(src_path),
-            Ok(m) if m.is_file() => {
-                let n = src_path.to_string_lossy();
-                if [".tar", ".tar.gz", ".tgz", ".tar.xz", ".tar.zst"]
-                    .iter()
-                    .any(|e| n.ends_with(e))
-                {
-                    RootSource::Tarball(src_path)
-                } else {
-                    return cx.err(
-                        Some(raw.root.source.span()),
-                        format!("root source {n} is neither a directory nor a .tar, .tar.gz, .tar.xz or .tar.zst file"),
-                        "point `source` at a directory or a tarball of the root tree",
-                    );
-                }
-            }
-            Ok(_) => {
+        let root = match (&raw.root.source, &raw.root.debian) {
+            (Some(source), None) => cx.root_source(source)?,
+            (None, Some(debian)) => RootSource::Debian(cx.debian(debian)?),
+            (Some(source), Some(_)) => {
                 return cx.err(
-                    Some(raw.root.source.span()),
-                    format!("root source {} is not a file or directory", src_path.display()),
-                    "",
+                    Some(source.span()),
+                    "[root] has both `source` and [root.debian]",
+                    "keep one: a prebuilt tree, or Debian packages",
                 )
             }
-            Err(e) => {
+            (None, None) => {
                 return cx.err(
-                    Some(raw.root.source.span()),
-                    format!("root source {}: {e}", src_path.display()),
-                    "point `source` at an existing directory or tarball (paths are relative to the definition file)",
+                    None,
+                    "[root] needs a `source` (directory or tarball) or a [root.debian] table",
+                    "see docs/image-definition.md",
                 )
             }
         };
@@ -476,16 +739,79 @@ impl Definition {
             overlays.push(p);
         }
 
-        let kernel = cx.existing_file(
-            &raw.kernel.image,
-            "kernel",
-            "name the kernel image (bzImage/vmlinuz) to boot",
-        )?;
-        let initrd = cx.existing_file(
-            &raw.kernel.initrd,
-            "initrd",
-            "name the initrd that opens the verity root",
-        )?;
+        let debian = matches!(root, RootSource::Debian(_));
+        let kernel = match &raw.kernel.image {
+            Some(k) => Some(cx.existing_file(k, "kernel", "name the kernel image (bzImage/vmlinuz) to boot")?),
+            None if debian => None,
+            None => {
+                return cx.err(
+                    None,
+                    "[kernel] image is required when the root is not built from Debian packages",
+                    "add image = \"path/to/vmlinuz\" under [kernel]",
+                )
+            }
+        };
+        let initrd = match &raw.kernel.initrd {
+            Some(k) => Some(cx.existing_file(k, "initrd", "name the initrd that opens the verity root")?),
+            None if debian => None,
+            None => {
+                return cx.err(
+                    None,
+                    "[kernel] initrd is required when the root is not built from Debian packages",
+                    "add initrd = \"path/to/initrd.img\" under [kernel]",
+                )
+            }
+        };
+        let units = match &raw.root.units {
+            None => None,
+            Some(u) => {
+                let p = cx.path(u);
+                if !p.is_dir() {
+                    return cx.err(
+                        Some(u.span()),
+                        format!("units directory {} does not exist", p.display()),
+                        "point `units` at the repository's units/ folder",
+                    );
+                }
+                Some(p)
+            }
+        };
+        let node_agent = match &raw.root.node_agent {
+            None => None,
+            Some(a) if a.get_ref() == "beside-cairn" => Some(NodeAgent::BesideCairn),
+            Some(a) => Some(NodeAgent::Path(cx.existing_file(
+                a,
+                "node agent",
+                "build it with `cargo build --release -p cairn-node`, or use \"beside-cairn\"",
+            )?)),
+        };
+        let word_list = |list: &Option<Vec<Spanned<String>>>,
+                         default: &[&str],
+                         what: &str|
+         -> Result<Vec<String>, DefinitionError> {
+            match list {
+                None => Ok(default.iter().map(|s| s.to_string()).collect()),
+                Some(l) => {
+                    for w in l {
+                        let v = w.get_ref();
+                        if v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || "-_".contains(c)) {
+                            return cx.err(
+                                Some(w.span()),
+                                format!("'{v}' is not a {what} name"),
+                                "names are letters, digits, '-' and '_'",
+                            );
+                        }
+                    }
+                    Ok(l.iter().map(|w| w.get_ref().clone()).collect())
+                }
+            }
+        };
+        let dracut_modules = word_list(&raw.initrd.dracut_modules, DEFAULT_DRACUT_MODULES, "dracut module")?;
+        let initrd_drivers = word_list(&raw.initrd.drivers, DEFAULT_INITRD_DRIVERS, "kernel module")?;
+        let kubelet = match &raw.kubelet {
+            None => None,
+            Some(k) => Some(cx.artifact(k)?),
+        };
         let mut cmdline = Vec::new();
         for w in &raw.kernel.cmdline {
             if let Err(why) = valid_cmdline_word(w.get_ref()) {
@@ -624,6 +950,11 @@ impl Definition {
             overlays,
             kernel,
             initrd,
+            units,
+            node_agent,
+            dracut_modules,
+            initrd_drivers,
+            kubelet,
             cmdline,
             stub,
             systemd_boot,

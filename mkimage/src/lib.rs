@@ -11,6 +11,8 @@
 
 pub mod build;
 pub mod cli;
+pub mod customize;
+pub mod debian;
 pub mod definition;
 pub mod ext4;
 pub mod fat;
@@ -24,3 +26,4 @@ pub mod tools;
 pub mod uki;
 pub mod verify;
 pub mod verity;
+pub mod vm;

@@ -436,6 +436,90 @@ impl Tree {
         )
     }
 
+    /// The bytes of the regular file at `path` (following nothing), if it is one.
+    pub fn read_file(&self, path: &str) -> Result<Option<Vec<u8>>, TreeError> {
+        let Some(item) = self.items.get(path) else {
+            return Ok(None);
+        };
+        let Kind::File(size) = item.header.kind else {
+            return Ok(None);
+        };
+        let mut buf = vec![0u8; size as usize];
+        match &item.data {
+            Data::Bytes(b) => buf.copy_from_slice(b),
+            Data::Path(p) => {
+                File::open(p)
+                    .and_then(|mut f| f.read_exact(&mut buf))
+                    .map_err(io_err("reading", p))?;
+            }
+            Data::TarAt(off) => {
+                let tp = self.tar.as_deref().expect("tar data implies a tar source");
+                let mut f = File::open(tp).map_err(io_err("opening", tp))?;
+                f.seek(SeekFrom::Start(*off))
+                    .and_then(|_| f.read_exact(&mut buf))
+                    .map_err(io_err("reading", tp))?;
+            }
+            Data::None => return Ok(None),
+        }
+        Ok(Some(buf))
+    }
+
+    /// Remove `path` and, when it is a directory, everything under it. Returns how many
+    /// entries went.
+    pub fn remove(&mut self, path: &str) -> usize {
+        let prefix = format!("{path}/");
+        let before = self.items.len();
+        self.items.retain(|p, _| p != path && !p.starts_with(&prefix));
+        before - self.items.len()
+    }
+
+    /// Every path, in stream order.
+    pub fn paths(&self) -> impl Iterator<Item = &String> {
+        self.items.keys()
+    }
+
+    /// Move everything under `from` to the same place under `to` (a path prefix rename);
+    /// `from` itself stays. Hard links that pointed inside follow.
+    pub fn move_under(&mut self, from: &str, to: &str) {
+        let prefix = format!("{from}/");
+        let moved: Vec<String> = self.items.keys().filter(|p| p.starts_with(&prefix)).cloned().collect();
+        let rename = |p: &str| format!("{to}/{}", &p[prefix.len()..]);
+        for p in moved {
+            let mut item = self.items.remove(&p).expect("listed");
+            item.header.path = rename(&p);
+            self.items.insert(item.header.path.clone(), item);
+        }
+        for item in self.items.values_mut() {
+            if let Kind::HardLink(t) = &item.header.kind {
+                if t.starts_with(&prefix) {
+                    item.header.kind = Kind::HardLink(rename(t));
+                }
+            }
+        }
+    }
+
+    /// Add a directory owned by root unless something is there already.
+    pub fn ensure_dir(&mut self, path: &str, mode: u32, mtime: u64) {
+        if !self.items.contains_key(path) {
+            let header = Header {
+                path: path.to_string(),
+                kind: Kind::Dir,
+                mode,
+                uid: 0,
+                gid: 0,
+                mtime,
+                xattrs: Vec::new(),
+            };
+            self.items.insert(
+                path.to_string(),
+                Item {
+                    header,
+                    data: Data::None,
+                },
+            );
+        }
+    }
+
     /// The entry at `path`, if any (for tests and checks).
     pub fn get(&self, path: &str) -> Option<&Header> {
         self.items.get(path).map(|i| &i.header)
