@@ -168,6 +168,8 @@ pub struct DebianReport {
     pub lock: PathBuf,
     /// Why the lock was written, if it was.
     pub lock_written: Option<&'static str>,
+    /// Seconds mmdebstrap took for this tree (when it was cached, for a cache hit).
+    pub build_seconds: f64,
 }
 
 /// A file next to the running `cairn` executable.
@@ -515,6 +517,7 @@ pub fn build(def: &Definition, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -
                 downloaded: prepared.downloaded,
                 lock: spec.lock.clone(),
                 lock_written: prepared.lock_written,
+                build_seconds: prepared.build_seconds,
             });
             (tree, Some(k), Some(i))
         }

@@ -483,12 +483,15 @@ fn print_summary(r: &build::BuildReport, secs: f64, out: &mut dyn Write) -> Resu
     if let Some(d) = &r.debian {
         writeln!(
             out,
-            "  debian       {} packages, tree {} (cache key {}), {} downloaded",
+            "  debian       {} packages, {} (cache key {}), {} downloaded",
             d.packages,
             if d.cache_hit {
-                "from the cache"
+                format!(
+                    "tree from the cache: 0 s now, {:.0} s when mmdebstrap built it",
+                    d.build_seconds
+                )
             } else {
-                "built by mmdebstrap"
+                format!("tree built by mmdebstrap in {:.0} s and cached", d.build_seconds)
             },
             d.key,
             d.downloaded

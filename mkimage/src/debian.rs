@@ -349,6 +349,8 @@ pub struct Prepared {
     pub downloaded: usize,
     /// The cache key.
     pub key: String,
+    /// Seconds mmdebstrap took when this tree was built (now, or when it was cached).
+    pub build_seconds: f64,
 }
 
 /// The inputs besides the lock that make a cached tree.
@@ -404,6 +406,10 @@ pub fn prepare(
         let dir = cache.join("trees").join(&key);
         if dir.join("complete").exists() {
             log(&format!("debian: cached tree {key} matches {}", spec.lock.display()));
+            let build_seconds = fs::read_to_string(dir.join("build-seconds"))
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+                .unwrap_or(0.0);
             return Ok(Prepared {
                 tar: dir.join("root.tar"),
                 kernel: dir.join("vmlinuz"),
@@ -413,6 +419,7 @@ pub fn prepare(
                 lock_written: None,
                 downloaded: 0,
                 key,
+                build_seconds,
             });
         }
         let mirrors = lock.mirrors.clone();
@@ -481,6 +488,7 @@ struct Built {
     work: PathBuf,
     installed: Vec<(String, String, String)>,
     downloaded: usize,
+    seconds: f64,
 }
 
 impl Built {
@@ -545,6 +553,7 @@ impl Built {
             fs::rename(&from, &to).map_err(io_err("moving into the cache", &to))?;
         }
         fs::write(dir.join("cairn.lock"), lock.render()).map_err(io_err("writing", &dir))?;
+        fs::write(dir.join("build-seconds"), format!("{:.1}\n", self.seconds)).map_err(io_err("writing", &dir))?;
         fs::write(dir.join("complete"), b"").map_err(io_err("writing", &dir))?;
         let _ = fs::remove_dir_all(&self.work);
         Ok(Prepared {
@@ -556,6 +565,7 @@ impl Built {
             lock_written,
             downloaded: self.downloaded,
             key,
+            build_seconds: self.seconds,
         })
     }
 }
@@ -696,6 +706,7 @@ fn run_mmdebstrap(
         work,
         installed,
         downloaded,
+        seconds: started.elapsed().as_secs_f64(),
     })
 }
 

@@ -406,8 +406,8 @@ impl Vm {
         let from = self.console.0.lock().expect("console lock").lines.len();
         // The markers are assembled by the shell, so the echoed command never matches.
         self.send_line(&format!("echo CAIRN{m}''BEGIN; {command}; echo CAIRN{m}''END=$?"))?;
-        let begin = self.wait_for_from(from, &format!("CAIRN{m}BEGIN"), timeout)?;
-        let end = self.wait_for_from(begin, &format!("CAIRN{m}END="), timeout)?;
+        let begin = self.wait_inner(from, &format!("CAIRN{m}BEGIN"), timeout, false)?;
+        let end = self.wait_inner(begin, &format!("CAIRN{m}END="), timeout, false)?;
         let lines = self.lines();
         let out: Vec<&str> = lines[begin + 1..end].iter().map(|l| l.1.as_str()).collect();
         let code = lines[end]

@@ -1,0 +1,85 @@
+//! Shared setup for the QEMU tests: build the test image once per test binary with the
+//! real `cairn` binary, and run one VM at a time (the machine has two cores).
+//!
+//! The test image is the default definition (`images/node.toml`) plus one overlay,
+//! `qemu-tests/overlays/console-root`, that logs root in on the serial console so tests
+//! can run commands there. Nothing else differs from what users build.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+pub use cairn_mkimage::vm::{self, Accel, Vm, VmSpec};
+
+/// How long a boot may take under TCG before a test gives up.
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("qemu-tests sits in the workspace")
+        .to_owned()
+}
+
+/// The release `cairn` binary (`CAIRN_BIN` overrides).
+pub fn cairn_bin() -> PathBuf {
+    let p = std::env::var_os("CAIRN_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/release/cairn"));
+    assert!(
+        p.is_file() && p.with_file_name("cairn-node").is_file(),
+        "{} (and cairn-node beside it) missing: run `cargo build --release` first (./test.sh does)",
+        p.display()
+    );
+    p
+}
+
+/// The built test image directory (disk.raw, manifest.json).
+pub fn test_image() -> &'static Path {
+    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let out = workspace().join("target/qemu-tests/node");
+        let ws = workspace();
+        let status = Command::new(cairn_bin())
+            .current_dir(&ws)
+            .args([
+                "build",
+                "images/node.toml",
+                "--overlay",
+                "qemu-tests/overlays/console-root",
+                "--out",
+            ])
+            .arg(&out)
+            .status()
+            .expect("running cairn build");
+        assert!(status.success(), "building the test image failed");
+        out
+    })
+}
+
+/// The manifest of the test image.
+pub fn manifest() -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(test_image().join("manifest.json")).expect("manifest")).expect("json")
+}
+
+/// One VM at a time.
+pub fn vm_slot() -> MutexGuard<'static, ()> {
+    static SLOT: Mutex<()> = Mutex::new(());
+    SLOT.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Start a VM on `disk` with the console captured (not echoed).
+pub fn boot(disk: &Path) -> Vm {
+    let spec = VmSpec {
+        disk: disk.to_owned(),
+        config_drive: None,
+        memory_mib: 2048,
+        cpus: 2,
+        ssh_port: None,
+        accel: Accel::Auto,
+        echo: std::env::var_os("CAIRN_TEST_ECHO").is_some(),
+    };
+    Vm::start(&spec).expect("starting QEMU")
+}
