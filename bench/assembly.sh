@@ -102,8 +102,10 @@ ours() {
 timeit() { local s e; s=$(date +%s.%N); "$@"; e=$(date +%s.%N); echo "$e - $s" | bc; }
 
 echo "tree: $tree ($(du -h "$tree" | cut -f1)), zstd level $level, $(nproc) cores" >&2
-sync; t_ref=$(timeit ref)
-sync; t_ours=$(timeit ours)
+# Both start from a cold page cache (needs root; otherwise the tree may be cached for both).
+cold() { sync; if [ "$(id -u)" -eq 0 ]; then echo 3 > /proc/sys/vm/drop_caches; fi; }
+cold; t_ref=$(timeit ref)
+cold; t_ours=$(timeit ours)
 sqfs_ref=$(stat -c %s ref/root.sqfs)
 sqfs_ours=$(jq -r '.payloads[] | select(.name=="root") | .size' cairn-out/manifest.json 2>/dev/null ||
     python3 -c 'import json;print([p["size"] for p in json.load(open("cairn-out/manifest.json"))["payloads"] if p["name"]=="root"][0])')

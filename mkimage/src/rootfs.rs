@@ -289,7 +289,8 @@ impl Tree {
             tar: Some(path.to_owned()),
             ..Tree::default()
         };
-        let entries = ar.entries().map_err(io_err("reading", path))?;
+        // Seek past file data instead of reading it: indexing touches only the headers.
+        let entries = ar.entries_with_seek().map_err(io_err("reading", path))?;
         for entry in entries {
             let mut entry = entry.map_err(io_err("reading", path))?;
             let raw_path = String::from_utf8_lossy(&entry.path_bytes()).into_owned();

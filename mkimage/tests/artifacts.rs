@@ -461,3 +461,36 @@ fn directory_source_keeps_owners_devices_links_and_capabilities() {
         assert_eq!(g, &d, "/{path}");
     }
 }
+
+#[test]
+fn pinned_kubelet_is_installed_and_reported() {
+    require(&["unsquashfs"]);
+    let f = Fixture::new();
+    let bin = b"#!/bin/sh\necho kubelet\n";
+    fs::write(f.path("kubelet"), bin).unwrap();
+    let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bin));
+    f.write_definition(&format!("[kubelet]\npath = \"kubelet\"\nsha256 = \"{sha}\"\n"));
+    let o = f.build("out");
+    let summary = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        summary.contains(&format!("kubelet      included, sha256 {}", &sha[..16])),
+        "{summary}"
+    );
+    let m = manifest(&f.path("out"));
+    let (off, len) = payload(&m, "root");
+    let root = f.path("root.sqfs");
+    extract(&f.path("out/disk.raw"), off, len, &root);
+    let listing = run_ok(Command::new("unsquashfs").arg("-lln").arg(&root));
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.starts_with("-rwxr-xr-x 0/0") && l.ends_with("squashfs-root/usr/bin/kubelet")),
+        "{listing}"
+    );
+
+    // Without a pin the summary says the image has no kubelet.
+    f.write_definition("");
+    let o = f.build("out2");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("kubelet      NOT INCLUDED"));
+}
