@@ -34,6 +34,7 @@ use crate::ext4::{self, Ext4Spec};
 use crate::fat::{FatError, FatSpec};
 use crate::gpt::{Gpt, GptError};
 use crate::guid::Guid;
+use crate::kconfig;
 use crate::plan::{self, Layout, Role};
 use crate::rootfs::{Tree, TreeError, TreeStats};
 use crate::squashfs::{self, PackError, SquashfsSpec};
@@ -115,6 +116,14 @@ pub enum BuildError {
     /// The output directory cannot be used.
     #[error("output {0}: {1}")]
     Output(PathBuf, String),
+    /// The kernel lacks options Cairn needs.
+    #[error("the kernel config /{path} lacks options Cairn needs:\n{missing}\n  hint: pick a kernel package built with them (see kernel-config/cairn.config)")]
+    KernelConfig {
+        /// The config file in the tree.
+        path: String,
+        /// One line per missing option.
+        missing: String,
+    },
     /// Preparing the Debian root.
     #[error(transparent)]
     Debian(#[from] DebianError),
@@ -170,6 +179,29 @@ pub struct DebianReport {
     pub lock_written: Option<&'static str>,
     /// Seconds mmdebstrap took for this tree (when it was cached, for a cache hit).
     pub build_seconds: f64,
+}
+
+/// Check the tree's kernel config (`/boot/config-*`) against Cairn's requirements.
+fn check_kernel_config(tree: &Tree, log: &mut dyn FnMut(&str)) -> Result<(), BuildError> {
+    let Some(path) = tree.paths().find(|p| p.starts_with("boot/config-")).cloned() else {
+        log("kernel config: no /boot/config-* in the tree, not checked");
+        return Ok(());
+    };
+    let text = tree.read_file(&path)?.unwrap_or_default();
+    let reqs = kconfig::parse_fragment(kconfig::CAIRN_FRAGMENT).expect("the shipped fragment parses (unit-tested)");
+    let missing = kconfig::check(&reqs, &kconfig::parse_config(&String::from_utf8_lossy(&text)));
+    if missing.is_empty() {
+        log(&format!(
+            "kernel config: /{path} has all {} options Cairn needs",
+            reqs.len()
+        ));
+        Ok(())
+    } else {
+        Err(BuildError::KernelConfig {
+            path,
+            missing: kconfig::render_missing(&missing),
+        })
+    }
 }
 
 /// A file next to the running `cairn` executable.
@@ -504,6 +536,7 @@ pub fn build(def: &Definition, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -
             lap("debian", &mut stages, &mut t);
             log(&format!("root tree: indexing {} packages", prepared.lock.package.len()));
             let mut tree = Tree::from_tar(&prepared.tar)?;
+            check_kernel_config(&tree, log)?;
             let c = customize::debian_root(&mut tree, epoch)?;
             log(&format!(
                 "root tree: removed {} entries an image must not carry, {} /var entries moved to the factory copy",

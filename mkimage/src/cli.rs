@@ -112,6 +112,17 @@ enum Command {
         #[arg(long)]
         update: bool,
     },
+    /// Check a kernel's config against what Cairn needs (kernel-config/cairn.config).
+    ///
+    /// Lists every missing option with its class and exits non-zero when any is missing.
+    /// Builds of Debian roots run the same check on the tree's /boot/config-*.
+    CheckKernel {
+        /// The kernel's .config (e.g. /boot/config-6.1.0-…-amd64).
+        config: PathBuf,
+        /// Requirements to check instead of Cairn's built-in list.
+        #[arg(long, value_name = "FILE")]
+        fragment: Option<PathBuf>,
+    },
     /// Print this CLI's reference as Markdown (the source of docs/cli.md).
     #[command(hide = true)]
     HelpMarkdown,
@@ -316,6 +327,31 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
                 "tree cache key {} ({})",
                 p.key,
                 if p.cache_hit { "already cached" } else { "built now" }
+            )?;
+            Ok(())
+        }
+        Command::CheckKernel { config, fragment } => {
+            let frag = match &fragment {
+                Some(f) => std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
+                None => crate::kconfig::CAIRN_FRAGMENT.to_string(),
+            };
+            let reqs = crate::kconfig::parse_fragment(&frag)?;
+            let text = std::fs::read_to_string(&config).with_context(|| format!("reading {}", config.display()))?;
+            let missing = crate::kconfig::check(&reqs, &crate::kconfig::parse_config(&text));
+            if !missing.is_empty() {
+                bail!(
+                    "{} lacks {} of the {} options Cairn needs:\n{}",
+                    config.display(),
+                    missing.len(),
+                    reqs.len(),
+                    crate::kconfig::render_missing(&missing)
+                );
+            }
+            writeln!(
+                out,
+                "{}: all {} options Cairn needs are set",
+                config.display(),
+                reqs.len()
             )?;
             Ok(())
         }
