@@ -17,6 +17,7 @@
 //! into place only when complete; on any error the staging directory is removed and the
 //! output directory is left as it was.
 
+use crate::ioerr::{io_err, IoError};
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
@@ -66,16 +67,8 @@ pub enum BuildError {
     #[error(transparent)]
     Key(#[from] KeyError),
     /// IO on a named file.
-    #[error("{op} {path}")]
-    Io {
-        /// What was being done.
-        op: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     /// The root does not fit its slot.
     #[error(
         "the root filesystem is {size}, {over} more than a root slot holds ({slot})\n  hint: raise `root-size` under [partitions] in {file} to at least {need}"
@@ -140,11 +133,6 @@ pub enum BuildError {
     /// `SOURCE_DATE_EPOCH` is not a number.
     #[error("SOURCE_DATE_EPOCH='{0}' is not a number of seconds\n  hint: unset it or set it to e.g. $(git log -1 --format=%ct)")]
     Epoch(String),
-}
-
-fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> BuildError {
-    let path = path.to_owned();
-    move |source| BuildError::Io { op, path, source }
 }
 
 /// Choices made outside the definition (CLI flags and environment), which win over it.

@@ -18,6 +18,7 @@
 
 use std::collections::BTreeSet;
 
+use crate::ioerr::io_err;
 use crate::rootfs::{Tree, TreeError};
 
 /// What customizing did, for the summary.
@@ -250,13 +251,8 @@ pub fn debian_root(tree: &mut Tree, epoch: u64) -> Result<CustomizeReport, TreeE
 
 /// Install and enable the unit files of `dir` (see the module docs).
 pub fn install_units(tree: &mut Tree, dir: &std::path::Path, epoch: u64) -> Result<Vec<String>, TreeError> {
-    let io = |e| TreeError::Io {
-        op: "reading units from",
-        path: dir.to_owned(),
-        source: e,
-    };
     let mut names: Vec<_> = std::fs::read_dir(dir)
-        .map_err(io)?
+        .map_err(io_err("reading units from", dir))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
     names.sort();
@@ -266,11 +262,7 @@ pub fn install_units(tree: &mut Tree, dir: &std::path::Path, epoch: u64) -> Resu
             continue;
         };
         let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-        let text = std::fs::read_to_string(&path).map_err(|e| TreeError::Io {
-            op: "reading",
-            path: path.clone(),
-            source: e,
-        })?;
+        let text = std::fs::read_to_string(&path).map_err(io_err("reading", &path))?;
         match ext {
             "service" | "timer" | "target" | "socket" | "path" | "mount" => {
                 tree.add_file(

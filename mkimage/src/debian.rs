@@ -16,6 +16,7 @@
 //!   initrd, keyed by the sha256 of the lock, the customize hook, the dracut
 //!   configuration and the epoch. A build whose key is there does not run mmdebstrap.
 
+use crate::ioerr::{io_err, IoError};
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{BufRead, BufReader};
@@ -40,17 +41,9 @@ pub const LOCK_VERSION: u32 = 1;
 /// Problems preparing a Debian root.
 #[derive(Debug, thiserror::Error)]
 pub enum DebianError {
-    /// IO on a named path.
-    #[error("{op} {path}")]
-    Io {
-        /// What was being done.
-        op: &'static str,
-        /// The path.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
+    /// IO on a named file.
+    #[error(transparent)]
+    Io(#[from] IoError),
     /// A requested package is not in the archive.
     #[error("package '{package}' is not in Debian {suite} ({components}) at {mirror}\n  hint: check the name with `apt-cache policy {package}` and fix [root.debian] packages")]
     NoSuchPackage {
@@ -100,11 +93,6 @@ pub enum DebianError {
     /// The tree has no kernel.
     #[error("the root tree has no kernel in /boot; is [root.debian] kernel a kernel image package?")]
     NoKernel,
-}
-
-fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> DebianError {
-    let path = path.to_owned();
-    move |source| DebianError::Io { op, path, source }
 }
 
 /// Archive URLs.
@@ -218,7 +206,7 @@ impl Lock {
         let text = match fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_err("reading", path)(e)),
+            Err(e) => return Err(io_err("reading", path)(e).into()),
         };
         let lock: Lock = toml::from_str(&text).map_err(|e| DebianError::BadLock {
             path: path.to_owned(),
@@ -470,11 +458,7 @@ pub fn prepare(
     let built = run_mmdebstrap(spec, &mirrors, None, inputs, &cache, log)?;
     let lock = built.lock_from_tree(&spec.suite, &request, &mirrors, &cache)?;
     let text = lock.render();
-    cairn_signing::keys::write_file_atomic(&spec.lock, text.as_bytes(), 0o644).map_err(|e| DebianError::Io {
-        op: "writing",
-        path: spec.lock.clone(),
-        source: std::io::Error::other(e.to_string()),
-    })?;
+    cairn_signing::write_file_atomic(&spec.lock, text.as_bytes(), 0o644).map_err(io_err("writing", &spec.lock))?;
     log(&format!(
         "debian: wrote {} ({} packages)",
         spec.lock.display(),
@@ -637,11 +621,9 @@ fn run_mmdebstrap(
         include_list(spec).len()
     ));
     let started = Instant::now();
-    let mut child = cmd.spawn().map_err(|e| DebianError::Io {
-        op: "starting",
-        path: PathBuf::from("mmdebstrap (apt-get install mmdebstrap)"),
-        source: e,
-    })?;
+    let mut child = cmd
+        .spawn()
+        .map_err(io_err("starting", "mmdebstrap (apt-get install mmdebstrap)"))?;
     // Merge both streams into one reader so the order is kept for error messages.
     let stdout = child.stdout.take().expect("piped");
     let stderr = child.stderr.take().expect("piped");

@@ -10,6 +10,7 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::guid::Guid;
+use crate::ioerr::io_err;
 use crate::tools::{run, ToolError};
 
 /// The mke2fs configuration Cairn uses instead of the host's: features the Debian 12
@@ -53,11 +54,7 @@ pub struct Ext4Spec<'a> {
 /// Format the partition.
 pub fn format(spec: &Ext4Spec) -> Result<(), ToolError> {
     let conf = spec.scratch.join("mke2fs.conf");
-    std::fs::write(&conf, MKE2FS_CONF).map_err(|e| ToolError::Io {
-        op: "writing",
-        path: conf.clone(),
-        source: e,
-    })?;
+    std::fs::write(&conf, MKE2FS_CONF).map_err(io_err("writing", &conf))?;
     let mut cmd = Command::new("mkfs.ext4");
     cmd.env("MKE2FS_CONFIG", &conf)
         .env("E2FSPROGS_FAKE_TIME", spec.epoch.to_string())

@@ -18,6 +18,7 @@ pub mod ext4;
 pub mod fat;
 pub mod gpt;
 pub mod guid;
+pub mod ioerr;
 pub mod kconfig;
 pub mod plan;
 pub mod rootfs;

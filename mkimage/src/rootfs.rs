@@ -15,6 +15,7 @@
 //! * missing parent directories are created (`0755`, root, epoch);
 //! * `system.*` extended attributes (POSIX ACLs) are dropped: squashfs cannot store them.
 
+use crate::ioerr::{io_err, IoError};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
@@ -27,17 +28,9 @@ use crate::tarstream::{Header, Kind, TarWriter};
 /// Problems reading or combining trees.
 #[derive(Debug, thiserror::Error)]
 pub enum TreeError {
-    /// An IO error on a named file.
-    #[error("{op} {path}")]
-    Io {
-        /// What was being done.
-        op: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: io::Error,
-    },
+    /// IO on a named file.
+    #[error(transparent)]
+    Io(#[from] IoError),
     /// A tarball entry Cairn cannot represent.
     #[error("{tar}: entry '{entry}': {why}")]
     BadEntry {
@@ -51,11 +44,6 @@ pub enum TreeError {
     /// The combined tree is inconsistent.
     #[error("{0}")]
     Conflict(String),
-}
-
-fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> TreeError {
-    let path = path.to_owned();
-    move |source| TreeError::Io { op, path, source }
 }
 
 #[derive(Debug, Clone)]
@@ -123,7 +111,7 @@ fn read_xattrs(path: &Path) -> Result<Vec<(String, Vec<u8>)>, TreeError> {
     let names = match xattr::list(path) {
         Ok(n) => n,
         Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(out),
-        Err(e) => return Err(io_err("listing extended attributes of", path)(e)),
+        Err(e) => return Err(io_err("listing extended attributes of", path)(e).into()),
     };
     for name in names {
         let name = name.to_string_lossy().into_owned();
@@ -641,11 +629,7 @@ impl Tree {
             Some(p) => Some(File::open(p).map_err(io_err("opening", p))?),
             None => None,
         };
-        let pipe = |e: io::Error| TreeError::Io {
-            op: "streaming the root tree to",
-            path: PathBuf::from("tar2sqfs"),
-            source: e,
-        };
+        let pipe = |e: io::Error| TreeError::from(io_err("streaming the root tree to", "tar2sqfs")(e));
         let mut done = 0u64;
         let mut buf = vec![0u8; 1 << 20];
         for item in self.items.values() {

@@ -11,6 +11,7 @@ use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use crate::ioerr::io_err;
 use crate::rootfs::{Tree, TreeError};
 use crate::tools::{tail, ToolError};
 
@@ -81,11 +82,8 @@ pub fn pack(tree: &Tree, spec: &SquashfsSpec, progress: &mut dyn FnMut(u64)) -> 
     }
     streamed?;
     let size = std::fs::metadata(spec.out)
-        .map_err(|e| ToolError::Io {
-            op: "reading size of",
-            path: spec.out.to_owned(),
-            source: e,
-        })?
+        .map_err(io_err("reading size of", spec.out))
+        .map_err(ToolError::from)?
         .len();
     Ok(size)
 }

@@ -2,6 +2,8 @@
 //! error output captured into the error.
 
 use std::path::{Path, PathBuf};
+
+use crate::ioerr::IoError;
 use std::process::{Command, Stdio};
 
 /// Problems with external tools.
@@ -34,17 +36,9 @@ pub enum ToolError {
         /// The last lines it printed on stderr.
         stderr: String,
     },
-    /// A file the tool step needed.
-    #[error("{op} {path}")]
-    Io {
-        /// What was being done.
-        op: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
+    /// IO on a named file.
+    #[error(transparent)]
+    Io(#[from] IoError),
 }
 
 /// The Debian package that ships a tool Cairn runs.

@@ -7,6 +7,7 @@
 //! verity tree against both the stored tree and the root hash, and the UKI's command
 //! line against the root hash.
 
+use crate::ioerr::{io_err, IoError};
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -21,17 +22,9 @@ use crate::verity::{self, VerityParams};
 /// Why verification failed.
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
-    /// A file could not be read.
-    #[error("{op} {path}")]
-    Io {
-        /// What was being done.
-        op: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: io::Error,
-    },
+    /// IO on a named file.
+    #[error(transparent)]
+    Io(#[from] IoError),
     /// The manifest or its signature.
     #[error("{path}")]
     Manifest {
@@ -51,11 +44,6 @@ pub enum VerifyError {
         /// What is there.
         found: String,
     },
-}
-
-fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> VerifyError {
-    let path = path.to_owned();
-    move |source| VerifyError::Io { op, path, source }
 }
 
 fn expect_eq(what: impl Into<String>, expected: impl ToString, found: impl ToString) -> Result<(), VerifyError> {

@@ -11,6 +11,7 @@
 //! Acceleration: `auto` tries KVM and falls back to TCG when KVM is missing or fails
 //! (on hosts with broken nested virtualization QEMU prints "KVM internal error").
 
+use crate::ioerr::{io_err, IoError};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -30,17 +31,9 @@ pub enum VmError {
     /// A tool is missing or failed.
     #[error(transparent)]
     Tool(#[from] ToolError),
-    /// IO on a named path.
-    #[error("{op} {path}")]
-    Io {
-        /// What was being done.
-        op: &'static str,
-        /// The path.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
+    /// IO on a named file.
+    #[error(transparent)]
+    Io(#[from] IoError),
     /// The awaited console output did not come.
     #[error("timed out after {secs:.0}s waiting for {waiting_for}; last console lines:\n{last}")]
     Timeout {
@@ -61,11 +54,6 @@ pub enum VmError {
         /// The console's last lines.
         last: String,
     },
-}
-
-fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> VmError {
-    let path = path.to_owned();
-    move |source| VmError::Io { op, path, source }
 }
 
 /// CPU acceleration.
@@ -455,7 +443,8 @@ impl ConsoleInput {
         let mut w = self.0.lock().expect("stdin lock");
         w.write_all(text.as_bytes())
             .and_then(|_| w.flush())
-            .map_err(io_err("writing to the console of", Path::new("qemu")))
+            .map_err(io_err("writing to the console of", "qemu"))?;
+        Ok(())
     }
 }
 

@@ -7,14 +7,14 @@
 //! | signature | raw 64 bytes | what `openssl pkeyutl -verify -rawin -sigfile` takes |
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use sha2::{Digest, Sha256};
+
+use crate::write_file_atomic;
 
 /// Length in bytes of a detached signature file.
 pub const SIGNATURE_LEN: usize = 64;
@@ -121,8 +121,17 @@ impl PrivateKey {
                 return Err(KeyError::Exists(p.to_owned()));
             }
         }
-        write_file_atomic(private_path, self.to_pem().as_bytes(), 0o600)?;
-        write_file_atomic(public_path, self.public().to_pem().as_bytes(), 0o644)
+        for (path, text, mode) in [
+            (private_path, self.to_pem(), 0o600),
+            (public_path, self.public().to_pem(), 0o644),
+        ] {
+            write_file_atomic(path, text.as_bytes(), mode).map_err(|source| KeyError::Io {
+                op: "writing key",
+                path: path.to_owned(),
+                source,
+            })?;
+        }
+        Ok(())
     }
 }
 
@@ -178,49 +187,10 @@ impl PublicKey {
     }
 }
 
-/// Write `data` to `path` through a temporary file in the same directory: write, fsync,
-/// set mode, rename, fsync the directory. Readers see the old file or the new one.
-pub fn write_file_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), KeyError> {
-    let io = |op: &'static str, p: &Path| {
-        let p = p.to_owned();
-        move |source| KeyError::Io { op, path: p, source }
-    };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    fs::create_dir_all(&dir).map_err(io("creating directory", &dir))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    let result = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)
-            .map_err(io("creating", &tmp))?;
-        f.set_permissions(fs::Permissions::from_mode(mode))
-            .map_err(io("setting mode of", &tmp))?;
-        f.write_all(data).map_err(io("writing", &tmp))?;
-        f.sync_all().map_err(io("syncing", &tmp))?;
-        fs::rename(&tmp, path).map_err(io("renaming into place", path))?;
-        fs::File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io("syncing directory", &dir))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn pem_round_trip_and_signature() {
