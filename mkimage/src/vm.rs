@@ -157,28 +157,41 @@ impl Vm {
         };
         let vm = Self::start_with(spec, first)?;
         if spec.accel == Accel::Auto && first == Accel::Kvm {
-            // A broken KVM says so (or QEMU dies) within moments.
-            let deadline = Instant::now() + Duration::from_secs(8);
-            loop {
-                let (text, closed) = vm.snapshot();
-                if text.contains("KVM internal error") || closed || text.contains("failed to initialize kvm") {
-                    drop(vm);
-                    return Self::start_with(spec, Accel::Tcg);
-                }
-                if text.contains("BdsDxe") || Instant::now() > deadline {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(100));
+            // A broken KVM says so (or QEMU dies) within moments; working firmware
+            // reaches its boot manager.
+            let seen = |c: &Console, s: &str| c.partial.contains(s) || c.lines.iter().any(|l| l.1.contains(s));
+            let broken = vm.wait_until(Duration::from_secs(8), |c| {
+                c.closed || seen(c, "KVM internal error") || seen(c, "failed to initialize kvm") || seen(c, "BdsDxe")
+            });
+            if broken.is_some_and(|c| !seen(&c, "BdsDxe")) {
+                drop(vm);
+                return Self::start_with(spec, Accel::Tcg);
             }
         }
         Ok(vm)
     }
 
-    fn snapshot(&self) -> (String, bool) {
-        let c = self.console.0.lock().expect("console lock");
-        let mut s: String = c.lines.iter().map(|l| l.1.as_str()).collect::<Vec<_>>().join("\n");
-        s.push_str(&c.partial);
-        (s, c.closed)
+    /// Block until `done` holds for the console (re-checked on every new output and when
+    /// QEMU's output closes), or `timeout` passes. Returns the console at that moment,
+    /// `None` on timeout.
+    fn wait_until(&self, timeout: Duration, done: impl Fn(&Console) -> bool) -> Option<Console> {
+        let deadline = Instant::now() + timeout;
+        let (lock, cv) = &*self.console;
+        let mut c = lock.lock().expect("console lock");
+        loop {
+            if done(&c) {
+                return Some(Console {
+                    lines: c.lines.clone(),
+                    partial: c.partial.clone(),
+                    closed: c.closed,
+                });
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            c = cv.wait_timeout(c, deadline - now).expect("console lock").0;
+        }
     }
 
     fn start_with(spec: &VmSpec, accel: Accel) -> Result<Vm, VmError> {
@@ -415,14 +428,9 @@ impl Vm {
 
     /// Wait for QEMU to exit on its own, up to `timeout`.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Ok(Some(s)) = self.child.try_wait() {
-                return Some(s);
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        None
+        // QEMU's output closes when it exits, which wakes the console's waiters.
+        self.wait_until(timeout, |c| c.closed)?;
+        self.child.wait().ok()
     }
 }
 
