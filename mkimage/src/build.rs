@@ -302,8 +302,6 @@ pub struct BuildReport {
     pub tree: TreeStats,
     /// Squashfs size.
     pub squashfs_size: u64,
-    /// Size of a root slot.
-    pub root_slot: u64,
     /// Entries left out of the tree.
     pub skipped: Vec<String>,
     /// The layout with identifiers.
@@ -343,27 +341,21 @@ fn read_input(path: &Path, what: &'static str, hint: &'static str) -> Result<Vec
 pub fn required_tools(def: &Definition) -> Vec<&'static str> {
     let mut t = vec!["tar2sqfs", "mkfs.ext4"];
     if let RootSource::Tarball(p) = &def.root {
-        let n = p.to_string_lossy();
-        if n.ends_with(".zst") {
-            t.push("zstd");
-        } else if n.ends_with(".xz") {
-            t.push("xz");
-        } else if n.ends_with(".gz") || n.ends_with(".tgz") {
-            t.push("gzip");
-        }
+        t.extend(decompressor(p));
     }
     t
 }
 
+/// The tool that unpacks a compressed tarball, by its name; `None` for a plain `.tar`.
+fn decompressor(tarball: &Path) -> Option<&'static str> {
+    let n = tarball.to_string_lossy();
+    [(".zst", "zstd"), (".xz", "xz"), (".gz", "gzip"), (".tgz", "gzip")]
+        .into_iter()
+        .find_map(|(ext, tool)| n.ends_with(ext).then_some(tool))
+}
+
 fn decompress(src: &Path, staging: &Path) -> Result<PathBuf, BuildError> {
-    let n = src.to_string_lossy();
-    let tool = if n.ends_with(".zst") {
-        "zstd"
-    } else if n.ends_with(".xz") {
-        "xz"
-    } else if n.ends_with(".gz") || n.ends_with(".tgz") {
-        "gzip"
-    } else {
+    let Some(tool) = decompressor(src) else {
         return Ok(src.to_owned());
     };
     let out = staging.join("root.tar");
@@ -672,7 +664,7 @@ pub fn build(def: &Definition, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -
 
     // 5. UKI
     log("uki: assembling the unified kernel image");
-    let cmdline = plan::render_cmdline(&root_hash, &def.cmdline);
+    let cmdline = plan::render_cmdline(&hex::encode(root_hash), &def.cmdline);
     let (uki_bytes, _) = uki::build(&UkiParts {
         stub: &stub,
         osrel: os_release.as_bytes(),
@@ -840,7 +832,6 @@ pub fn build(def: &Definition, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -
         key: key_choice,
         tree: stats,
         squashfs_size: sqfs_size,
-        root_slot,
         skipped,
         layout,
         debian: debian_report,

@@ -14,7 +14,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::build::{self, BuildOptions, KeyChoice};
 use crate::debian::{self, Lock, LockMode};
-use crate::definition::{Compression, Definition, RootSource, SigningKey};
+use crate::definition::{Compression, Definition, RootSource, SigningKey, Size};
 use crate::plan::{self, Role};
 use crate::vm::{self, Accel, Vm, VmSpec};
 
@@ -362,14 +362,6 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
     }
 }
 
-fn mib(b: u64) -> String {
-    if b % (1 << 20) == 0 {
-        format!("{} MiB", b >> 20)
-    } else {
-        format!("{:.1} MiB", b as f64 / (1 << 20) as f64)
-    }
-}
-
 fn print_plan(def: &Definition, opts: &BuildOptions, out: &mut dyn Write) -> Result<()> {
     let layout = plan::layout(def);
     let Compression::Zstd(level) = def.compression;
@@ -426,13 +418,9 @@ fn print_plan(def: &Definition, opts: &BuildOptions, out: &mut dyn Write) -> Res
     writeln!(
         out,
         "  cmdline      {}",
-        plan::render_cmdline(&[0; 32], &def.cmdline).replacen(&"0".repeat(64), "<root hash>", 1)
+        plan::render_cmdline("<root hash>", &def.cmdline)
     )?;
-    writeln!(
-        out,
-        "  squashfs     zstd level {level}, {} blocks",
-        mib(def.block_size.0).replace(" MiB", "M").replace("0.1M", "128K")
-    )?;
+    writeln!(out, "  squashfs     zstd level {level}, {} blocks", def.block_size)?;
     writeln!(
         out,
         "  timestamps   {epoch} ({})",
@@ -446,7 +434,7 @@ fn print_plan(def: &Definition, opts: &BuildOptions, out: &mut dyn Write) -> Res
     writeln!(
         out,
         "  disk         {} ({} bytes)",
-        mib(layout.disk_size),
+        Size(layout.disk_size),
         layout.disk_size
     )?;
     writeln!(out, "  #  label     offset       size         type")?;
@@ -456,8 +444,8 @@ fn print_plan(def: &Definition, opts: &BuildOptions, out: &mut dyn Write) -> Res
             "  {}  {:<9} {:<12} {:<12} {}",
             i + 1,
             p.entry.name,
-            mib(p.entry.offset()),
-            mib(p.entry.size()),
+            Size(p.entry.offset()),
+            Size(p.entry.size()),
             p.entry.type_guid
         )?;
     }
@@ -487,18 +475,19 @@ fn print_summary(r: &build::BuildReport, secs: f64, out: &mut dyn Write) -> Resu
     writeln!(
         out,
         "  disk.raw     {} (sparse), sha256 {}",
-        mib(m.disk.size),
+        Size(m.disk.size),
         &m.disk.sha256[..16]
     )?;
     writeln!(out, "  root hash    {}", m.root_hash)?;
+    let root_slot = r.layout.get(Role::RootA).entry.size();
     writeln!(
         out,
         "  root fs      {} squashfs from {} of files ({} entries), {:.0}% of the {} slot",
-        mib(r.squashfs_size),
-        mib(r.tree.data_bytes),
+        Size(r.squashfs_size),
+        Size(r.tree.data_bytes),
         r.tree.entries,
-        r.squashfs_size as f64 * 100.0 / r.root_slot as f64,
-        mib(r.root_slot)
+        r.squashfs_size as f64 * 100.0 / root_slot as f64,
+        Size(root_slot)
     )?;
     writeln!(out, "  #  label     offset       size         uuid")?;
     for (i, p) in r.layout.partitions.iter().enumerate() {
@@ -511,8 +500,8 @@ fn print_summary(r: &build::BuildReport, secs: f64, out: &mut dyn Write) -> Resu
             "  {}  {:<9} {:<12} {:<12} {}{note}",
             i + 1,
             p.entry.name,
-            mib(p.entry.offset()),
-            mib(p.entry.size()),
+            Size(p.entry.offset()),
+            Size(p.entry.size()),
             p.entry.uuid
         )?;
     }

@@ -22,14 +22,12 @@ use crate::ioerr::io_err;
 use crate::rootfs::{Tree, TreeError};
 
 /// What customizing did, for the summary.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CustomizeReport {
     /// Entries removed.
     pub removed: usize,
     /// Entries moved to the factory /var.
     pub factory_var: usize,
-    /// Units installed.
-    pub units: Vec<String>,
 }
 
 /// The tmpfiles.d file that lays the factory /var down.
@@ -137,50 +135,23 @@ pub fn install_targets(unit_text: &str) -> Vec<(String, &'static str)> {
     out
 }
 
+/// Whether an entry of an installed Debian tree must not ship in an immutable image:
+/// `/boot`'s contents and the kernel links, SSH host keys, `/etc/hostname`, apt's lists
+/// and caches, and log files (their directories stay).
+pub fn not_in_an_image(path: &str, kind: &crate::tarstream::Kind) -> bool {
+    const EXACT: &[&str] = &["vmlinuz", "vmlinuz.old", "initrd.img", "initrd.img.old", "etc/hostname"];
+    EXACT.contains(&path)
+        || path.starts_with("boot/")
+        || path.starts_with("etc/ssh/ssh_host_")
+        || (path.starts_with("var/lib/apt/lists/") && !path.ends_with("/partial") && path != "var/lib/apt/lists/lock")
+        || (path.starts_with("var/cache/apt/") && path.ends_with(".bin"))
+        || (path.starts_with("var/cache/apt/archives/") && path.ends_with(".deb"))
+        || (path.starts_with("var/log/") && matches!(kind, crate::tarstream::Kind::File(_)))
+}
+
 /// Apply the Debian-root rules to `tree` (see the module docs).
 pub fn debian_root(tree: &mut Tree, epoch: u64) -> Result<CustomizeReport, TreeError> {
-    let mut r = CustomizeReport::default();
-    let boot: Vec<String> = tree.paths().filter(|p| p.starts_with("boot/")).cloned().collect();
-    for p in boot {
-        r.removed += tree.remove(&p);
-    }
-    for p in ["vmlinuz", "vmlinuz.old", "initrd.img", "initrd.img.old", "etc/hostname"] {
-        r.removed += tree.remove(p);
-    }
-    let keys: Vec<String> = tree
-        .paths()
-        .filter(|p| p.starts_with("etc/ssh/ssh_host_"))
-        .cloned()
-        .collect();
-    for p in keys {
-        r.removed += tree.remove(&p);
-    }
-    let caches: Vec<String> = tree
-        .paths()
-        .filter(|p| {
-            (p.starts_with("var/lib/apt/lists/") && !p.ends_with("/partial") && *p != "var/lib/apt/lists/lock")
-                || (p.starts_with("var/cache/apt/") && p.ends_with(".bin"))
-                || (p.starts_with("var/cache/apt/archives/") && p.ends_with(".deb"))
-        })
-        .cloned()
-        .collect();
-    for p in caches {
-        r.removed += tree.remove(&p);
-    }
-    // Log files are per node; keep the directories.
-    let logs: Vec<String> = tree
-        .paths()
-        .filter(|p| {
-            p.starts_with("var/log/")
-                && tree
-                    .get(p)
-                    .is_some_and(|h| matches!(h.kind, crate::tarstream::Kind::File(_)))
-        })
-        .cloned()
-        .collect();
-    for p in logs {
-        r.removed += tree.remove(&p);
-    }
+    let removed = tree.remove_where(|path, header| not_in_an_image(path, &header.kind));
     tree.add_file("etc/machine-id", 0o444, Vec::new(), epoch)?;
     if tree.get("usr/lib/systemd/systemd-resolved").is_some() {
         tree.add_symlink("etc/resolv.conf", "../run/systemd/resolve/stub-resolv.conf", epoch)?;
@@ -236,7 +207,6 @@ pub fn debian_root(tree: &mut Tree, epoch: u64) -> Result<CustomizeReport, TreeE
         };
         entries.push(entry);
     }
-    r.factory_var = var_paths.len();
     tree.move_under("var", "usr/share/factory/var");
     tree.ensure_dir("usr/share/factory", 0o755, epoch);
     tree.ensure_dir("usr/share/factory/var", 0o755, epoch);
@@ -246,7 +216,10 @@ pub fn debian_root(tree: &mut Tree, epoch: u64) -> Result<CustomizeReport, TreeE
         render_factory_tmpfiles(&entries, &managed).into_bytes(),
         epoch,
     )?;
-    Ok(r)
+    Ok(CustomizeReport {
+        removed,
+        factory_var: var_paths.len(),
+    })
 }
 
 /// Install and enable the unit files of `dir` (see the module docs).
@@ -349,6 +322,33 @@ mod tests {
                 "C /var/lib/dpkg - - - - /usr/share/factory/var/lib/dpkg"
             ]
         );
+    }
+
+    #[test]
+    fn what_an_image_must_not_carry() {
+        use crate::tarstream::Kind;
+        let file = Kind::File(1);
+        for p in [
+            "boot/vmlinuz-6.1",
+            "vmlinuz",
+            "etc/hostname",
+            "etc/ssh/ssh_host_rsa_key",
+            "var/lib/apt/lists/x_Packages",
+            "var/cache/apt/pkgcache.bin",
+            "var/log/dpkg.log",
+        ] {
+            assert!(not_in_an_image(p, &file), "{p}");
+        }
+        for p in [
+            "boot",
+            "etc/ssh/sshd_config",
+            "var/lib/apt/lists/partial",
+            "var/lib/apt/lists/lock",
+            "usr/bin/ls",
+        ] {
+            assert!(!not_in_an_image(p, &file), "{p}");
+        }
+        assert!(!not_in_an_image("var/log/journal", &Kind::Dir), "log directories stay");
     }
 
     #[test]

@@ -411,7 +411,7 @@ pub fn prepare(
             });
         }
         let mirrors = lock.mirrors.clone();
-        let built = run_mmdebstrap(spec, &mirrors, Some(&lock), inputs, &cache, log)?;
+        let built = run_mmdebstrap(spec, definition, &mirrors, Some(&lock), inputs, &cache, log)?;
         // The tree must be exactly the lock.
         let got = built.lock_from_tree(&lock.suite, &lock.request, &mirrors, &cache)?;
         if got.package != lock.package {
@@ -444,18 +444,13 @@ pub fn prepare(
     }
 
     let reason = reason.expect("some");
+    let host = host_mirrors(&spec.suite, Path::new("/etc/apt"));
     let mirrors = Mirrors {
-        main: spec
-            .mirror
-            .clone()
-            .unwrap_or_else(|| host_mirrors(&spec.suite, Path::new("/etc/apt")).main),
-        security: spec
-            .security_mirror
-            .clone()
-            .unwrap_or_else(|| host_mirrors(&spec.suite, Path::new("/etc/apt")).security),
+        main: spec.mirror.clone().unwrap_or(host.main),
+        security: spec.security_mirror.clone().unwrap_or(host.security),
     };
     log(&format!("debian: resolving the newest packages ({reason})"));
-    let built = run_mmdebstrap(spec, &mirrors, None, inputs, &cache, log)?;
+    let built = run_mmdebstrap(spec, definition, &mirrors, None, inputs, &cache, log)?;
     let lock = built.lock_from_tree(&spec.suite, &request, &mirrors, &cache)?;
     let text = lock.render();
     cairn_signing::write_file_atomic(&spec.lock, text.as_bytes(), 0o644).map_err(io_err("writing", &spec.lock))?;
@@ -560,6 +555,7 @@ fn shell_quote(p: &Path) -> String {
 
 fn run_mmdebstrap(
     spec: &DebianSpec,
+    definition: &Path,
     mirrors: &Mirrors,
     pinned: Option<&Lock>,
     inputs: &TreeInputs,
@@ -583,6 +579,7 @@ fn run_mmdebstrap(
         .filter_map(|e| e.ok().map(|e| e.file_name()))
         .collect();
 
+    let include = include_list(spec);
     let components = spec.components.join(" ");
     let sources = [
         format!("deb {} {} {components}", mirrors.main, spec.suite),
@@ -594,7 +591,7 @@ fn run_mmdebstrap(
     cmd.env("SOURCE_DATE_EPOCH", inputs.epoch.to_string())
         .args(["--variant=minbase", "--mode=auto", "--architectures=amd64", "--format=tar"])
         .arg(format!("--components={}", spec.components.join(",")))
-        .arg(format!("--include={}", include_list(spec).join(",")))
+        .arg(format!("--include={}", include.join(",")))
         .arg("--skip=essential/unlink")
         .arg("--aptopt=Acquire::Retries \"3\"")
         .arg("--setup-hook=mkdir -p \"$1/var/cache/apt/archives\" \"$1/etc/dracut.conf.d\" \"$1/etc/apt/preferences.d\"")
@@ -618,7 +615,7 @@ fn run_mmdebstrap(
         "debian: mmdebstrap {} from {} ({} packages requested)",
         spec.suite,
         mirrors.main,
-        include_list(spec).len()
+        include.len()
     ));
     let started = Instant::now();
     let mut child = cmd
@@ -653,7 +650,8 @@ fn run_mmdebstrap(
     let status = child.wait().map_err(io_err("waiting for", Path::new("mmdebstrap")))?;
     if !status.success() {
         let _ = fs::remove_dir_all(&work);
-        return Err(classify_failure(spec, mirrors, pinned, &tail, status.to_string()));
+        let locked_by = pinned.map(|_| definition);
+        return Err(classify_failure(spec, mirrors, locked_by, &tail, status.to_string()));
     }
     let text = fs::read_to_string(work.join("installed.txt")).map_err(io_err("reading", &work))?;
     let installed: Vec<(String, String, String)> = text
@@ -693,10 +691,11 @@ fn run_mmdebstrap(
 }
 
 /// Turn mmdebstrap's output into the error a user can act on.
+/// `locked_by` is the definition whose lock pinned the versions, if any.
 fn classify_failure(
     spec: &DebianSpec,
     mirrors: &Mirrors,
-    pinned: Option<&Lock>,
+    locked_by: Option<&Path>,
     lines: &[String],
     status: String,
 ) -> DebianError {
@@ -741,14 +740,14 @@ fn classify_failure(
             detail: l.trim().to_string(),
         };
     }
-    if let Some(lock) = pinned {
+    if let Some(definition) = locked_by {
         if let Some(l) = lines
             .iter()
             .find(|l| l.contains("but it is not going to be installed") || l.contains("was not found"))
         {
             return DebianError::LockDrift {
                 lock: spec.lock.display().to_string(),
-                definition: format!("{} (the definition)", lock.suite),
+                definition: definition.display().to_string(),
                 detail: l.trim().to_string(),
             };
         }
@@ -883,6 +882,17 @@ mod tests {
         );
         let e = classify_failure(&s, &m, None, &["boom".into()], "exit status: 1".into());
         assert!(e.to_string().contains("boom"));
+        let e = classify_failure(
+            &s,
+            &m,
+            Some(Path::new("images/node.toml")),
+            &["E: Version '1.2' for 'etcd-server' was not found".into()],
+            "1".into(),
+        );
+        assert!(
+            e.to_string().contains("run `cairn lock images/node.toml --update`"),
+            "{e}"
+        );
     }
 
     #[test]

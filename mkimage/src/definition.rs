@@ -81,15 +81,21 @@ impl Size {
 impl fmt::Display for Size {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
-        if b >= 1 << 30 && b % (1 << 30) == 0 {
-            write!(f, "{} GiB", b >> 30)
+        let text = if b >= 1 << 30 && b % (1 << 30) == 0 {
+            format!("{} GiB", b >> 30)
         } else if b >= MIB && b % MIB == 0 {
-            write!(f, "{} MiB", b >> 20)
+            format!("{} MiB", b >> 20)
         } else if b >= MIB {
-            write!(f, "{:.1} MiB", b as f64 / MIB as f64)
+            format!("{:.1} MiB", b as f64 / MIB as f64)
+        } else if b >= 1024 && b % 1024 == 0 {
+            format!("{} KiB", b >> 10)
+        } else if b >= 1024 {
+            format!("{:.1} KiB", b as f64 / 1024.0)
         } else {
-            write!(f, "{b} B")
-        }
+            format!("{b} B")
+        };
+        // Honour width and alignment, so sizes line up in tables.
+        f.pad(&text)
     }
 }
 
@@ -740,28 +746,31 @@ impl Definition {
         }
 
         let debian = matches!(root, RootSource::Debian(_));
-        let kernel = match &raw.kernel.image {
-            Some(k) => Some(cx.existing_file(k, "kernel", "name the kernel image (bzImage/vmlinuz) to boot")?),
-            None if debian => None,
-            None => {
-                return cx.err(
-                    None,
-                    "[kernel] image is required when the root is not built from Debian packages",
-                    "add image = \"path/to/vmlinuz\" under [kernel]",
-                )
-            }
+        // A Debian root supplies its own kernel and initrd; other roots must name them.
+        let from_file_or_tree = |v: &Option<Spanned<String>>, key: &str, what: &str, example: &str, hint: &str| match v
+        {
+            Some(k) => cx.existing_file(k, what, hint).map(Some),
+            None if debian => Ok(None),
+            None => cx.err(
+                None,
+                format!("[kernel] {key} is required when the root is not built from Debian packages"),
+                format!("add {key} = \"{example}\" under [kernel]"),
+            ),
         };
-        let initrd = match &raw.kernel.initrd {
-            Some(k) => Some(cx.existing_file(k, "initrd", "name the initrd that opens the verity root")?),
-            None if debian => None,
-            None => {
-                return cx.err(
-                    None,
-                    "[kernel] initrd is required when the root is not built from Debian packages",
-                    "add initrd = \"path/to/initrd.img\" under [kernel]",
-                )
-            }
-        };
+        let kernel = from_file_or_tree(
+            &raw.kernel.image,
+            "image",
+            "kernel",
+            "path/to/vmlinuz",
+            "name the kernel image (bzImage/vmlinuz) to boot",
+        )?;
+        let initrd = from_file_or_tree(
+            &raw.kernel.initrd,
+            "initrd",
+            "initrd",
+            "path/to/initrd.img",
+            "name the initrd that opens the verity root",
+        )?;
         let units = match &raw.root.units {
             None => None,
             Some(u) => {
@@ -1017,6 +1026,10 @@ mod tests {
         assert!(Size::parse("1.5G").is_err());
         assert!(Size::parse("12Q").is_err());
         assert_eq!(Size(1536 * MIB).to_string(), "1536 MiB");
+        assert_eq!(Size(64 << 10).to_string(), "64 KiB");
+        assert_eq!(Size(1536).to_string(), "1.5 KiB");
+        assert_eq!(Size(100).to_string(), "100 B");
+        assert_eq!(format!("[{:<8}]", Size(2 * MIB)), "[2 MiB   ]");
     }
 
     fn err(r: Result<Definition, DefinitionError>) -> DefinitionError {
@@ -1079,6 +1092,24 @@ mod tests {
                 .replace("version = 1", "version = 7"),
         ));
         assert!(e.to_string().contains("version = 1"), "{e}");
+    }
+
+    #[test]
+    fn tree_roots_must_name_kernel_and_initrd() {
+        let f = Fixture::new();
+        let path = f.dir.path().join("image.toml");
+        let base = "version = 1\n[image]\nname = \"n\"\nversion = \"1\"\n[root]\nsource = \"tree\"\n";
+        let e = err(Definition::parse(&path, base));
+        assert!(e.message.contains("[kernel] image is required"), "{e}");
+        assert!(e.hint.unwrap().contains("image = \"path/to/vmlinuz\""));
+        let e = err(Definition::parse(
+            &path,
+            &format!("{base}[kernel]\nimage = \"vmlinuz\"\n"),
+        ));
+        assert!(e.message.contains("[kernel] initrd is required"), "{e}");
+        let debian = "version = 1\n[image]\nname = \"n\"\nversion = \"1\"\n[root.debian]\nsuite = \"bookworm\"\npackages = [\"systemd\"]\n";
+        let d = Definition::parse(&path, debian).unwrap();
+        assert_eq!((d.kernel, d.initrd), (None, None), "a Debian root brings its own");
     }
 
     #[test]

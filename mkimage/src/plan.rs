@@ -194,8 +194,8 @@ pub fn render_os_release(name: &str, version: &str) -> String {
 }
 
 /// The kernel command line: Cairn's `roothash=` first, then the definition's words.
-pub fn render_cmdline(root_hash: &[u8; 32], extra: &[String]) -> String {
-    let mut s = format!("roothash={}", hex::encode(root_hash));
+pub fn render_cmdline(root_hash: &str, extra: &[String]) -> String {
+    let mut s = format!("roothash={root_hash}");
     for w in extra {
         s.push(' ');
         s.push_str(w);
@@ -279,7 +279,7 @@ mod tests {
         let os = render_os_release("node", "1.2");
         assert!(os.contains("IMAGE_ID=node\nIMAGE_VERSION=1.2\n"));
         assert_eq!(
-            render_cmdline(&[0xab; 32], &["console=ttyS0".into()]),
+            render_cmdline(&"ab".repeat(32), &["console=ttyS0".into()]),
             format!("roothash={} console=ttyS0", "ab".repeat(32))
         );
         assert_eq!(uki_file_name("1.2"), "cairn_1.2.efi");

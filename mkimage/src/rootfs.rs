@@ -462,6 +462,13 @@ impl Tree {
         before - self.items.len()
     }
 
+    /// Remove every entry for which `drop` holds; returns how many went.
+    pub fn remove_where(&mut self, mut drop: impl FnMut(&str, &Header) -> bool) -> usize {
+        let before = self.items.len();
+        self.items.retain(|p, i| !drop(p, &i.header));
+        before - self.items.len()
+    }
+
     /// Every path, in stream order.
     pub fn paths(&self) -> impl Iterator<Item = &String> {
         self.items.keys()
