@@ -111,9 +111,8 @@ fn disk_passes_the_reference_tools() {
     assert!(dump.contains("Filesystem volume name:   state"), "{dump}");
 
     // Root: a zstd squashfs whose content is the source plus overlay and Cairn's files.
-    let (r_off, r_len) = payload(&m, "root");
     let root = tmp.join("root.sqfs");
-    extract(&disk, r_off, r_len, &root);
+    extract_payload(&out, "root", &root);
     let s = run_ok(Command::new("unsquashfs").arg("-s").arg(&root));
     assert!(s.contains("Compression zstd"), "{s}");
     let listing = run_ok(Command::new("unsquashfs").arg("-lln").arg(&root));
@@ -381,8 +380,7 @@ fn first_build_creates_and_announces_a_development_key() {
 #[test]
 fn systemd_dissect_reads_the_disk() {
     // systemd-dissect attaches a loop device, which needs root.
-    if !is_root() {
-        eprintln!("skipping: systemd-dissect needs root for loop devices");
+    if skip_without_root("systemd-dissect needs root for loop devices") {
         return;
     }
     require(&["systemd-dissect"]);
@@ -418,8 +416,7 @@ fn systemd_dissect_reads_the_disk() {
 
 #[test]
 fn directory_source_keeps_owners_devices_links_and_capabilities() {
-    if !is_root() {
-        eprintln!("skipping: making device nodes and foreign owners in a directory needs root");
+    if skip_without_root("making device nodes and foreign owners in a directory needs root") {
         return;
     }
     require(&["sqfs2tar", "unsquashfs"]);
@@ -439,10 +436,8 @@ fn directory_source_keeps_owners_devices_links_and_capabilities() {
         .replace("source = \"root.tar\"", "source = \"tree\"");
     fs::write(f.path("image.toml"), def).unwrap();
     let out = f.build_ok("out");
-    let m = manifest(&out);
-    let (r_off, r_len) = payload(&m, "root");
     let root = f.path("root.sqfs");
-    extract(&out.join("disk.raw"), r_off, r_len, &root);
+    extract_payload(&out, "root", &root);
     run_ok(Command::new("sh").arg("-c").arg(format!(
         "sqfs2tar {} > {}",
         root.display(),
@@ -477,10 +472,8 @@ fn pinned_kubelet_is_installed_and_reported() {
         summary.contains(&format!("kubelet      included, sha256 {}", &sha[..16])),
         "{summary}"
     );
-    let m = manifest(&f.path("out"));
-    let (off, len) = payload(&m, "root");
     let root = f.path("root.sqfs");
-    extract(&f.path("out/disk.raw"), off, len, &root);
+    extract_payload(&f.path("out"), "root", &root);
     let listing = run_ok(Command::new("unsquashfs").arg("-lln").arg(&root));
     assert!(
         listing

@@ -208,8 +208,9 @@ fn cli_reference_in_docs_matches_the_binary() {
 fn kubelet_artifact_must_match_its_pin() {
     let f = Fixture::new();
     fs::write(f.path("kubelet"), b"#!/bin/sh\necho kubelet\n").unwrap();
-    let good = "6e3f1c8e8b1c5b2bd3a3a1c0f7ab1fe6b0dbd0b1b1ab4f9b1a3a2e5b8f3d0c41";
-    f.write_definition(&format!("[kubelet]\npath = \"kubelet\"\nsha256 = \"{good}\"\n"));
+    // A pin that is not the file's sha256.
+    let pinned = "6e3f1c8e8b1c5b2bd3a3a1c0f7ab1fe6b0dbd0b1b1ab4f9b1a3a2e5b8f3d0c41";
+    f.write_definition(&format!("[kubelet]\npath = \"kubelet\"\nsha256 = \"{pinned}\"\n"));
     let e = failing_build(&f, &[]);
     assert!(
         e.contains("kubelet sha256 mismatch: the definition pins 6e3f1c8e"),

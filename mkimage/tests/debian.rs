@@ -46,8 +46,7 @@ fn lock_fails(packages: &str, mirror: Option<&str>) -> String {
 
 #[test]
 fn unknown_package_is_named() {
-    if !is_root() {
-        eprintln!("skipping: mmdebstrap's root mode needs root");
+    if skip_without_root("mmdebstrap's root mode needs root") {
         return;
     }
     require(&["mmdebstrap"]);
@@ -61,8 +60,7 @@ fn unknown_package_is_named() {
 
 #[test]
 fn silent_mirror_is_named() {
-    if !is_root() {
-        eprintln!("skipping: mmdebstrap's root mode needs root");
+    if skip_without_root("mmdebstrap's root mode needs root") {
         return;
     }
     require(&["mmdebstrap"]);

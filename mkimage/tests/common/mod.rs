@@ -225,24 +225,39 @@ pub fn extract(disk: &Path, offset: u64, len: u64, to: &Path) {
     fs::write(to, v).unwrap();
 }
 
-pub fn partition(m: &serde_json::Value, label: &str) -> (u64, u64) {
-    let p = m["partitions"]
+/// `(offset, size)` of the manifest entry in `list` whose `key` is `value`.
+fn range(m: &serde_json::Value, list: &str, key: &str, value: &str) -> (u64, u64) {
+    let e = m[list]
         .as_array()
         .unwrap()
         .iter()
-        .find(|p| p["label"] == label)
-        .unwrap();
-    (p["offset"].as_u64().unwrap(), p["size"].as_u64().unwrap())
+        .find(|e| e[key] == value)
+        .unwrap_or_else(|| panic!("no {list} entry with {key} = {value}"));
+    (e["offset"].as_u64().unwrap(), e["size"].as_u64().unwrap())
+}
+
+pub fn partition(m: &serde_json::Value, label: &str) -> (u64, u64) {
+    range(m, "partitions", "label", label)
 }
 
 pub fn payload(m: &serde_json::Value, name: &str) -> (u64, u64) {
-    let p = m["payloads"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == name)
-        .unwrap();
-    (p["offset"].as_u64().unwrap(), p["size"].as_u64().unwrap())
+    range(m, "payloads", "name", name)
+}
+
+/// Copy payload `name` of the build in `out` into the file `to`.
+pub fn extract_payload(out: &Path, name: &str, to: &Path) {
+    let (offset, len) = payload(&manifest(out), name);
+    extract(&out.join("disk.raw"), offset, len, to);
+}
+
+/// Tests that need root (loop devices, device nodes, mmdebstrap's root mode) call this
+/// first; it says why they are skipped elsewhere. CI runs as root, so they run there.
+pub fn skip_without_root(why: &str) -> bool {
+    if is_root() {
+        return false;
+    }
+    eprintln!("skipping: {why}");
+    true
 }
 
 /// One tar entry as compared between source and image: everything but the data is
