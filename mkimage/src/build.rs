@@ -30,7 +30,9 @@ use sha2::{Digest, Sha256};
 
 use crate::customize;
 use crate::debian::{self, DebianError, LockMode};
-use crate::definition::{Artifact, ArtifactSource, Compression, Definition, NodeAgent, RootSource, SigningKey, Size};
+use crate::definition::{
+    Artifact, ArtifactSource, Compression, Definition, ModulePolicy, NodeAgent, RootSource, SigningKey, Size,
+};
 use crate::ext4::{self, Ext4Spec};
 use crate::fat::{FatError, FatSpec};
 use crate::gpt::{Gpt, GptError};
@@ -130,6 +132,9 @@ pub enum BuildError {
         /// Actual hash.
         found: String,
     },
+    /// Trimming kernel modules.
+    #[error("trimming kernel modules")]
+    Modules(#[from] crate::modules::ModulesError),
     /// `SOURCE_DATE_EPOCH` is not a number.
     #[error("SOURCE_DATE_EPOCH='{0}' is not a number of seconds\n  hint: unset it or set it to e.g. $(git log -1 --format=%ct)")]
     Epoch(String),
@@ -312,6 +317,8 @@ pub struct BuildReport {
     pub units: Vec<String>,
     /// sha256 of the kubelet baked in, if one was pinned.
     pub kubelet: Option<String>,
+    /// What module trimming kept, per kernel (empty with `modules = "all"`).
+    pub modules: Vec<crate::modules::TrimReport>,
 }
 
 /// Removes the staging directory unless the build committed it.
@@ -340,6 +347,9 @@ fn read_input(path: &Path, what: &'static str, hint: &'static str) -> Result<Vec
 /// Tools the build runs for this definition.
 pub fn required_tools(def: &Definition) -> Vec<&'static str> {
     let mut t = vec!["tar2sqfs", "mkfs.ext4"];
+    if matches!(def.modules, ModulePolicy::Trim { .. }) {
+        t.push("depmod");
+    }
     if let RootSource::Tarball(p) = &def.root {
         t.extend(decompressor(p));
     }
@@ -547,6 +557,42 @@ pub fn build(def: &Definition, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -
         .expect("definition validation ensures an initrd");
     let kernel = read_input(&kernel_path, "kernel", "set [kernel] image to a bzImage")?;
     let initrd = read_input(&initrd_path, "initrd", "set [kernel] initrd")?;
+    let mut module_reports = Vec::new();
+    if let ModulePolicy::Trim { classes, extra } = &def.modules {
+        let keep = kconfig::parse_keep(kconfig::CAIRN_FRAGMENT).expect("the shipped fragment parses (unit-tested)");
+        let rules: Vec<String> = keep
+            .into_iter()
+            .filter(|(c, _)| classes.contains(c))
+            .flat_map(|(_, r)| r)
+            .collect();
+        let scratch = staging_dir.join("depmod");
+        module_reports = crate::modules::trim(&mut tree, &rules, extra, &scratch, epoch)?;
+        if scratch.exists() {
+            fs::remove_dir_all(&scratch).map_err(|e| BuildError::Output(scratch.clone(), e.to_string()))?;
+        }
+        for r in &module_reports {
+            log(&format!(
+                "kernel modules {}: kept {} of {} ({} of {}) for classes {}{}",
+                r.kver,
+                r.kept,
+                r.before,
+                human(r.kept_bytes),
+                human(r.before_bytes),
+                classes.join(" "),
+                if extra.is_empty() {
+                    String::new()
+                } else {
+                    format!(" + {}", extra.join(" "))
+                }
+            ));
+            for u in &r.unmatched {
+                log(&format!(
+                    "kernel modules {}: class rule {u} matches no module (built in?)",
+                    r.kver
+                ));
+            }
+        }
+    }
     let mut units = Vec::new();
     if let Some(dir) = &def.units {
         units = customize::install_units(&mut tree, dir, epoch)?;
@@ -837,6 +883,7 @@ pub fn build(def: &Definition, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -
         debian: debian_report,
         units,
         kubelet,
+        modules: module_reports,
     })
 }
 

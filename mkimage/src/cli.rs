@@ -14,7 +14,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::build::{self, BuildOptions, KeyChoice};
 use crate::debian::{self, Lock, LockMode};
-use crate::definition::{Compression, Definition, RootSource, SigningKey, Size};
+use crate::definition::{Compression, Definition, ModulePolicy, RootSource, SigningKey, Size};
 use crate::plan::{self, Role};
 use crate::vm::{self, Accel, Vm, VmSpec};
 
@@ -409,6 +409,22 @@ fn print_plan(def: &Definition, opts: &BuildOptions, out: &mut dyn Write) -> Res
     writeln!(out, "  initrd       {}", from_tree(&def.initrd, "dracut"))?;
     writeln!(
         out,
+        "  modules      {}",
+        match &def.modules {
+            ModulePolicy::All => "all the kernel package brings".to_string(),
+            ModulePolicy::Trim { classes, extra } => format!(
+                "trimmed to classes {}{}",
+                classes.join(" "),
+                if extra.is_empty() {
+                    String::new()
+                } else {
+                    format!(" + {}", extra.join(" "))
+                }
+            ),
+        }
+    )?;
+    writeln!(
+        out,
         "  kubelet      {}",
         match &def.kubelet {
             Some(k) => format!("pinned, sha256 {}", hex::encode(k.sha256)),
@@ -527,6 +543,17 @@ fn print_summary(r: &build::BuildReport, secs: f64, out: &mut dyn Write) -> Resu
     }
     if !r.units.is_empty() {
         writeln!(out, "  units        {}", r.units.join(" "))?;
+    }
+    for m in &r.modules {
+        writeln!(
+            out,
+            "  modules      {}: {} of {} kept ({} of {})",
+            m.kver,
+            m.kept,
+            m.before,
+            Size(m.kept_bytes),
+            Size(m.before_bytes)
+        )?;
     }
     match &r.kubelet {
         Some(sha) => writeln!(out, "  kubelet      included, sha256 {}", &sha[..16])?,

@@ -210,6 +210,12 @@ struct RawKernel {
     cmdline: Vec<Spanned<String>>,
     #[serde(default)]
     stub: Option<Spanned<String>>,
+    #[serde(default)]
+    modules: Option<Spanned<String>>,
+    #[serde(default)]
+    module_classes: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    extra_modules: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -355,6 +361,20 @@ pub enum Compression {
     Zstd(u32),
 }
 
+/// Which kernel modules the image ships.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModulePolicy {
+    /// Every module the kernel package brings.
+    All,
+    /// Only what these kernel-config classes and extra paths need (plus dependencies).
+    Trim {
+        /// Classes of `kernel-config/cairn.config` whose `# keep:` rules apply.
+        classes: Vec<String>,
+        /// More module files or directories, relative to `/usr/lib/modules/<version>/`.
+        extra: Vec<String>,
+    },
+}
+
 /// What the build writes besides the manifest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutputFormat {
@@ -402,6 +422,8 @@ pub struct Definition {
     pub kubelet: Option<Artifact>,
     /// Kernel command line words added after Cairn's own (`roothash=`).
     pub cmdline: Vec<String>,
+    /// Which kernel modules ship.
+    pub modules: ModulePolicy,
     /// EFI stub for the UKI.
     pub stub: PathBuf,
     /// systemd-boot binary.
@@ -454,6 +476,70 @@ impl Ctx<'_> {
             message: message.into(),
             hint: (!hint.is_empty()).then_some(hint),
         })
+    }
+
+    fn module_policy(&self, k: &RawKernel) -> Result<ModulePolicy, DefinitionError> {
+        let known = crate::kconfig::parse_keep(crate::kconfig::CAIRN_FRAGMENT)
+            .expect("the shipped fragment parses (unit-tested)");
+        let names = || known.iter().map(|(c, _)| c.as_str()).collect::<Vec<_>>().join(", ");
+        let trim = match &k.modules {
+            None => true,
+            Some(m) => match m.get_ref().as_str() {
+                "trim" => true,
+                "all" => false,
+                other => {
+                    return self.err(
+                        Some(m.span()),
+                        format!("modules = '{other}' is not a module policy"),
+                        "use \"trim\" (only what the module classes need; the default) or \"all\"",
+                    )
+                }
+            },
+        };
+        if !trim {
+            if let Some(s) = k
+                .module_classes
+                .as_ref()
+                .and_then(|c| c.first())
+                .or(k.extra_modules.first())
+            {
+                return self.err(
+                    Some(s.span()),
+                    "module-classes and extra-modules only apply when modules = \"trim\"",
+                    "drop them, or set modules = \"trim\"",
+                );
+            }
+            return Ok(ModulePolicy::All);
+        }
+        let classes = match &k.module_classes {
+            None => known.iter().map(|(c, _)| c.clone()).collect(),
+            Some(list) => {
+                let mut out = Vec::new();
+                for c in list {
+                    if !known.iter().any(|(k, _)| k == c.get_ref()) {
+                        return self.err(
+                            Some(c.span()),
+                            format!("'{}' is not a module class", c.get_ref()),
+                            format!("classes in kernel-config/cairn.config: {}", names()),
+                        );
+                    }
+                    out.push(c.get_ref().clone());
+                }
+                out
+            }
+        };
+        let mut extra = Vec::new();
+        for e in &k.extra_modules {
+            if let Err(why) = crate::kconfig::valid_keep_rule(e.get_ref()) {
+                return self.err(
+                    Some(e.span()),
+                    format!("extra-modules entry '{}': {why}", e.get_ref()),
+                    "e.g. extra-modules = [\"kernel/drivers/net/ethernet/intel/\", \"kernel/drivers/block/nbd.ko\"]",
+                );
+            }
+            extra.push(e.get_ref().clone());
+        }
+        Ok(ModulePolicy::Trim { classes, extra })
     }
 
     fn path(&self, s: &Spanned<String>) -> PathBuf {
@@ -832,6 +918,7 @@ impl Definition {
             }
             cmdline.push(w.get_ref().clone());
         }
+        let modules = cx.module_policy(&raw.kernel)?;
         let stub = match &raw.kernel.stub {
             Some(s) => cx.existing_file(
                 s,
@@ -965,6 +1052,7 @@ impl Definition {
             initrd_drivers,
             kubelet,
             cmdline,
+            modules,
             stub,
             systemd_boot,
             boot_timeout,
@@ -1110,6 +1198,40 @@ mod tests {
         let debian = "version = 1\n[image]\nname = \"n\"\nversion = \"1\"\n[root.debian]\nsuite = \"bookworm\"\npackages = [\"systemd\"]\n";
         let d = Definition::parse(&path, debian).unwrap();
         assert_eq!((d.kernel, d.initrd), (None, None), "a Debian root brings its own");
+    }
+
+    #[test]
+    fn module_policy_defaults_to_every_class_and_checks_names() {
+        let f = Fixture::new();
+        let path = f.dir.path().join("image.toml");
+        let base = "version = 1\n[image]\nname = \"n\"\nversion = \"1\"\n[root.debian]\nsuite = \"bookworm\"\npackages = [\"systemd\"]\n[kernel]\n";
+        let d = Definition::parse(&path, base).unwrap();
+        let ModulePolicy::Trim { classes, extra } = d.modules else {
+            panic!("trims by default")
+        };
+        assert!(classes.contains(&"verity".to_string()) && classes.contains(&"hardware".to_string()));
+        assert!(extra.is_empty());
+        let d = Definition::parse(&path, &format!("{base}modules = \"all\"\n")).unwrap();
+        assert_eq!(d.modules, ModulePolicy::All);
+        let e = err(Definition::parse(
+            &path,
+            &format!("{base}module-classes = [\"boot\", \"sound\"]\n"),
+        ));
+        assert_eq!(e.at, Some((9, 27)), "{e}");
+        assert!(e.message.contains("'sound' is not a module class"), "{e}");
+        assert!(e.hint.unwrap().contains("boot, verity, storage"));
+        let e = err(Definition::parse(
+            &path,
+            &format!("{base}extra-modules = [\"drivers/net/\"]\n"),
+        ));
+        assert!(e.message.contains("module paths start with kernel/"), "{e}");
+        let e = err(Definition::parse(
+            &path,
+            &format!("{base}modules = \"all\"\nextra-modules = [\"kernel/x/\"]\n"),
+        ));
+        assert!(e.message.contains("only apply when modules = \"trim\""), "{e}");
+        let e = err(Definition::parse(&path, &format!("{base}modules = \"some\"\n")));
+        assert!(e.message.contains("not a module policy"), "{e}");
     }
 
     #[test]

@@ -33,7 +33,7 @@ pub struct Requirement {
 
 /// A fragment line that does not parse.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("kernel config fragment line {line}: '{text}' is not CONFIG_NAME=y or CONFIG_NAME=m")]
+#[error("kernel config fragment line {line}: '{text}' is not CONFIG_NAME=y, CONFIG_NAME=m or a module path")]
 pub struct FragmentError {
     /// 1-based line.
     pub line: usize,
@@ -74,6 +74,51 @@ pub fn parse_fragment(text: &str) -> Result<Vec<Requirement>, FragmentError> {
         });
     }
     Ok(out)
+}
+
+/// The `# keep:` module rules of each class, in fragment order: `(class, rules)`. A rule
+/// is a module file (`….ko`) or a directory (`…/`) relative to `/usr/lib/modules/<version>/`.
+pub fn parse_keep(text: &str) -> Result<Vec<(String, Vec<String>)>, FragmentError> {
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    let mut class = "general".to_string();
+    for (i, raw) in text.lines().enumerate() {
+        let l = raw.trim();
+        if let Some(c) = l.strip_prefix("# class:") {
+            class = c.trim().to_string();
+            continue;
+        }
+        let Some(rules) = l.strip_prefix("# keep:") else {
+            continue;
+        };
+        for r in rules.split_whitespace() {
+            if let Err(why) = valid_keep_rule(r) {
+                return Err(FragmentError {
+                    line: i + 1,
+                    text: format!("{r}: {why}"),
+                });
+            }
+            match out.iter_mut().find(|(c, _)| *c == class) {
+                Some((_, v)) => v.push(r.to_string()),
+                None => out.push((class.clone(), vec![r.to_string()])),
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A module keep rule: a relative path under `kernel/` (or `updates/`, `extra/`) naming a
+/// `.ko` file or a directory ending in `/`.
+pub fn valid_keep_rule(r: &str) -> Result<(), &'static str> {
+    if !["kernel/", "updates/", "extra/"].iter().any(|p| r.starts_with(p)) {
+        return Err("module paths start with kernel/ (relative to /usr/lib/modules/<version>/)");
+    }
+    if r.split('/').any(|c| c == ".." || c == ".") || r.contains("//") {
+        return Err("no '.', '..' or empty path components");
+    }
+    if !(r.ends_with('/') || r.ends_with(".ko")) {
+        return Err("name a module file (….ko) or a directory (ending in /)");
+    }
+    Ok(())
 }
 
 /// The options a kernel config sets, with their values (`y`, `m`, strings, numbers).
@@ -152,6 +197,40 @@ mod tests {
         );
         assert!(parse_fragment("DM_VERITY=m\n").is_err());
         assert!(!parse_fragment(CAIRN_FRAGMENT).unwrap().is_empty());
+    }
+
+    #[test]
+    fn keep_rules_group_by_class() {
+        let k = parse_keep("# class: a\n# keep: kernel/x/ kernel/y.ko\nCONFIG_A=m\n# class: b\n# keep: kernel/z/\n")
+            .unwrap();
+        assert_eq!(
+            k,
+            [
+                (
+                    "a".to_string(),
+                    vec!["kernel/x/".to_string(), "kernel/y.ko".to_string()]
+                ),
+                ("b".to_string(), vec!["kernel/z/".to_string()])
+            ]
+        );
+        let e = parse_keep("\n# keep: kernel/x\n").unwrap_err();
+        assert_eq!(e.line, 2, "{e}");
+        assert!(parse_keep("# keep: drivers/x/\n").is_err());
+        assert!(parse_keep("# keep: kernel/../x/\n").is_err());
+        let shipped = parse_keep(CAIRN_FRAGMENT).unwrap();
+        let classes: Vec<&str> = shipped.iter().map(|(c, _)| c.as_str()).collect();
+        assert_eq!(
+            classes,
+            [
+                "boot",
+                "verity",
+                "storage",
+                "containers",
+                "network",
+                "kube-proxy",
+                "hardware"
+            ]
+        );
     }
 
     #[test]

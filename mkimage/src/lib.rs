@@ -20,6 +20,7 @@ pub mod gpt;
 pub mod guid;
 pub mod ioerr;
 pub mod kconfig;
+pub mod modules;
 pub mod plan;
 pub mod rootfs;
 pub mod squashfs;

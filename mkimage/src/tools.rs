@@ -51,6 +51,7 @@ pub fn package_of(tool: &str) -> &'static str {
         "xz" => "xz-utils",
         "gzip" => "gzip",
         "veritysetup" => "cryptsetup-bin",
+        "depmod" => "kmod",
         _ => "(unknown package)",
     }
 }

@@ -487,3 +487,115 @@ fn pinned_kubelet_is_installed_and_reported() {
     let o = f.build("out2");
     assert!(String::from_utf8_lossy(&o.stdout).contains("kubelet      NOT INCLUDED"));
 }
+
+/// A root with a small fake module tree: what the classes keep, what they don't.
+fn module_tree(f: &Fixture) {
+    let base = f.path("modroot/usr/lib/modules/6.1.0-test");
+    for m in [
+        "kernel/fs/squashfs/squashfs.ko",
+        "kernel/drivers/md/dm-verity.ko",
+        "kernel/drivers/md/dm-bufio.ko",
+        "kernel/drivers/md/dm-mod.ko",
+        "kernel/sound/core/snd.ko",
+        "kernel/drivers/gpu/drm/drm.ko",
+    ] {
+        let p = base.join(m);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, format!("not really {m}")).unwrap();
+    }
+    fs::write(
+        base.join("modules.dep"),
+        "kernel/fs/squashfs/squashfs.ko:\nkernel/drivers/md/dm-verity.ko: kernel/drivers/md/dm-bufio.ko kernel/drivers/md/dm-mod.ko\n\
+         kernel/drivers/md/dm-bufio.ko:\nkernel/drivers/md/dm-mod.ko:\nkernel/sound/core/snd.ko:\nkernel/drivers/gpu/drm/drm.ko:\n",
+    )
+    .unwrap();
+    fs::write(
+        base.join("modules.order"),
+        "kernel/sound/core/snd.ko\nkernel/fs/squashfs/squashfs.ko\n",
+    )
+    .unwrap();
+    let def = fs::read_to_string(f.path("image.toml"))
+        .unwrap()
+        .replace("source = \"root.tar\"", "source = \"modroot\"");
+    fs::write(f.path("image.toml"), def).unwrap();
+}
+
+#[test]
+fn modules_are_trimmed_to_the_classes_with_their_dependencies() {
+    require(&["unsquashfs", "depmod"]);
+    let f = Fixture::new();
+    module_tree(&f);
+    let out = f.build_ok("out");
+    let root = f.path("root.sqfs");
+    extract_payload(&out, "root", &root);
+    let list = run_ok(Command::new("unsquashfs").arg("-l").arg(&root));
+    let m = "squashfs-root/usr/lib/modules/6.1.0-test/";
+    for kept in [
+        "kernel/fs/squashfs/squashfs.ko",
+        "kernel/drivers/md/dm-verity.ko",
+        "kernel/drivers/md/dm-bufio.ko",
+    ] {
+        assert!(list.contains(&format!("{m}{kept}")), "{kept} dropped:\n{list}");
+    }
+    for gone in ["kernel/sound", "kernel/drivers/gpu"] {
+        assert!(!list.contains(&format!("{m}{gone}")), "{gone} kept:\n{list}");
+    }
+    // depmod rebuilt the indexes for what is left.
+    for index in ["modules.dep", "modules.dep.bin", "modules.alias.bin"] {
+        assert!(list.contains(&format!("{m}{index}")), "{index} missing");
+    }
+    let x = f.path("x");
+    run_ok(
+        Command::new("unsquashfs")
+            .arg("-d")
+            .arg(&x)
+            .arg(&root)
+            .arg("usr/lib/modules/6.1.0-test/modules.dep"),
+    );
+    let dep = fs::read_to_string(x.join("usr/lib/modules/6.1.0-test/modules.dep")).unwrap();
+    assert!(
+        dep.contains("kernel/drivers/md/dm-verity.ko:") && !dep.contains("snd.ko"),
+        "{dep}"
+    );
+    // depmod's scratch copy stays out of the outputs.
+    assert!(!out.join("depmod").exists());
+    let summary = String::from_utf8_lossy(&f.build("out2").stdout).into_owned();
+    assert!(summary.contains("modules      6.1.0-test: 4 of 6 kept"), "{summary}");
+}
+
+#[test]
+fn extra_modules_add_to_the_classes_and_typos_are_named() {
+    require(&["unsquashfs", "depmod"]);
+    let f = Fixture::new();
+    module_tree(&f);
+    let def = fs::read_to_string(f.path("image.toml")).unwrap();
+    let with = |extra: &str| def.replace("cmdline = [", &format!("extra-modules = [{extra}]\ncmdline = ["));
+    fs::write(f.path("image.toml"), with("\"kernel/sound/\"")).unwrap();
+    let out = f.build_ok("out");
+    extract_payload(&out, "root", &f.path("root.sqfs"));
+    let list = run_ok(Command::new("unsquashfs").arg("-l").arg(f.path("root.sqfs")));
+    assert!(
+        list.contains("kernel/sound/core/snd.ko") && !list.contains("drm.ko"),
+        "{list}"
+    );
+
+    fs::write(f.path("image.toml"), with("\"kernel/sund/\"")).unwrap();
+    let o = f.build("out3");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("extra-modules entry 'kernel/sund/' matches no module of kernel 6.1.0-test"),
+        "{err}"
+    );
+    assert!(!f.path("out3").exists());
+
+    fs::write(
+        f.path("image.toml"),
+        def.replace("cmdline = [", "modules = \"all\"\ncmdline = ["),
+    )
+    .unwrap();
+    let out = f.build_ok("out4");
+    extract_payload(&out, "root", &f.path("all.sqfs"));
+    let list = run_ok(Command::new("unsquashfs").arg("-l").arg(f.path("all.sqfs")));
+    assert!(list.contains("drm.ko") && list.contains("snd.ko"), "{list}");
+}
