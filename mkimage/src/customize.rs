@@ -222,18 +222,70 @@ pub fn debian_root(tree: &mut Tree, epoch: u64) -> Result<CustomizeReport, TreeE
     })
 }
 
-/// Install and enable the unit files of `dir` (see the module docs).
+/// A `systemd.preset(5)` verdict for `unit`: the first `enable`/`disable` line whose glob
+/// matches wins; `None` when no line matches.
+pub fn preset_verdict(presets: &str, unit: &str) -> Option<bool> {
+    presets.lines().find_map(|l| {
+        let mut w = l.split_whitespace();
+        let verdict = match w.next()? {
+            "enable" => true,
+            "disable" => false,
+            _ => return None,
+        };
+        glob_match(w.next()?, unit).then_some(verdict)
+    })
+}
+
+/// `*` matches any run of characters; everything else matches itself.
+fn glob_match(pattern: &str, name: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == name,
+        Some((head, tail)) => {
+            let Some(rest) = name.strip_prefix(head) else {
+                return false;
+            };
+            (0..=rest.len()).any(|i| rest.is_char_boundary(i) && glob_match(tail, &rest[i..]))
+        }
+    }
+}
+
+/// Install the unit files, drop-in directories (`NAME.d/*.conf`), presets and
+/// `*.tmpfiles.conf` of `dir`, and enable the units the presets enable (every unit with an
+/// `[Install]` section when `dir` has no preset). Returns what was installed.
 pub fn install_units(tree: &mut Tree, dir: &std::path::Path, epoch: u64) -> Result<Vec<String>, TreeError> {
     let mut names: Vec<_> = std::fs::read_dir(dir)
         .map_err(io_err("reading units from", dir))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
     names.sort();
+    let mut presets = String::new();
+    for p in names.iter().filter(|p| p.extension().is_some_and(|e| e == "preset")) {
+        presets.push_str(&std::fs::read_to_string(p).map_err(io_err("reading", p))?);
+    }
     let mut installed = Vec::new();
     for path in names {
         let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
             continue;
         };
+        if path.is_dir() && name.ends_with(".d") {
+            let mut confs: Vec<_> = std::fs::read_dir(&path)
+                .map_err(io_err("reading drop-ins from", &path))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "conf"))
+                .collect();
+            confs.sort();
+            for c in confs {
+                let file = c
+                    .file_name()
+                    .expect("read_dir entries have names")
+                    .to_string_lossy()
+                    .into_owned();
+                let text = std::fs::read(&c).map_err(io_err("reading", &c))?;
+                tree.add_file(&format!("usr/lib/systemd/system/{name}/{file}"), 0o644, text, epoch)?;
+                installed.push(format!("{name}/{file}"));
+            }
+            continue;
+        }
         let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
         let text = std::fs::read_to_string(&path).map_err(io_err("reading", &path))?;
         match ext {
@@ -244,12 +296,15 @@ pub fn install_units(tree: &mut Tree, dir: &std::path::Path, epoch: u64) -> Resu
                     text.clone().into_bytes(),
                     epoch,
                 )?;
-                for (target, kind) in install_targets(&text) {
-                    tree.add_symlink(
-                        &format!("etc/systemd/system/{target}.{kind}/{name}"),
-                        &format!("/usr/lib/systemd/system/{name}"),
-                        epoch,
-                    )?;
+                let enable = presets.is_empty() || preset_verdict(&presets, &name) == Some(true);
+                if enable {
+                    for (target, kind) in install_targets(&text) {
+                        tree.add_symlink(
+                            &format!("etc/systemd/system/{target}.{kind}/{name}"),
+                            &format!("/usr/lib/systemd/system/{name}"),
+                            epoch,
+                        )?;
+                    }
                 }
                 installed.push(name);
             }
@@ -279,6 +334,16 @@ pub fn install_units(tree: &mut Tree, dir: &std::path::Path, epoch: u64) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn presets_first_match_wins() {
+        let p = "# c\nenable cairn-health-*.service\nenable kubelet.service\ndisable *\n";
+        assert_eq!(preset_verdict(p, "cairn-health-etcd.service"), Some(true));
+        assert_eq!(preset_verdict(p, "kubelet.service"), Some(true));
+        assert_eq!(preset_verdict(p, "other.service"), Some(false));
+        assert_eq!(preset_verdict("enable a*b*c\n", "axxbyyc"), Some(true));
+        assert_eq!(preset_verdict("enable a*b*c\n", "axxbyy"), None);
+    }
 
     #[test]
     fn tmpfiles_paths_are_collected() {

@@ -1,9 +1,16 @@
 //! `cairn-node`, the agent inside every Cairn image.
 //!
-//! One binary with subcommands keeps the image small and the code shared. Today it has
-//! `ready` ([`ready`]), which prints the line users and tests wait for on the console;
-//! first boot, health gates and updates come next and stand on the same helpers
-//! ([`system`]: kernel command line, running slot, os-release).
+//! One binary with subcommands keeps the image small and the code shared:
+//! - [`config`]: `node.toml`, the node's identity and component settings, parsed strictly;
+//! - [`render`]: the files a config produces for etcd, WireGuard (networkd) and the kubelet;
+//! - [`apply`]: `cairn-node apply`, which picks this boot's config and writes them;
+//! - [`health`]: `cairn-node health GATE`, the checks before `boot-complete.target`;
+//! - [`ready`]: the line users and tests wait for on the console;
+//! - [`system`]: kernel command line, running slot, os-release.
 
+pub mod apply;
+pub mod config;
+pub mod health;
 pub mod ready;
+pub mod render;
 pub mod system;

@@ -3,7 +3,10 @@
 //!
 //! The test image is the default definition (`images/node.toml`) plus one overlay,
 //! `qemu-tests/overlays/console-root`, that logs root in on the serial console so tests
-//! can run commands there. Nothing else differs from what users build.
+//! can run commands there. Nothing else differs from what users build. Tests that need a
+//! node config save one on a copy of the disk's state partition
+//! ([`disk_with_saved_config`]), where `cairn-node apply` finds it as it will find the
+//! config first boot saves.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -82,4 +85,59 @@ pub fn boot(disk: &Path) -> Vm {
         echo: std::env::var_os("CAIRN_TEST_ECHO").is_some(),
     };
     Vm::start(&spec).expect("starting QEMU")
+}
+
+/// A sparse copy of the test image's disk in a fresh temporary directory.
+pub fn copy_disk(tag: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("cairn-qemu-{tag}-"))
+        .tempdir()
+        .expect("temp dir");
+    let disk = dir.path().join("disk.raw");
+    let st = Command::new("cp")
+        .arg("--sparse=always")
+        .arg(test_image().join("disk.raw"))
+        .arg(&disk)
+        .status()
+        .expect("cp");
+    assert!(st.success(), "copying the test disk");
+    (dir, disk)
+}
+
+/// A copy of the test disk whose state partition holds `node_toml` as the saved node
+/// config (`/var/lib/cairn/node.toml`), written with e2fsprogs' debugfs.
+pub fn disk_with_saved_config(tag: &str, node_toml: &str) -> (tempfile::TempDir, PathBuf) {
+    let (dir, disk) = copy_disk(tag);
+    let state = manifest()["partitions"]
+        .as_array()
+        .expect("partitions")
+        .iter()
+        .find(|p| p["label"] == "state")
+        .expect("a state partition")["offset"]
+        .as_u64()
+        .expect("offset");
+    let file = dir.path().join("node.toml");
+    std::fs::write(&file, node_toml).expect("writing node.toml");
+    let script = format!(
+        "mkdir lib\nmkdir lib/cairn\nwrite {} lib/cairn/node.toml\n",
+        file.display()
+    );
+    let out = Command::new("debugfs")
+        .arg("-w")
+        .arg("-f")
+        .arg("-")
+        .arg(format!("{}?offset={state}", disk.display()))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().expect("stdin").write_all(script.as_bytes())?;
+            c.wait_with_output()
+        })
+        .expect("running debugfs");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !text.contains("rror"), "debugfs: {text}");
+    (dir, disk)
 }

@@ -1,5 +1,7 @@
 //! Boot the default image under QEMU + OVMF and check the node: verified read-only root,
-//! writable state partition, cluster services, and that dm-verity refuses altered data.
+//! writable state partition, the cluster components configured from the node config and
+//! their health gates before boot-complete.target, a failing gate that keeps it from being
+//! reached, and that dm-verity refuses altered data.
 
 use std::time::Duration;
 
@@ -13,12 +15,29 @@ fn run_ok(vm: &mut Vm, cmd: &str) -> String {
     out
 }
 
+/// A control-plane node with a WireGuard interface. TEST KEY: never use it anywhere else.
+const WIREGUARD_NODE: &str = r#"version = 1
+generation = 1
+hostname = "cp-1"
+role = "control-plane"
+
+[wireguard]
+private-key = "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA="
+address = ["10.90.0.1/24"]
+listen-port = 51820
+
+[[wireguard.peer]]
+public-key = "ISIjJCUmJygpKissLS4vMDEyMzQ1Njc4OTo7PD0+P0A="
+endpoint = "10.0.2.2:51820"
+allowed-ips = ["10.90.0.2/32"]
+"#;
+
 #[test]
-fn default_image_boots_onto_its_verity_root() {
-    let image = test_image();
+fn a_configured_node_boots_onto_its_verity_root_with_healthy_components() {
     let root_hash = manifest()["root-hash"].as_str().expect("root hash").to_string();
+    let (_dir, disk) = disk_with_saved_config("wg", WIREGUARD_NODE);
     let _slot = vm_slot();
-    let mut vm = boot(&image.join("disk.raw"));
+    let mut vm = boot(&disk);
 
     let ready = vm
         .wait_for_line("cairn: ready ", BOOT_TIMEOUT)
@@ -62,28 +81,103 @@ fn default_image_boots_onto_its_verity_root() {
     assert_eq!(state.trim(), "running", "failed units:\n{failed}");
     assert!(failed.trim().is_empty(), "{failed}");
 
-    // The trimmed module set still has what each kernel-config class promises, with
-    // working indexes (modprobe resolves names through modules.dep.bin and aliases).
-    run_ok(
+    // The saved node config is in effect.
+    assert_eq!(run_ok(&mut vm, "hostname").trim(), "cp-1");
+    // etcd is healthy, asked over plain HTTP without Cairn's code.
+    let health = run_ok(
         &mut vm,
-        "modprobe -a -n dm_verity squashfs vfat nls_ascii efivarfs overlay br_netfilter veth vxlan \
-         wireguard nf_conntrack xt_conntrack ip_vs virtio_net nvme ahci usb_storage e1000e",
+        "exec 3<>/dev/tcp/127.0.0.1/2381; printf 'GET /health HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3; echo; exec 3<&-",
     );
-    let sound = run_ok(&mut vm, "ls /usr/lib/modules/*/kernel/ | tr '\\n' ' '");
-    assert!(!sound.contains("sound"), "untrimmed module tree: {sound}");
+    assert!(health.contains("\"health\":\"true\""), "{health}");
+    let etcd_env = run_ok(
+        &mut vm,
+        "tr '\\0' '\\n' < /proc/$(systemctl show -P MainPID etcd)/environ | grep ^ETCD_NAME=",
+    );
+    assert_eq!(etcd_env.trim(), "ETCD_NAME=cp-1");
+    // containerd serves, with the systemd cgroup driver.
+    let ctr = run_ok(&mut vm, "ctr version");
+    assert!(ctr.contains("Server:"), "{ctr}");
+    let cgroup = run_ok(&mut vm, "containerd config dump | grep -c 'SystemdCgroup = true'");
+    assert_eq!(cgroup.trim(), "1", "containerd does not use the systemd cgroup driver");
+    // The WireGuard interface is up, with the configured key (kept 0600 on /var).
+    let wg = run_ok(
+        &mut vm,
+        "wg show wg0 public-key; wg show wg0 listen-port; ip -br addr show wg0",
+    );
+    let expected_pub = cairn_node::config::WgKey::parse("AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=")
+        .unwrap()
+        .public()
+        .to_base64();
+    assert!(wg.contains(&expected_pub), "{wg}");
+    assert!(wg.contains("51820") && wg.contains("10.90.0.1/24"), "{wg}");
+    let key = run_ok(&mut vm, "stat -c '%a %U' /var/lib/cairn/wireguard/wg0.key");
+    assert_eq!(key.trim(), "600 systemd-network");
+    // No kubelet in this image: the unit is skipped, and status says why.
+    let kubelet = vm
+        .run("systemctl status kubelet.service", Duration::from_secs(30))
+        .unwrap()
+        .0;
+    assert!(
+        kubelet.contains("ConditionPathExists=/usr/bin/kubelet was not met"),
+        "{kubelet}"
+    );
+    // boot-complete.target was reached, after every gate passed.
+    let order = run_ok(
+        &mut vm,
+        "for u in cairn-health-etcd cairn-health-containerd cairn-health-wireguard cairn-health-kubelet \
+         boot-complete.target; do echo \"$u $(systemctl show -P ActiveState $u) \
+         $(systemctl show -P ActiveEnterTimestampMonotonic $u)\"; done",
+    );
+    let rows: Vec<(String, String, u64)> = order
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() == 3).then(|| (f[0].to_string(), f[1].to_string(), f[2].parse().unwrap_or(0)))
+        })
+        .collect();
+    assert_eq!(rows.len(), 5, "{order}");
+    let complete = rows[4].2;
+    for (unit, state, at) in &rows {
+        assert_eq!(state, "active", "{unit}: {order}");
+        assert!(
+            *at > 0 && *at <= complete,
+            "{unit} became active after boot-complete.target:\n{order}"
+        );
+    }
+    let gates = vm
+        .lines()
+        .iter()
+        .filter(|(_, l)| l.contains("cairn: health gate") && l.contains("passed"))
+        .count();
+    assert_eq!(gates, 4, "every gate logs that it passed on the console");
 
     // What Cairn generated passes systemd's own checks: the factory /var tmpfiles file
-    // (re-applying it reports nothing) and Cairn's units.
+    // (re-applying it reports nothing) and every unit Cairn installs or extends.
     let tmpfiles = run_ok(
         &mut vm,
-        "systemd-tmpfiles --create /usr/lib/tmpfiles.d/cairn-factory-var.conf 2>&1",
+        "systemd-tmpfiles --create /usr/lib/tmpfiles.d/cairn-factory-var.conf /usr/lib/tmpfiles.d/cairn.conf 2>&1",
     );
     assert!(tmpfiles.trim().is_empty(), "systemd-tmpfiles complained:\n{tmpfiles}");
+    // (--man=no: the image has no man pages for Debian's Documentation=man:etcd.)
     let verify = run_ok(
         &mut vm,
-        "systemd-analyze verify cairn-ready.service cairn-ssh-hostkeys.service 2>&1",
+        "systemd-analyze verify --man=no cairn-apply.service cairn-ready.service cairn-ssh-hostkeys.service \
+         cairn-health-etcd.service cairn-health-containerd.service cairn-health-wireguard.service \
+         cairn-health-kubelet.service etcd.service containerd.service 2>&1",
     );
     assert!(verify.trim().is_empty(), "systemd-analyze verify:\n{verify}");
+    // This image has no kubelet: the binary is all systemd finds missing in its unit.
+    let verify = vm
+        .run(
+            "systemd-analyze verify --man=no kubelet.service 2>&1",
+            Duration::from_secs(60),
+        )
+        .unwrap()
+        .0;
+    assert_eq!(
+        verify.trim(),
+        "kubelet.service: Command /usr/bin/kubelet is not executable: No such file or directory"
+    );
 
     // The kernel command line carries the manifest's root hash.
     let cmdline = run_ok(&mut vm, "cat /proc/cmdline");
@@ -139,4 +233,86 @@ fn a_flipped_byte_in_root_a_is_refused_by_dm_verity() {
     );
     vm.kill();
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn without_a_node_config_the_image_is_a_healthy_single_node() {
+    let image = test_image();
+    let _slot = vm_slot();
+    let mut vm = boot(&image.join("disk.raw"));
+    vm.wait_for_line("cairn: ready ", BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let lines = vm.lines();
+    let applied = lines
+        .iter()
+        .find(|(_, l)| l.contains("cairn: applied node config"))
+        .map(|(_, l)| l.clone())
+        .unwrap_or_default();
+    assert!(
+        applied.contains(
+            "generation 0 from the built-in single-node default: host cairn, role control-plane, etcd member cairn"
+        ),
+        "{applied}"
+    );
+    for gate in [
+        "etcd passed after",
+        "containerd passed after",
+        "wireguard passed: nothing to check",
+        "kubelet passed: nothing to check",
+    ] {
+        assert!(
+            lines
+                .iter()
+                .any(|(_, l)| l.contains(&format!("cairn: health gate {gate}"))),
+            "no '{gate}' line on the console"
+        );
+    }
+    vm.wait_for("root@cairn", Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let failed = run_ok(&mut vm, "systemctl --failed --no-legend --plain");
+    assert!(failed.trim().is_empty(), "{failed}");
+    vm.kill();
+}
+
+#[test]
+fn a_failing_health_gate_keeps_boot_complete_from_being_reached() {
+    // etcd told to listen for peers on an address this node does not have: it cannot
+    // start, so its gate cannot pass (within the 20 s this config allows it).
+    let (_dir, disk) = disk_with_saved_config(
+        "gate",
+        "version = 1\ngeneration = 2\nhostname = \"broken-1\"\n\
+         [etcd]\npeer-urls = [\"http://10.99.0.1:2380\"]\n[health]\netcd = 20\n",
+    );
+    let _slot = vm_slot();
+    let mut vm = boot(&disk);
+    let at = vm
+        .wait_for_line("cairn: health gate etcd FAILED", BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let line = vm.lines()[at].1.clone();
+    assert!(
+        line.contains("after 20s") && line.contains("GET http://127.0.0.1:2381/health"),
+        "{line}"
+    );
+    vm.wait_for("root@broken-1", Duration::from_secs(300))
+        .unwrap_or_else(|e| panic!("{e}"));
+    run_ok(&mut vm, "export SYSTEMD_PAGER=cat SYSTEMD_COLORS=0 TERM=dumb");
+    let target = vm
+        .run("systemctl is-active boot-complete.target", Duration::from_secs(30))
+        .unwrap()
+        .0;
+    assert_eq!(target.trim(), "inactive", "boot-complete.target was reached");
+    let failed = run_ok(&mut vm, "systemctl --failed --no-legend --plain");
+    assert!(failed.contains("cairn-health-etcd.service"), "{failed}");
+    // The other gates still passed; only etcd's names the failure.
+    assert!(!failed.contains("cairn-health-containerd"), "{failed}");
+    let why = run_ok(
+        &mut vm,
+        "journalctl -b -u etcd.service --no-pager | grep -c 'cannot assign requested address' || true",
+    );
+    assert_ne!(why.trim(), "0", "etcd's own log does not say why it failed");
+    assert!(
+        !vm.lines().iter().any(|(_, l)| l.contains("cairn: ready ")),
+        "the ready line came without boot-complete.target"
+    );
+    vm.kill();
 }

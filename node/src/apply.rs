@@ -1,0 +1,188 @@
+//! `cairn-node apply`: choose this boot's node config and write what it renders.
+//!
+//! Runs every boot from `cairn-apply.service`, after /var is mounted and before networking
+//! and the cluster components. The image's /etc is read-only and the same on every node,
+//! so per-node files go to /run (rebuilt every boot) and /var/lib/cairn (the state
+//! partition). Which config applies, first match wins:
+//!
+//! 1. the saved config, `/var/lib/cairn/node.toml` (written by first boot from a config
+//!    drive);
+//! 2. the image's default, `/usr/lib/cairn/node.toml` (an image may ship one);
+//! 3. the built-in single-node default ([`NodeConfig::single_node`]).
+//!
+//! A saved config that no longer validates is reported and skipped, never half-applied.
+
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::config::NodeConfig;
+use crate::render::{self, Output, Owner};
+
+/// The saved config on the state partition.
+pub const SAVED: &str = "/var/lib/cairn/node.toml";
+/// The image's default config.
+pub const IMAGE_DEFAULT: &str = "/usr/lib/cairn/node.toml";
+
+/// Where a config came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A file (saved or image default).
+    File(PathBuf),
+    /// The built-in default.
+    BuiltIn,
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::File(p) => write!(f, "{}", p.display()),
+            Source::BuiltIn => f.write_str("the built-in single-node default"),
+        }
+    }
+}
+
+/// The config this boot uses, its text, where it came from, and warnings about configs
+/// that were skipped. `root` prefixes every path (tests use a temporary directory).
+pub fn choose(root: &Path) -> (NodeConfig, String, Source, Vec<String>) {
+    let mut warnings = Vec::new();
+    for p in [SAVED, IMAGE_DEFAULT] {
+        let path = at(root, p);
+        match fs::read_to_string(&path) {
+            Ok(text) => match NodeConfig::parse(&text, p) {
+                Ok(c) => return (c, text, Source::File(p.into()), warnings),
+                Err(e) => warnings.push(format!("ignoring {p}: {e}")),
+            },
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => warnings.push(format!("ignoring {p}: {e}")),
+        }
+    }
+    let c = NodeConfig::single_node();
+    let text = "version = 1\ngeneration = 0\nhostname = \"cairn\"\n".to_string();
+    (c, text, Source::BuiltIn, warnings)
+}
+
+/// `root` + an absolute path.
+pub fn at(root: &Path, abs: &str) -> PathBuf {
+    root.join(abs.trim_start_matches('/'))
+}
+
+/// Write `bytes` to `path` atomically and durably: a temporary file beside it, fsync,
+/// rename over, fsync the directory. The file has `mode` from its creation.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32, owner: Option<(u32, u32)>) -> io::Result<()> {
+    let dir = path.parent().ok_or_else(|| io::Error::other("no parent directory"))?;
+    fs::create_dir_all(dir)?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{name}.cairn-tmp"));
+    let result = (|| {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
+        }
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// uid and gid of `user` in `<root>/etc/passwd`.
+pub fn lookup_user(root: &Path, user: &str) -> Option<(u32, u32)> {
+    let passwd = fs::read_to_string(at(root, "/etc/passwd")).ok()?;
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() > 3 && f[0] == user).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
+    })
+}
+
+/// Problems applying.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// A file could not be written.
+    #[error("writing {path}")]
+    Write {
+        /// The file.
+        path: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The owner a file needs does not exist in the image.
+    #[error("user {0} does not exist in this image, so {1} cannot be given to it")]
+    NoUser(&'static str, String),
+}
+
+/// Write every output of `plan` under `root`, removing WireGuard keys no longer in it.
+/// With `root` = `/` this also sets the kernel's host name.
+pub fn write(root: &Path, config: &NodeConfig, outputs: &[Output]) -> Result<(), ApplyError> {
+    for o in outputs {
+        let owner = match o.owner {
+            Owner::Root => None,
+            Owner::SystemdNetwork => Some(
+                lookup_user(root, "systemd-network")
+                    .ok_or_else(|| ApplyError::NoUser("systemd-network", o.path.clone()))?,
+            ),
+        };
+        let owner = owner.filter(|_| running_as_root());
+        write_atomic(&at(root, &o.path), o.text.as_bytes(), o.mode, owner).map_err(|source| ApplyError::Write {
+            path: o.path.clone(),
+            source,
+        })?;
+    }
+    // Keys of interfaces the config no longer has must not linger on the state partition.
+    let keys = at(root, &format!("{}/wireguard", render::STATE_DIR));
+    if let Ok(entries) = fs::read_dir(&keys) {
+        for e in entries.flatten() {
+            let p = format!("{}/wireguard/{}", render::STATE_DIR, e.file_name().to_string_lossy());
+            if !outputs.iter().any(|o| o.path == p) {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+    if root == Path::new("/") {
+        fs::write("/proc/sys/kernel/hostname", &config.hostname).map_err(|source| ApplyError::Write {
+            path: "/proc/sys/kernel/hostname".into(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+fn running_as_root() -> bool {
+    // Ownership can only be given away by root; tests run the same code unprivileged.
+    fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
+}
+
+/// Apply: choose, render, write. Returns the log lines to print.
+pub fn apply(root: &Path) -> Result<Vec<String>, ApplyError> {
+    let (config, text, source, mut log) = choose(root);
+    let outputs = render::plan(&config, &text);
+    write(root, &config, &outputs)?;
+    let mut parts = vec![format!("role {}", config.role.as_str())];
+    if let Some(e) = &config.etcd {
+        parts.push(format!("etcd member {}", e.name));
+    }
+    if let Some(w) = &config.wireguard {
+        parts.push(format!("{} with {} peers", w.interface, w.peers.len()));
+    }
+    log.push(format!(
+        "cairn: applied node config generation {} from {source}: host {}, {}",
+        config.generation,
+        config.hostname,
+        parts.join(", ")
+    ));
+    Ok(log)
+}

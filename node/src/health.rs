@@ -1,0 +1,221 @@
+//! `cairn-node health GATE`: the checks ordered before `boot-complete.target`.
+//!
+//! A slot is blessed only when its node can serve, so each gate asks the component itself,
+//! not systemd: etcd's `/health`, containerd over its socket, the WireGuard interface with
+//! the configured key, the kubelet's `/healthz`. A gate polls until its probe passes or its
+//! time limit runs out, logging what it is waiting for; a component the node does not run
+//! (etcd on a worker, WireGuard not configured, no kubelet in the image) passes with that
+//! reason. The gates read the config `cairn-node apply` put in effect this boot.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::config::NodeConfig;
+use crate::render;
+
+/// A health gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// etcd answers `/health` with `"health":"true"`.
+    Etcd,
+    /// containerd answers a version request on its socket.
+    Containerd,
+    /// The WireGuard interface is up with the configured key.
+    Wireguard,
+    /// The kubelet answers `/healthz`.
+    Kubelet,
+}
+
+impl Gate {
+    /// Parse a gate name.
+    pub fn parse(s: &str) -> Option<Gate> {
+        Some(match s {
+            "etcd" => Gate::Etcd,
+            "containerd" => Gate::Containerd,
+            "wireguard" => Gate::Wireguard,
+            "kubelet" => Gate::Kubelet,
+            _ => return None,
+        })
+    }
+
+    /// Its name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Gate::Etcd => "etcd",
+            Gate::Containerd => "containerd",
+            Gate::Wireguard => "wireguard",
+            Gate::Kubelet => "kubelet",
+        }
+    }
+
+    /// The default time limit.
+    pub fn default_limit(self) -> Duration {
+        Duration::from_secs(match self {
+            Gate::Etcd | Gate::Kubelet => 180,
+            Gate::Containerd => 120,
+            Gate::Wireguard => 60,
+        })
+    }
+}
+
+/// What a gate must check on this node, or why it has nothing to check.
+pub enum Probe {
+    /// Nothing to wait for, with the reason.
+    Skip(String),
+    /// Poll this until it returns `Ok`.
+    Check(Box<dyn FnMut() -> Result<String, String>>),
+}
+
+/// Plain HTTP/1.0 GET; returns status code and body.
+pub fn http_get(url: &str, timeout: Duration) -> Result<(u16, String), String> {
+    let rest = url.strip_prefix("http://").ok_or("only http:// URLs")?;
+    let (hostport, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+    let addr: SocketAddr = hostport.parse().map_err(|_| format!("{hostport} is not ADDR:PORT"))?;
+    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connecting to {addr}: {e}"))?;
+    s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {hostport}\r\n\r\n").as_bytes())
+        .map_err(|e| format!("sending to {addr}: {e}"))?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)
+        .map_err(|e| format!("reading from {addr}: {e}"))?;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text.split_once("\r\n\r\n").ok_or("no HTTP response")?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or("no HTTP status")?;
+    Ok((code, body.trim().to_string()))
+}
+
+fn command(cmd: &mut Command) -> Result<String, String> {
+    let out = cmd
+        .output()
+        .map_err(|e| format!("running {:?}: {e}", cmd.get_program()))?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(format!(
+            "{:?} failed: {}",
+            cmd.get_program(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// The probe for `gate` on a node running `config`; `root` prefixes filesystem paths.
+pub fn probe(gate: Gate, config: &NodeConfig, root: &Path) -> Probe {
+    match gate {
+        Gate::Etcd => {
+            if config.etcd.is_none() {
+                return Probe::Skip(format!("a {} does not run etcd", config.role.as_str()));
+            }
+            let url = format!("{}/health", render::ETCD_METRICS_URL);
+            Probe::Check(Box::new(move || {
+                let (code, body) = http_get(&url, Duration::from_secs(5)).map_err(|e| format!("GET {url}: {e}"))?;
+                if code == 200 && body.contains("\"health\":\"true\"") {
+                    Ok(format!("GET {url}: {body}"))
+                } else {
+                    Err(format!("GET {url}: {code} {body}"))
+                }
+            }))
+        }
+        Gate::Containerd => Probe::Check(Box::new(|| {
+            let out = command(Command::new("ctr").args([
+                "--address",
+                render::CONTAINERD_SOCKET,
+                "--timeout",
+                "5s",
+                "version",
+            ]))?;
+            let server = out
+                .split("Server:")
+                .nth(1)
+                .ok_or("ctr version printed no server version")?;
+            let v = server
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("Version:"))
+                .unwrap_or("?")
+                .trim();
+            Ok(format!("containerd {v} answers on {}", render::CONTAINERD_SOCKET))
+        })),
+        Gate::Wireguard => {
+            let Some(w) = config.wireguard.clone() else {
+                return Probe::Skip("no WireGuard interface is configured".into());
+            };
+            let flags = crate::apply::at(root, &format!("/sys/class/net/{}/flags", w.interface));
+            let want = w.private_key.public().to_base64();
+            Probe::Check(Box::new(move || {
+                let f =
+                    std::fs::read_to_string(&flags).map_err(|_| format!("interface {} does not exist", w.interface))?;
+                let bits = u32::from_str_radix(f.trim().trim_start_matches("0x"), 16).unwrap_or(0);
+                if bits & 1 == 0 {
+                    return Err(format!("interface {} is down", w.interface));
+                }
+                let have = command(Command::new("wg").args(["show", &w.interface, "public-key"]))?;
+                if have != want {
+                    return Err(format!("{} has public key {have}, the config's is {want}", w.interface));
+                }
+                Ok(format!("{} is up with public key {want}", w.interface))
+            }))
+        }
+        Gate::Kubelet => {
+            if !crate::apply::at(root, "/usr/bin/kubelet").exists() {
+                return Probe::Skip("this image has no kubelet: no [kubelet] artifact was pinned".into());
+            }
+            Probe::Check(Box::new(|| {
+                let url = "http://127.0.0.1:10248/healthz";
+                match http_get(url, Duration::from_secs(5)) {
+                    Ok((200, body)) if body == "ok" => Ok(format!("GET {url}: ok")),
+                    Ok((code, body)) => Err(format!("GET {url}: {code} {body}")),
+                    Err(e) => Err(format!("GET {url}: {e}")),
+                }
+            }))
+        }
+    }
+}
+
+/// Run a gate until it passes or `limit` runs out. `log` gets progress lines; the result
+/// is the final line (pass or failure).
+pub fn run(gate: Gate, probe: Probe, limit: Duration, log: &mut dyn FnMut(&str)) -> Result<String, String> {
+    let name = gate.name();
+    let mut check = match probe {
+        Probe::Skip(why) => return Ok(format!("cairn: health gate {name} passed: nothing to check ({why})")),
+        Probe::Check(c) => c,
+    };
+    let start = Instant::now();
+    let mut last_log: Option<Instant> = None;
+    loop {
+        match check() {
+            Ok(what) => {
+                return Ok(format!(
+                    "cairn: health gate {name} passed after {:.1}s: {what}",
+                    start.elapsed().as_secs_f64()
+                ))
+            }
+            Err(why) => {
+                if start.elapsed() >= limit {
+                    return Err(format!(
+                        "cairn: health gate {name} FAILED after {:.0}s: {why}",
+                        start.elapsed().as_secs_f64()
+                    ));
+                }
+                if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                    log(&format!(
+                        "cairn: health gate {name}: waiting ({:.0}s of {}s): {why}",
+                        start.elapsed().as_secs_f64(),
+                        limit.as_secs()
+                    ));
+                    last_log = Some(Instant::now());
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! node.toml: every fixture under tests/fixtures/node-config/ parses and renders exactly to
+//! its golden files; every bad one is refused with the expected line and message.
+//! `CAIRN_BLESS=1 cargo test -p cairn-node --test config` rewrites the golden files.
+
+use std::path::{Path, PathBuf};
+
+use cairn_node::config::{NodeConfig, Role, WgKey};
+use cairn_node::render;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/node-config")
+}
+
+fn golden_name(path: &str) -> String {
+    path.trim_start_matches('/').replace('/', "__")
+}
+
+#[test]
+fn good_configs_render_their_golden_files() {
+    let bless = std::env::var_os("CAIRN_BLESS").is_some();
+    let mut checked = 0;
+    for scenario in ["control-plane", "control-plane-tls", "worker", "default"] {
+        let dir = fixtures().join(scenario);
+        let text = std::fs::read_to_string(dir.join("node.toml")).unwrap();
+        let config = NodeConfig::parse(&text, "node.toml").unwrap_or_else(|e| panic!("{scenario}: {e}"));
+        let outputs = render::plan(&config, &text);
+        let expected = dir.join("expected");
+        if bless {
+            let _ = std::fs::remove_dir_all(&expected);
+            std::fs::create_dir_all(&expected).unwrap();
+        }
+        let mut names: Vec<String> = Vec::new();
+        for o in &outputs {
+            let name = golden_name(&o.path);
+            let file = expected.join(&name);
+            let body = format!("# mode {:o} owner {:?}\n{}", o.mode, o.owner, o.text);
+            if bless {
+                std::fs::write(&file, &body).unwrap();
+            }
+            let want = std::fs::read_to_string(&file).unwrap_or_else(|_| panic!("{scenario}: no golden file {name}"));
+            assert_eq!(body, want, "{scenario}: {} differs from its golden file", o.path);
+            names.push(name);
+            checked += 1;
+        }
+        // No golden file is left that the config no longer produces.
+        let mut on_disk: Vec<String> = std::fs::read_dir(&expected)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        on_disk.sort();
+        names.sort();
+        assert_eq!(on_disk, names, "{scenario}: golden files");
+    }
+    assert!(checked >= 12, "{checked}");
+}
+
+#[test]
+fn bad_configs_name_the_line_and_the_problem() {
+    let dir = fixtures().join("bad");
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    cases.sort();
+    assert!(cases.len() >= 12, "{cases:?}");
+    for case in cases {
+        let text = std::fs::read_to_string(&case).unwrap();
+        let want = std::fs::read_to_string(case.with_extension("err")).unwrap();
+        let (line, message) = want.trim_end().split_once(": ").unwrap();
+        let name = case.file_name().unwrap().to_string_lossy().into_owned();
+        let e = NodeConfig::parse(&text, &name).expect_err(&name);
+        assert_eq!(e.line, Some(line.parse().unwrap()), "{name}: {e}");
+        assert!(e.message.contains(message), "{name}: wanted '{message}', got: {e}");
+        assert!(e.to_string().starts_with(&format!("{name}:{line}: ")), "{e}");
+    }
+}
+
+#[test]
+fn the_built_in_default_is_a_healthy_single_node() {
+    let c = NodeConfig::single_node();
+    assert_eq!(
+        (c.role, c.hostname.as_str(), c.generation),
+        (Role::ControlPlane, "cairn", 0)
+    );
+    let e = c.etcd.as_ref().unwrap();
+    assert_eq!(e.data_dir, "/var/lib/etcd/cairn");
+    assert_eq!(e.initial_cluster.len(), 1);
+    assert!(c.wireguard.is_none());
+    // The same as the shipped example of the smallest config.
+    let text = std::fs::read_to_string(fixtures().join("default/node.toml")).unwrap();
+    assert_eq!(NodeConfig::parse(&text, "x").unwrap(), c);
+}
+
+#[test]
+fn wireguard_public_keys_match_wg_pubkey() {
+    // RFC 7748 section 6.1: Alice's private key and the public key X25519 gives for it.
+    let private = hex::decode("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a").unwrap();
+    let public = hex::decode("8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a").unwrap();
+    let key = WgKey(private.try_into().unwrap());
+    assert_eq!(key.public().0.to_vec(), public);
+    assert_eq!(WgKey::parse(&key.to_base64()).unwrap(), key);
+}
+
+#[test]
+fn a_peer_with_our_own_key_is_refused() {
+    let private = WgKey([1; 32]);
+    let text = format!(
+        "version = 1\ngeneration = 1\nhostname = \"n\"\n[wireguard]\nprivate-key = \"{}\"\naddress = [\"10.0.0.1/24\"]\n[[wireguard.peer]]\npublic-key = \"{}\"\nallowed-ips = []\n",
+        private.to_base64(),
+        private.public().to_base64()
+    );
+    let e = NodeConfig::parse(&text, "n.toml").unwrap_err();
+    assert!(e.message.contains("own public key"), "{e}");
+    assert_eq!(e.line, Some(8));
+}

@@ -1,0 +1,1 @@
+/var/lib/cni/net.d
