@@ -319,6 +319,8 @@ pub struct BuildReport {
     pub kubelet: Option<String>,
     /// What module trimming kept, per kernel (empty with `modules = "all"`).
     pub modules: Vec<crate::modules::TrimReport>,
+    /// Fingerprint of the key config drives must be signed with, if the image pins one.
+    pub node_config_key: Option<String>,
 }
 
 /// Removes the staging directory unless the build committed it.
@@ -627,6 +629,9 @@ pub fn build(def: &Definition, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -
         key.public().to_pem().into_bytes(),
         epoch,
     )?;
+    if let Some(pem) = &def.node_config_key {
+        tree.add_file(plan::NODE_CONFIG_KEY_PATH, 0o644, pem.clone().into_bytes(), epoch)?;
+    }
     tree.normalize(epoch)?;
     let stats = tree.stats();
     let skipped = std::mem::take(&mut tree.skipped);
@@ -884,6 +889,11 @@ pub fn build(def: &Definition, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -
         units,
         kubelet,
         modules: module_reports,
+        node_config_key: def
+            .node_config_key
+            .as_deref()
+            .and_then(|pem| cairn_signing::PublicKey::from_pem(pem).ok())
+            .map(|k| k.fingerprint()),
     })
 }
 

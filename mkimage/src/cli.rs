@@ -123,6 +123,26 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         fragment: Option<PathBuf>,
     },
+    /// Write a config drive that gives one node its identity at first boot.
+    ///
+    /// Validates NODE.toml (see docs/node-config.md) and writes a volume labelled CAIRN
+    /// holding it as node.toml, plus node.toml.sig with --sign. Attach it to the node (a USB
+    /// stick, a second virtual disk, `cairn boot --config-drive FILE`); the node reads it on
+    /// every boot and takes it when its generation is higher than the saved one.
+    ConfigDrive {
+        /// The node config to put on the drive.
+        node: PathBuf,
+        /// The drive image to write (replaced if it exists).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// File system of the drive.
+        #[arg(long, value_enum, default_value = "fat")]
+        format: crate::configdrive::DriveFormat,
+        /// Sign node.toml with this ed25519 key (PKCS#8 PEM, as `cairn keygen` writes);
+        /// required by images built with a node-config key.
+        #[arg(long, value_name = "KEY")]
+        sign: Option<PathBuf>,
+    },
     /// Print this CLI's reference as Markdown (the source of docs/cli.md).
     #[command(hide = true)]
     HelpMarkdown,
@@ -248,6 +268,7 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
                 ssh_port: Some(ssh_port),
                 accel,
                 echo: true,
+                writable: false,
             };
             let mut vm = Vm::start(&spec)?;
             writeln!(
@@ -328,6 +349,48 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
                 p.key,
                 if p.cache_hit { "already cached" } else { "built now" }
             )?;
+            Ok(())
+        }
+        Command::ConfigDrive {
+            node,
+            out: drive,
+            format,
+            sign,
+        } => {
+            let text = std::fs::read_to_string(&node).with_context(|| format!("reading {}", node.display()))?;
+            let config = cairn_node::config::NodeConfig::parse(&text, &node.display().to_string())
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let mut files = vec![("node.toml".to_string(), text.clone().into_bytes())];
+            let signed = match &sign {
+                Some(k) => {
+                    let key = cairn_signing::PrivateKey::read(k)
+                        .with_context(|| format!("reading the signing key {}", k.display()))?;
+                    files.push(("node.toml.sig".to_string(), key.sign(text.as_bytes()).to_vec()));
+                    format!("signed with {} ({})", k.display(), key.public().fingerprint())
+                }
+                None => "not signed".to_string(),
+            };
+            let epoch = build::effective_epoch(std::env::var("SOURCE_DATE_EPOCH").ok().as_deref())?;
+            crate::configdrive::write(&drive, format, &files, epoch)
+                .with_context(|| format!("writing the config drive {}", drive.display()))?;
+            writeln!(
+                out,
+                "wrote {} ({:?}, label {}): node {} generation {}, role {}, {signed}",
+                drive.display(),
+                format,
+                crate::configdrive::LABEL,
+                config.hostname,
+                config.generation,
+                config.role.as_str()
+            )?;
+            if let Some(w) = &config.wireguard {
+                writeln!(
+                    out,
+                    "  wireguard  {} public key {} (give it to the peers)",
+                    w.interface,
+                    w.private_key.public().to_base64()
+                )?;
+            }
             Ok(())
         }
         Command::CheckKernel { config, fragment } => {
@@ -435,6 +498,19 @@ fn print_plan(def: &Definition, opts: &BuildOptions, out: &mut dyn Write) -> Res
         out,
         "  cmdline      {}",
         plan::render_cmdline("<root hash>", &def.cmdline)
+    )?;
+    writeln!(
+        out,
+        "  node config  {}",
+        match &def.node_config_key {
+            Some(pem) => format!(
+                "config drives must be signed by {}",
+                cairn_signing::PublicKey::from_pem(pem)
+                    .map(|k| k.fingerprint())
+                    .unwrap_or_default()
+            ),
+            None => "unsigned config drives accepted (no [signing] node-config-key)".into(),
+        }
     )?;
     writeln!(out, "  squashfs     zstd level {level}, {} blocks", def.block_size)?;
     writeln!(
@@ -560,6 +636,13 @@ fn print_summary(r: &build::BuildReport, secs: f64, out: &mut dyn Write) -> Resu
         None => writeln!(
             out,
             "  kubelet      NOT INCLUDED: no [kubelet] artifact pinned, so this image has no kubelet"
+        )?,
+    }
+    match &r.node_config_key {
+        Some(fp) => writeln!(out, "  node config  config drives must be signed by {fp}")?,
+        None => writeln!(
+            out,
+            "  node config  unsigned config drives accepted (no [signing] node-config-key)"
         )?,
     }
     let stages: Vec<String> = r

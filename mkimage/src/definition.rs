@@ -247,6 +247,8 @@ struct RawSquashfs {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawSigning {
     key: Option<Spanned<String>>,
+    #[serde(default)]
+    node_config_key: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -442,6 +444,9 @@ pub struct Definition {
     pub block_size: Size,
     /// Signing key.
     pub signing: SigningKey,
+    /// Public key (SPKI PEM) that node configs on config drives must be signed with; `None`
+    /// accepts unsigned drives.
+    pub node_config_key: Option<String>,
     /// Output formats.
     pub formats: Vec<OutputFormat>,
     /// Line of `[partitions] root-size` (or of `[partitions]`), for "does not fit" errors.
@@ -1017,6 +1022,23 @@ impl Definition {
             None => SigningKey::Development,
             Some(k) => SigningKey::File(cx.path(k)),
         };
+        let node_config_key = match &raw.signing.node_config_key {
+            None => None,
+            Some(k) => {
+                let p = cx.path(k);
+                let text = std::fs::read_to_string(&p).ok();
+                match text.as_deref().map(cairn_signing::PublicKey::from_pem) {
+                    Some(Ok(_)) => text,
+                    _ => {
+                        return cx.err(
+                            Some(k.span()),
+                            format!("node-config-key {} is not a readable ed25519 public key", p.display()),
+                            "name the .pub file `cairn keygen` wrote beside the node-config signing key",
+                        )
+                    }
+                }
+            }
+        };
         let formats = match &raw.output.formats {
             None => vec![OutputFormat::Raw],
             Some(f) => {
@@ -1062,6 +1084,7 @@ impl Definition {
             compression,
             block_size,
             signing,
+            node_config_key,
             formats,
             root_size_line,
         })

@@ -11,6 +11,7 @@
 
 pub mod build;
 pub mod cli;
+pub mod configdrive;
 pub mod customize;
 pub mod debian;
 pub mod definition;

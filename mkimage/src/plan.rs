@@ -210,6 +210,9 @@ pub fn uki_file_name(version: &str) -> String {
 
 /// Where the release public key sits in every image.
 pub const IMAGE_PUBLIC_KEY_PATH: &str = "usr/share/cairn/release.pub";
+/// Where the image keeps the key node configs must be signed with, when it pins one
+/// (read by `cairn-node firstboot`).
+pub const NODE_CONFIG_KEY_PATH: &str = "usr/share/cairn/node-config.pub";
 
 #[cfg(test)]
 mod tests {

@@ -52,6 +52,7 @@ pub fn package_of(tool: &str) -> &'static str {
         "gzip" => "gzip",
         "veritysetup" => "cryptsetup-bin",
         "depmod" => "kmod",
+        "xorriso" => "xorriso",
         _ => "(unknown package)",
     }
 }

@@ -70,8 +70,11 @@ pub enum Accel {
 /// What to boot and how.
 #[derive(Debug, Clone)]
 pub struct VmSpec {
-    /// The raw disk image (never modified).
+    /// The raw disk image (never modified unless `writable`).
     pub disk: PathBuf,
+    /// Boot the disk itself, so what the node writes persists across boots (tests that
+    /// reboot use a copy); otherwise a throwaway copy-on-write overlay takes the writes.
+    pub writable: bool,
     /// A second drive for the node's configuration, if any.
     pub config_drive: Option<PathBuf>,
     /// Guest memory in MiB.
@@ -200,12 +203,17 @@ impl Vm {
             .tempdir()
             .map_err(io_err("creating", Path::new("a temporary directory")))?;
         let disk = std::fs::canonicalize(&spec.disk).map_err(io_err("opening", &spec.disk))?;
-        let overlay = dir.path().join("overlay.qcow2");
-        let mut cmd = Command::new("qemu-img");
-        cmd.args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
-            .arg(&disk)
-            .arg(&overlay);
-        tools::run(&mut cmd, "qemu-img")?;
+        let drive = if spec.writable {
+            format!("if=virtio,format=raw,file={}", disk.display())
+        } else {
+            let overlay = dir.path().join("overlay.qcow2");
+            let mut cmd = Command::new("qemu-img");
+            cmd.args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+                .arg(&disk)
+                .arg(&overlay);
+            tools::run(&mut cmd, "qemu-img")?;
+            format!("if=virtio,format=qcow2,file={}", overlay.display())
+        };
         let vars = dir.path().join("OVMF_VARS.fd");
         std::fs::copy(OVMF_VARS, &vars).map_err(io_err("copying", Path::new(OVMF_VARS)))?;
 
@@ -233,7 +241,7 @@ impl Vm {
         .arg("-drive")
         .arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()))
         .arg("-drive")
-        .arg(format!("if=virtio,format=qcow2,file={}", overlay.display()))
+        .arg(&drive)
         .args(["-device", "virtio-rng-pci"]);
         if accel == Accel::Kvm {
             q.args(["-cpu", "host"]);

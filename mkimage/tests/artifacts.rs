@@ -599,3 +599,51 @@ fn extra_modules_add_to_the_classes_and_typos_are_named() {
     let list = run_ok(Command::new("unsquashfs").arg("-l").arg(f.path("all.sqfs")));
     assert!(list.contains("drm.ko") && list.contains("snd.ko"), "{list}");
 }
+
+#[test]
+fn a_node_config_key_is_baked_in_and_reported() {
+    require(&["unsquashfs"]);
+    let f = Fixture::new();
+    run_ok(cairn().current_dir(f.path("")).args(["keygen", "node-config.pem"]));
+    f.write_definition("node-config-key = \"node-config.pub\"\n");
+    // The extra line lands in [signing], the last table of the fixture's definition.
+    let o = f.build("out");
+    let summary = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let pem = fs::read_to_string(f.path("node-config.pub")).unwrap();
+    let fp = cairn_signing::PublicKey::from_pem(&pem).unwrap().fingerprint();
+    assert!(
+        summary.contains(&format!("node config  config drives must be signed by {fp}")),
+        "{summary}"
+    );
+    let root = f.path("root.sqfs");
+    extract_payload(&f.path("out"), "root", &root);
+    let x = f.path("x");
+    run_ok(
+        Command::new("unsquashfs")
+            .arg("-d")
+            .arg(&x)
+            .arg(&root)
+            .arg("usr/share/cairn/node-config.pub"),
+    );
+    assert_eq!(
+        fs::read_to_string(x.join("usr/share/cairn/node-config.pub")).unwrap(),
+        pem
+    );
+
+    // Without one the summary says unsigned drives are accepted.
+    f.write_definition("");
+    let summary = String::from_utf8_lossy(&f.build("out2").stdout).into_owned();
+    assert!(summary.contains("unsigned config drives accepted"), "{summary}");
+
+    // A file that is not a public key is refused at its line.
+    fs::write(f.path("junk.pub"), "not a key").unwrap();
+    f.write_definition("node-config-key = \"junk.pub\"\n");
+    let o = f.build("out3");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("image.toml:23:19:") && err.contains("is not a readable ed25519 public key"),
+        "{err}"
+    );
+}

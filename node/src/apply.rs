@@ -1,6 +1,6 @@
 //! `cairn-node apply`: choose this boot's node config and write what it renders.
 //!
-//! Runs every boot from `cairn-apply.service`, after /var is mounted and before networking
+//! Runs every boot from `cairn-firstboot.service` (after taking a config drive), after /var is mounted and before networking
 //! and the cluster components. The image's /etc is read-only and the same on every node,
 //! so per-node files go to /run (rebuilt every boot) and /var/lib/cairn (the state
 //! partition). Which config applies, first match wins:
@@ -13,8 +13,7 @@
 //! A saved config that no longer validates is reported and skipped, never half-applied.
 
 use std::fs;
-use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::config::NodeConfig;
@@ -68,33 +67,10 @@ pub fn at(root: &Path, abs: &str) -> PathBuf {
     root.join(abs.trim_start_matches('/'))
 }
 
-/// Write `bytes` to `path` atomically and durably: a temporary file beside it, fsync,
-/// rename over, fsync the directory. The file has `mode` from its creation.
+/// Write `bytes` to `path` atomically and durably (temporary file, fsync, rename, fsync of
+/// the directory), with `mode` and, when given, `owner` from the start.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32, owner: Option<(u32, u32)>) -> io::Result<()> {
-    let dir = path.parent().ok_or_else(|| io::Error::other("no parent directory"))?;
-    fs::create_dir_all(dir)?;
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.cairn-tmp"));
-    let result = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.set_permissions(fs::Permissions::from_mode(mode))?;
-        if let Some((uid, gid)) = owner {
-            std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
-        }
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    cairn_signing::write_file_atomic_owned(path, bytes, mode, owner)
 }
 
 /// uid and gid of `user` in `<root>/etc/passwd`.
@@ -140,13 +116,16 @@ pub fn write(root: &Path, config: &NodeConfig, outputs: &[Output]) -> Result<(),
             source,
         })?;
     }
-    // Keys of interfaces the config no longer has must not linger on the state partition.
-    let keys = at(root, &format!("{}/wireguard", render::STATE_DIR));
-    if let Ok(entries) = fs::read_dir(&keys) {
-        for e in entries.flatten() {
-            let p = format!("{}/wireguard/{}", render::STATE_DIR, e.file_name().to_string_lossy());
-            if !outputs.iter().any(|o| o.path == p) {
-                let _ = fs::remove_file(e.path());
+    // Secrets the config no longer has (keys of removed interfaces, a dropped key agent
+    // token) must not linger on the state partition.
+    for dir in ["wireguard", "key-agent"] {
+        let d = at(root, &format!("{}/{dir}", render::STATE_DIR));
+        if let Ok(entries) = fs::read_dir(&d) {
+            for e in entries.flatten() {
+                let p = format!("{}/{dir}/{}", render::STATE_DIR, e.file_name().to_string_lossy());
+                if !outputs.iter().any(|o| o.path == p) {
+                    let _ = fs::remove_file(e.path());
+                }
             }
         }
     }

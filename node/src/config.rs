@@ -228,7 +228,7 @@ pub fn valid_hostname(h: &str) -> bool {
 pub struct Etcd {
     /// Member name.
     pub name: String,
-    /// Data directory, under /var/lib/etcd.
+    /// Data directory, under /var/lib/etcd (default `/var/lib/etcd/default`).
     pub data_dir: String,
     /// Client URLs: listened on and advertised.
     pub client_urls: Vec<Url>,
@@ -322,6 +322,58 @@ pub struct NodeConfig {
     pub kubelet: Kubelet,
     /// Health gate time limits in seconds, by gate name, where the node sets them.
     pub health: BTreeMap<String, u64>,
+    /// Wired interfaces configured explicitly (empty: DHCP on every wired interface).
+    pub network: Vec<Interface>,
+    /// SSH public keys allowed to log in as root (keys only; no passwords).
+    pub ssh_authorized_keys: Vec<String>,
+    /// Where the key agent gets the node's certificates.
+    pub key_agent: Option<KeyAgent>,
+}
+
+/// How an interface is chosen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Match {
+    /// Interface names, with `*` globs (`en*`).
+    Name(String),
+    /// A MAC address (lower case).
+    Mac(String),
+}
+
+/// A static route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Destination.
+    pub to: Cidr,
+    /// Next hop.
+    pub via: IpAddr,
+}
+
+/// One network interface's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interface {
+    /// Which interface.
+    pub matches: Match,
+    /// Ask DHCP (v4 and v6) for addresses.
+    pub dhcp: bool,
+    /// Static addresses.
+    pub address: Vec<Cidr>,
+    /// Default gateway(s).
+    pub gateway: Vec<IpAddr>,
+    /// DNS servers.
+    pub dns: Vec<IpAddr>,
+    /// Static routes.
+    pub routes: Vec<Route>,
+}
+
+/// The key agent's server and bootstrap credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyAgent {
+    /// `https://host:port` of the keyserver.
+    pub server: Url,
+    /// sha256 of the keyserver CA's certificate (DER), 32 bytes.
+    pub ca_fingerprint: [u8; 32],
+    /// One-time bootstrap token.
+    pub bootstrap_token: String,
 }
 
 #[derive(Deserialize)]
@@ -340,6 +392,60 @@ struct Raw {
     kubelet: RawKubelet,
     #[serde(default)]
     health: BTreeMap<String, Spanned<i64>>,
+    #[serde(default)]
+    network: RawNetwork,
+    #[serde(default)]
+    ssh: RawSsh,
+    #[serde(default)]
+    key_agent: Option<Spanned<RawKeyAgent>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawNetwork {
+    #[serde(default)]
+    interface: Vec<Spanned<RawInterface>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawInterface {
+    #[serde(default)]
+    name: Option<Spanned<String>>,
+    #[serde(default)]
+    mac: Option<Spanned<String>>,
+    #[serde(default)]
+    dhcp: Option<bool>,
+    #[serde(default)]
+    address: Vec<Spanned<String>>,
+    #[serde(default)]
+    gateway: Vec<Spanned<String>>,
+    #[serde(default)]
+    dns: Vec<Spanned<String>>,
+    #[serde(default)]
+    route: Vec<RawRoute>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawRoute {
+    to: Spanned<String>,
+    via: Spanned<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawSsh {
+    #[serde(default)]
+    authorized_keys: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawKeyAgent {
+    server: Spanned<String>,
+    ca_fingerprint: Spanned<String>,
+    bootstrap_token: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -529,6 +635,29 @@ impl NodeConfig {
                 }
             };
         }
+        let network = raw
+            .network
+            .interface
+            .iter()
+            .map(|i| interface(&cx, i))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut ssh_authorized_keys = Vec::new();
+        for k in &raw.ssh.authorized_keys {
+            match ssh_key(k.get_ref()) {
+                Ok(line) => ssh_authorized_keys.push(line),
+                Err(why) => {
+                    return cx.err(
+                        Some(k.span()),
+                        format!("[ssh] authorized-keys: {why}"),
+                        "paste the line from the .pub file, e.g. \"ssh-ed25519 AAAAC3… you@laptop\"",
+                    )
+                }
+            }
+        }
+        let key_agent = match &raw.key_agent {
+            None => None,
+            Some(k) => Some(key_agent(&cx, k.get_ref())?),
+        };
         Ok(NodeConfig {
             generation,
             hostname,
@@ -537,6 +666,9 @@ impl NodeConfig {
             wireguard,
             kubelet,
             health,
+            network,
+            ssh_authorized_keys,
+            key_agent,
         })
     }
 }
@@ -577,7 +709,9 @@ fn etcd(cx: &Cx, raw: Option<&RawEtcd>, hostname: &str) -> Result<Etcd, ConfigEr
         }
     };
     let data_dir = match &raw.data_dir {
-        None => format!("{ETCD_DATA_ROOT}/{name}"),
+        // Not named after the member: a renamed node keeps its data (etcd keeps the member
+        // its data directory records), and renames do not pile up directories.
+        None => format!("{ETCD_DATA_ROOT}/default"),
         Some(d) => {
             let v = d.get_ref();
             let ok = v
@@ -588,7 +722,7 @@ fn etcd(cx: &Cx, raw: Option<&RawEtcd>, hostname: &str) -> Result<Etcd, ConfigEr
                 return cx.err(
                     Some(d.span()),
                     format!("[etcd] data-dir '{v}' is not under {ETCD_DATA_ROOT}/"),
-                    "etcd may only write under /var/lib/etcd on the state partition; leave it out for /var/lib/etcd/<name>",
+                    "etcd may only write under /var/lib/etcd on the state partition; leave it out for /var/lib/etcd/default",
                 );
             }
             v.clone()
@@ -930,5 +1064,179 @@ fn kubelet(cx: &Cx, raw: &RawKubelet) -> Result<Kubelet, ConfigError> {
         taints,
         cluster_dns,
         cluster_domain,
+    })
+}
+
+/// SSH public key types sshd accepts.
+const SSH_KEY_TYPES: [&str; 8] = [
+    "ssh-ed25519",
+    "ssh-rsa",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+    "ssh-dss",
+];
+
+/// Check an authorized_keys line (`TYPE BASE64 [comment]`, no options) and return it
+/// normalized to one line.
+pub fn ssh_key(line: &str) -> Result<String, String> {
+    use base64::Engine;
+    let line = line.trim();
+    if line.contains('\n') || line.contains('\r') {
+        return Err("one key per list item".into());
+    }
+    let mut words = line.split_whitespace();
+    let ty = words.next().ok_or("the key is empty")?;
+    if !SSH_KEY_TYPES.contains(&ty) {
+        return Err(format!(
+            "'{ty}' is not an SSH public key type (options before the key are not supported)"
+        ));
+    }
+    let blob = words.next().ok_or("the key has no base64 part")?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(blob)
+        .map_err(|_| "the key's base64 part does not decode".to_string())?;
+    // The blob starts with its own type as an SSH string: u32 length, then the name.
+    let named =
+        bytes.get(4..4 + ty.len()).is_some_and(|n| n == ty.as_bytes()) && bytes[..4] == (ty.len() as u32).to_be_bytes();
+    if !named {
+        return Err(format!("the key's data is not a {ty} key"));
+    }
+    Ok(line.split_whitespace().collect::<Vec<_>>().join(" "))
+}
+
+/// A MAC address `aa:bb:cc:dd:ee:ff`, returned in lower case.
+pub fn mac(s: &str) -> Option<String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    (parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit())))
+    .then(|| s.to_ascii_lowercase())
+}
+
+fn ip(cx: &Cx, s: &Spanned<String>, what: &str) -> Result<IpAddr, ConfigError> {
+    s.get_ref().parse().or_else(|_| {
+        cx.err(
+            Some(s.span()),
+            format!("[network] {what} '{}' is not an IP address", s.get_ref()),
+            "",
+        )
+    })
+}
+
+fn interface(cx: &Cx, raw: &Spanned<RawInterface>) -> Result<Interface, ConfigError> {
+    let i = raw.get_ref();
+    let matches = match (&i.name, &i.mac) {
+        (Some(n), None) => {
+            let v = n.get_ref();
+            if v.is_empty() || v.len() > 15 || !v.chars().all(|c| c.is_ascii_alphanumeric() || "-_.*".contains(c)) {
+                return cx.err(
+                    Some(n.span()),
+                    format!("[[network.interface]] name '{v}' is not an interface name or glob"),
+                    "e.g. \"eth0\", \"enp1s0\" or \"en*\"",
+                );
+            }
+            Match::Name(v.clone())
+        }
+        (None, Some(m)) => Match::Mac(mac(m.get_ref()).map_or_else(
+            || {
+                cx.err(
+                    Some(m.span()),
+                    format!("[[network.interface]] mac '{}' is not a MAC address", m.get_ref()),
+                    "six hex pairs, e.g. \"52:54:00:12:34:56\"",
+                )
+            },
+            Ok,
+        )?),
+        _ => {
+            return cx.err(
+                Some(raw.span()),
+                "[[network.interface]] needs exactly one of name and mac",
+                "name = \"en*\" matches by name; mac = \"52:54:00:12:34:56\" by address",
+            )
+        }
+    };
+    let address = i
+        .address
+        .iter()
+        .map(|a| {
+            Cidr::parse(a.get_ref()).or_else(|why| cx.err(Some(a.span()), format!("[network] address: {why}"), ""))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let dhcp = i.dhcp.unwrap_or(address.is_empty());
+    if !dhcp && address.is_empty() {
+        return cx.err(
+            Some(raw.span()),
+            "[[network.interface]] has neither DHCP nor an address",
+            "set dhcp = true, or give it address = [\"192.0.2.10/24\"]",
+        );
+    }
+    let gateway = i
+        .gateway
+        .iter()
+        .map(|g| ip(cx, g, "gateway"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let dns = i.dns.iter().map(|d| ip(cx, d, "dns")).collect::<Result<Vec<_>, _>>()?;
+    let mut routes = Vec::new();
+    for r in &i.route {
+        let to = Cidr::parse(r.to.get_ref())
+            .or_else(|why| cx.err(Some(r.to.span()), format!("[network] route to: {why}"), ""))?;
+        let via = ip(cx, &r.via, "route via")?;
+        routes.push(Route { to, via });
+    }
+    Ok(Interface {
+        matches,
+        dhcp,
+        address,
+        gateway,
+        dns,
+        routes,
+    })
+}
+
+fn key_agent(cx: &Cx, raw: &RawKeyAgent) -> Result<KeyAgent, ConfigError> {
+    let server = Url::parse(raw.server.get_ref())
+        .ok()
+        .filter(|u| u.scheme == "https")
+        .map_or_else(
+            || {
+                cx.err(
+                    Some(raw.server.span()),
+                    format!(
+                        "[key-agent] server '{}' is not an https://HOST:PORT URL",
+                        raw.server.get_ref()
+                    ),
+                    "the keyserver only speaks TLS, e.g. \"https://keys.example.net:8443\"",
+                )
+            },
+            Ok,
+        )?;
+    let fp = raw.ca_fingerprint.get_ref();
+    let hexpart = fp.strip_prefix("sha256:").unwrap_or(fp).replace(':', "");
+    let ca_fingerprint: [u8; 32] = hex::decode(&hexpart).ok().and_then(|b| b.try_into().ok()).map_or_else(
+        || {
+            cx.err(
+                Some(raw.ca_fingerprint.span()),
+                "[key-agent] ca-fingerprint is not a sha256 fingerprint",
+                "\"sha256:\" and 64 hex digits, e.g. from `openssl x509 -noout -fingerprint -sha256 -in ca.crt`",
+            )
+        },
+        Ok,
+    )?;
+    let token = raw.bootstrap_token.get_ref();
+    if token.len() < 16 || !token.chars().all(|c| c.is_ascii_graphic()) {
+        return cx.err(
+            Some(raw.bootstrap_token.span()),
+            "[key-agent] bootstrap-token must be at least 16 printable characters without spaces",
+            "use the token the keyserver issued for this node",
+        );
+    }
+    Ok(KeyAgent {
+        server,
+        ca_fingerprint,
+        bootstrap_token: token.clone(),
     })
 }

@@ -93,19 +93,25 @@ pub fn http_get(url: &str, timeout: Duration) -> Result<(u16, String), String> {
     Ok((code, body.trim().to_string()))
 }
 
-fn command(cmd: &mut Command) -> Result<String, String> {
-    let out = cmd
+/// How long one probe command may run before the gate counts it as no answer.
+pub const PROBE_LIMIT: Duration = Duration::from_secs(10);
+
+/// Run `program args…` under coreutils' `timeout`, so a component that accepts the
+/// connection but never answers cannot hold the gate past its limit.
+fn command(program: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new("timeout")
+        .args(["--kill-after=2", &PROBE_LIMIT.as_secs().to_string(), program])
+        .args(args)
         .output()
-        .map_err(|e| format!("running {:?}: {e}", cmd.get_program()))?;
+        .map_err(|e| format!("running {program}: {e}"))?;
     let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    if out.status.success() {
-        Ok(text)
-    } else {
-        Err(format!(
-            "{:?} failed: {}",
-            cmd.get_program(),
+    match out.status.code() {
+        Some(0) => Ok(text),
+        Some(124) | Some(137) => Err(format!("{program} did not answer within {}s", PROBE_LIMIT.as_secs())),
+        _ => Err(format!(
+            "{program} failed: {}",
             String::from_utf8_lossy(&out.stderr).trim()
-        ))
+        )),
     }
 }
 
@@ -127,13 +133,10 @@ pub fn probe(gate: Gate, config: &NodeConfig, root: &Path) -> Probe {
             }))
         }
         Gate::Containerd => Probe::Check(Box::new(|| {
-            let out = command(Command::new("ctr").args([
-                "--address",
-                render::CONTAINERD_SOCKET,
-                "--timeout",
-                "5s",
-                "version",
-            ]))?;
+            let out = command(
+                "ctr",
+                &["--address", render::CONTAINERD_SOCKET, "--timeout", "5s", "version"],
+            )?;
             let server = out
                 .split("Server:")
                 .nth(1)
@@ -158,7 +161,7 @@ pub fn probe(gate: Gate, config: &NodeConfig, root: &Path) -> Probe {
                 if bits & 1 == 0 {
                     return Err(format!("interface {} is down", w.interface));
                 }
-                let have = command(Command::new("wg").args(["show", &w.interface, "public-key"]))?;
+                let have = command("wg", &["show", &w.interface, "public-key"])?;
                 if have != want {
                     return Err(format!("{} has public key {have}, the config's is {want}", w.interface));
                 }

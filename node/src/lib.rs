@@ -3,13 +3,19 @@
 //! One binary with subcommands keeps the image small and the code shared:
 //! - [`config`]: `node.toml`, the node's identity and component settings, parsed strictly;
 //! - [`render`]: the files a config produces for etcd, WireGuard (networkd) and the kubelet;
+//! - [`drive`] and [`firstboot`]: config drives, and `cairn-node firstboot`, which takes a
+//!   newer config from one and then applies;
 //! - [`apply`]: `cairn-node apply`, which picks this boot's config and writes them;
 //! - [`health`]: `cairn-node health GATE`, the checks before `boot-complete.target`;
 //! - [`ready`]: the line users and tests wait for on the console;
 //! - [`system`]: kernel command line, running slot, os-release.
 
 pub mod apply;
+pub mod cloud;
 pub mod config;
+pub mod drive;
+pub mod firstboot;
+pub mod grow;
 pub mod health;
 pub mod ready;
 pub mod render;

@@ -9,8 +9,9 @@ use cairn_node::{apply, config::NodeConfig, health, render};
 const USAGE: &str = "usage: cairn-node <command>
 
 commands:
+  firstboot                      take a newer node config from a config drive, then apply
+                                 (run by cairn-firstboot.service every boot)
   apply                          choose this boot's node config and write what it renders
-                                 (run by cairn-apply.service)
   check FILE                     validate a node.toml and print what it would write
   health GATE [--timeout SECS]   wait until GATE (etcd, containerd, wireguard, kubelet)
                                  passes (run by cairn-health-GATE.service)
@@ -21,16 +22,8 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     match args.as_slice() {
-        ["apply"] => match apply::apply(Path::new("/")) {
-            Ok(lines) => {
-                lines.iter().for_each(|l| println!("{l}"));
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("cairn: applying the node config failed: {}", chain(&e));
-                ExitCode::FAILURE
-            }
-        },
+        ["firstboot"] => report(cairn_node::firstboot::firstboot(), "first boot"),
+        ["apply"] => report(apply::apply(Path::new("/")), "applying the node config"),
         ["check", file] => {
             let text = match std::fs::read_to_string(file) {
                 Ok(t) => t,
@@ -62,7 +55,7 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!(
-                        "cairn: health gate {gate} FAILED: no applied node config ({e}); did cairn-apply.service run?"
+                        "cairn: health gate {gate} FAILED: no applied node config ({e}); did cairn-firstboot.service run?"
                     );
                     return ExitCode::FAILURE;
                 }
@@ -89,7 +82,7 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!(
-                        "cairn: health gate {gate} FAILED: no applied node config ({e}); did cairn-apply.service run?"
+                        "cairn: health gate {gate} FAILED: no applied node config ({e}); did cairn-firstboot.service run?"
                     );
                     return ExitCode::FAILURE;
                 }
@@ -117,6 +110,20 @@ fn main() -> ExitCode {
         _ => {
             eprint!("{USAGE}");
             ExitCode::from(2)
+        }
+    }
+}
+
+/// Print a step's log lines, or its failure with every cause.
+fn report(result: Result<Vec<String>, apply::ApplyError>, what: &str) -> ExitCode {
+    match result {
+        Ok(lines) => {
+            lines.iter().for_each(|l| println!("{l}"));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cairn: {what} failed: {}", chain(&e));
+            ExitCode::FAILURE
         }
     }
 }

@@ -3,7 +3,7 @@
 //! [`plan`] lists every file a config produces (path, mode, owner, text); `apply` writes
 //! them. Nothing here touches the system, so each output has a golden-file test.
 
-use crate::config::{Etcd, Kubelet, NodeConfig, Wireguard};
+use crate::config::{Etcd, Interface, KeyAgent, Kubelet, Match, NodeConfig, Wireguard};
 
 /// Runtime directory for generated settings (a tmpfs: rebuilt every boot).
 pub const RUN_DIR: &str = "/run/cairn";
@@ -21,6 +21,12 @@ pub const KUBELET_CONFIG: &str = "/run/cairn/kubelet/config.yaml";
 pub const KUBELET_ENV: &str = "/run/cairn/kubelet/kubelet.env";
 /// The kubeconfig the kubelet uses (written by the key agent, later).
 pub const KUBECONFIG: &str = "/var/lib/cairn/kubelet/kubeconfig";
+/// Where sshd reads root's authorized keys (`AuthorizedKeysFile` in the image's sshd config).
+pub const SSH_AUTHORIZED_KEYS: &str = "/run/cairn/ssh/authorized_keys/root";
+/// The key agent's bootstrap token (0600).
+pub const KEY_AGENT_TOKEN: &str = "/var/lib/cairn/key-agent/token";
+/// The key agent's server settings.
+pub const KEY_AGENT_CONFIG: &str = "/var/lib/cairn/key-agent/server.toml";
 /// containerd's CRI socket.
 pub const CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
 
@@ -189,6 +195,49 @@ pub fn render_kubelet_env(c: &NodeConfig, k: &Kubelet) -> String {
     format!("{}KUBELET_ARGS=\"{}\"\n", header("#", c), args.join(" "))
 }
 
+/// A systemd-networkd `.network` for one configured interface.
+pub fn render_network(c: &NodeConfig, i: &Interface) -> String {
+    let mut s = header("#", c);
+    match &i.matches {
+        Match::Name(n) => s.push_str(&format!("[Match]\nName={n}\n")),
+        Match::Mac(m) => s.push_str(&format!("[Match]\nMACAddress={m}\n")),
+    }
+    s.push_str(&format!("\n[Network]\nDHCP={}\n", if i.dhcp { "yes" } else { "no" }));
+    for a in &i.address {
+        s.push_str(&format!("Address={a}\n"));
+    }
+    for g in &i.gateway {
+        s.push_str(&format!("Gateway={g}\n"));
+    }
+    for d in &i.dns {
+        s.push_str(&format!("DNS={d}\n"));
+    }
+    for r in &i.routes {
+        s.push_str(&format!("\n[Route]\nDestination={}\nGateway={}\n", r.to, r.via));
+    }
+    s
+}
+
+/// root's authorized_keys.
+pub fn render_authorized_keys(c: &NodeConfig) -> String {
+    let mut s = header("#", c);
+    for k in &c.ssh_authorized_keys {
+        s.push_str(k);
+        s.push('\n');
+    }
+    s
+}
+
+/// The key agent's server settings (the token goes in its own 0600 file).
+pub fn render_key_agent(c: &NodeConfig, k: &KeyAgent) -> String {
+    format!(
+        "{}server = \"{}\"\nca-fingerprint = \"sha256:{}\"\ntoken-file = \"{KEY_AGENT_TOKEN}\"\n",
+        header("#", c),
+        k.server,
+        hex::encode(k.ca_fingerprint)
+    )
+}
+
 /// Every file `config` produces. `effective` is the node.toml text it was parsed from.
 pub fn plan(c: &NodeConfig, effective: &str) -> Vec<Output> {
     let file = |path: &str, mode, owner, text: String| Output {
@@ -220,6 +269,26 @@ pub fn plan(c: &NodeConfig, effective: &str) -> Vec<Output> {
             0o644,
             Owner::Root,
             render_wireguard_network(c, w),
+        ));
+    }
+    for (n, i) in c.network.iter().enumerate() {
+        out.push(file(
+            &format!("/run/systemd/network/40-cairn-{n}.network"),
+            0o644,
+            Owner::Root,
+            render_network(c, i),
+        ));
+    }
+    if !c.ssh_authorized_keys.is_empty() {
+        out.push(file(SSH_AUTHORIZED_KEYS, 0o644, Owner::Root, render_authorized_keys(c)));
+    }
+    if let Some(k) = &c.key_agent {
+        out.push(file(KEY_AGENT_CONFIG, 0o644, Owner::Root, render_key_agent(c, k)));
+        out.push(file(
+            KEY_AGENT_TOKEN,
+            0o600,
+            Owner::Root,
+            format!("{}\n", k.bootstrap_token),
         ));
     }
     out.push(file(

@@ -19,7 +19,13 @@ fn golden_name(path: &str) -> String {
 fn good_configs_render_their_golden_files() {
     let bless = std::env::var_os("CAIRN_BLESS").is_some();
     let mut checked = 0;
-    for scenario in ["control-plane", "control-plane-tls", "worker", "default"] {
+    for scenario in [
+        "control-plane",
+        "control-plane-tls",
+        "worker",
+        "default",
+        "static-network",
+    ] {
         let dir = fixtures().join(scenario);
         let text = std::fs::read_to_string(dir.join("node.toml")).unwrap();
         let config = NodeConfig::parse(&text, "node.toml").unwrap_or_else(|e| panic!("{scenario}: {e}"));
@@ -84,7 +90,7 @@ fn the_built_in_default_is_a_healthy_single_node() {
         (Role::ControlPlane, "cairn", 0)
     );
     let e = c.etcd.as_ref().unwrap();
-    assert_eq!(e.data_dir, "/var/lib/etcd/cairn");
+    assert_eq!(e.data_dir, "/var/lib/etcd/default");
     assert_eq!(e.initial_cluster.len(), 1);
     assert!(c.wireguard.is_none());
     // The same as the shipped example of the smallest config.

@@ -73,9 +73,10 @@ pub fn vm_slot() -> MutexGuard<'static, ()> {
     SLOT.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Start a VM on `disk` with the console captured (not echoed).
-pub fn boot(disk: &Path) -> Vm {
-    let spec = VmSpec {
+/// How tests boot `disk`: 2 GiB, 2 CPUs, console captured (echoed with
+/// `CAIRN_TEST_ECHO=1`), on a throwaway overlay.
+pub fn spec(disk: &Path) -> VmSpec {
+    VmSpec {
         disk: disk.to_owned(),
         config_drive: None,
         memory_mib: 2048,
@@ -83,8 +84,100 @@ pub fn boot(disk: &Path) -> Vm {
         ssh_port: None,
         accel: Accel::Auto,
         echo: std::env::var_os("CAIRN_TEST_ECHO").is_some(),
-    };
-    Vm::start(&spec).expect("starting QEMU")
+        writable: false,
+    }
+}
+
+/// Start a VM on `disk` with the console captured (not echoed).
+pub fn boot(disk: &Path) -> Vm {
+    Vm::start(&spec(disk)).expect("starting QEMU")
+}
+
+/// A TCP port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("binding a port")
+        .port()
+}
+
+/// Run `cmd` on the node over SSH as root with `key`; returns (stdout+stderr, success).
+/// Connection-level failures (sshd not accepting yet) are retried for up to 60 s; an
+/// authentication failure returns at once.
+pub fn ssh(port: u16, key: &Path, cmd: &str) -> (String, bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = Command::new("ssh")
+            .args([
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+            ])
+            .args([
+                "-o",
+                "ConnectTimeout=20",
+                "-o",
+                "LogLevel=ERROR",
+                "-o",
+                "IdentitiesOnly=yes",
+            ])
+            .arg("-i")
+            .arg(key)
+            .args(["-p", &port.to_string(), "root@127.0.0.1", cmd])
+            .output()
+            .expect("running ssh");
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        let connection_failed = out.status.code() == Some(255)
+            && [
+                "Connection reset",
+                "Connection refused",
+                "Connection closed",
+                "kex_exchange_identification",
+            ]
+            .iter()
+            .any(|m| text.contains(m));
+        if !connection_failed || std::time::Instant::now() >= deadline {
+            return (text, out.status.success());
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+/// A new ed25519 key pair in `dir`; returns the private key's path and the public line.
+pub fn ssh_keypair(dir: &Path, name: &str) -> (PathBuf, String) {
+    let key = dir.join(name);
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&key)
+        .status()
+        .expect("running ssh-keygen");
+    assert!(st.success(), "ssh-keygen failed");
+    let public = std::fs::read_to_string(key.with_extension("pub")).expect("public key");
+    (key, public.trim().to_string())
+}
+
+/// Write a node config drive with the real `cairn config-drive`.
+pub fn config_drive(dir: &Path, name: &str, node_toml: &str) -> PathBuf {
+    let src = dir.join(format!("{name}.toml"));
+    std::fs::write(&src, node_toml).expect("writing node.toml");
+    let out = dir.join(format!("{name}.img"));
+    let o = Command::new(cairn_bin())
+        .arg("config-drive")
+        .arg(&src)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("running cairn config-drive");
+    assert!(
+        o.status.success(),
+        "cairn config-drive: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out
 }
 
 /// A sparse copy of the test image's disk in a fresh temporary directory.

@@ -161,7 +161,7 @@ fn a_configured_node_boots_onto_its_verity_root_with_healthy_components() {
     // (--man=no: the image has no man pages for Debian's Documentation=man:etcd.)
     let verify = run_ok(
         &mut vm,
-        "systemd-analyze verify --man=no cairn-apply.service cairn-ready.service cairn-ssh-hostkeys.service \
+        "systemd-analyze verify --man=no cairn-firstboot.service cairn-ready.service cairn-ssh-hostkeys.service \
          cairn-health-etcd.service cairn-health-containerd.service cairn-health-wireguard.service \
          cairn-health-kubelet.service etcd.service containerd.service 2>&1",
     );

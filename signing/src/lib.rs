@@ -20,6 +20,17 @@ pub use manifest::{Disk, Manifest, ManifestError, PartitionEntry, Payload};
 /// set mode, rename, fsync the directory. Readers see the old file or the new one, never
 /// a part. Used for keys here, and for lock files and node state elsewhere.
 pub fn write_file_atomic(path: &std::path::Path, data: &[u8], mode: u32) -> std::io::Result<()> {
+    write_file_atomic_owned(path, data, mode, None)
+}
+
+/// [`write_file_atomic`], and give the file to `owner` (uid, gid) before it is renamed into
+/// place (root only), so it is never visible with the wrong owner.
+pub fn write_file_atomic_owned(
+    path: &std::path::Path,
+    data: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> std::io::Result<()> {
     use std::fs;
     use std::io::Write;
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -42,6 +53,9 @@ pub fn write_file_atomic(path: &std::path::Path, data: &[u8], mode: u32) -> std:
             .mode(mode)
             .open(&tmp)?;
         f.set_permissions(fs::Permissions::from_mode(mode))?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
+        }
         f.write_all(data)?;
         f.sync_all()?;
         fs::rename(&tmp, path)?;

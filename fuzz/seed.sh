@@ -1,0 +1,17 @@
+#!/bin/sh
+# Copy the parsers' test fixtures into the fuzz corpora as seeds (run from the repo root).
+set -eu
+f=node/tests/fixtures
+mkdir -p fuzz/corpus/node_toml fuzz/corpus/cairn_drive fuzz/corpus/nocloud_drive fuzz/corpus/config2_drive
+for t in "$f"/node-config/*/node.toml "$f"/node-config/bad/*.toml "$f"/cairn/*/node.toml; do
+    cp "$t" "fuzz/corpus/node_toml/$(echo "$t" | tr / _)"
+    { printf '\001'; head -c 64 /dev/zero; cat "$t"; } > "fuzz/corpus/cairn_drive/$(echo "$t" | tr / _)"
+done
+for d in "$f"/nocloud/*/; do
+    { cat "$d/meta-data" 2>/dev/null; printf '\000'; cat "$d/user-data" 2>/dev/null; printf '\000';
+      cat "$d/network-config" 2>/dev/null; } > "fuzz/corpus/nocloud_drive/$(basename "$d")"
+done
+for d in "$f"/config-2/*/; do
+    { cat "$d/openstack/latest/meta_data.json"; printf '\000';
+      cat "$d/openstack/latest/network_data.json" 2>/dev/null; } > "fuzz/corpus/config2_drive/$(basename "$d")"
+done

@@ -1,0 +1,144 @@
+//! `cairn config-drive`: the drive is a volume labelled CAIRN that the reference tools read
+//! back (fsck.fat, mtools, blkid, xorriso), signed when asked; a bad node.toml is refused
+//! with its line and leaves no drive behind.
+
+mod common;
+
+use std::fs;
+use std::process::Command;
+
+use common::*;
+
+const NODE: &str = "version = 1\ngeneration = 2\nhostname = \"cp-4\"\n\n[wireguard]\nprivate-key = \"AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=\"\naddress = [\"10.90.0.4/24\"]\n";
+
+#[test]
+fn fat_drive_is_clean_labelled_and_holds_the_config() {
+    require(&["fsck.fat", "mtype", "blkid"]);
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("node.toml"), NODE).unwrap();
+    let drive = dir.path().join("cp-4.img");
+    let out = run_ok(
+        cairn()
+            .current_dir(dir.path())
+            .args(["config-drive", "node.toml", "--out", "cp-4.img"]),
+    );
+    assert!(
+        out.contains("node cp-4 generation 2, role control-plane, not signed"),
+        "{out}"
+    );
+    assert!(out.contains("wg0 public key "), "{out}");
+    run_ok(Command::new("fsck.fat").arg("-n").arg(&drive));
+    let label = run_ok(Command::new("blkid").args(["-o", "value", "-s", "LABEL"]).arg(&drive));
+    assert_eq!(label.trim(), "CAIRN");
+    let back = run_ok(Command::new("mtype").arg("-i").arg(&drive).arg("::node.toml"));
+    assert_eq!(back, NODE);
+    // Sparse: a 34 MiB volume that takes a few KiB.
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(&drive).unwrap();
+    assert!(m.blocks() * 512 < 1 << 20, "{} bytes allocated", m.blocks() * 512);
+    // Reproducible.
+    run_ok(
+        cairn()
+            .current_dir(dir.path())
+            .args(["config-drive", "node.toml", "--out", "again.img"]),
+    );
+    assert_eq!(
+        fs::read(&drive).unwrap(),
+        fs::read(dir.path().join("again.img")).unwrap()
+    );
+}
+
+#[test]
+fn signed_drives_carry_a_signature_openssl_accepts() {
+    require(&["mcopy", "openssl"]);
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    fs::write(p.join("node.toml"), NODE).unwrap();
+    run_ok(cairn().current_dir(p).args(["keygen", "node-config.pem"]));
+    let out = run_ok(cairn().current_dir(p).args([
+        "config-drive",
+        "node.toml",
+        "--out",
+        "d.img",
+        "--sign",
+        "node-config.pem",
+    ]));
+    assert!(out.contains("signed with node-config.pem"), "{out}");
+    run_ok(
+        Command::new("mcopy")
+            .arg("-i")
+            .arg(p.join("d.img"))
+            .arg("::node.toml.sig")
+            .arg(p.join("sig")),
+    );
+    run_ok(Command::new("openssl").current_dir(p).args([
+        "pkeyutl",
+        "-verify",
+        "-pubin",
+        "-inkey",
+        "node-config.pub",
+        "-rawin",
+        "-in",
+        "node.toml",
+        "-sigfile",
+        "sig",
+    ]));
+}
+
+#[test]
+fn iso_drive_is_labelled_and_holds_the_config() {
+    require(&["xorriso", "blkid"]);
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    fs::write(p.join("node.toml"), NODE).unwrap();
+    run_ok(
+        cairn()
+            .current_dir(p)
+            .args(["config-drive", "node.toml", "--out", "d.iso", "--format", "iso"]),
+    );
+    let label = run_ok(
+        Command::new("blkid")
+            .args(["-o", "value", "-s", "LABEL"])
+            .arg(p.join("d.iso")),
+    );
+    assert_eq!(label.trim(), "CAIRN");
+    run_ok(Command::new("xorriso").current_dir(p).args([
+        "-osirrox",
+        "on",
+        "-indev",
+        "d.iso",
+        "-extract",
+        "/node.toml",
+        "back.toml",
+    ]));
+    assert_eq!(fs::read_to_string(p.join("back.toml")).unwrap(), NODE);
+    assert!(!p.join(".d.iso.cairn-tmp-0.d").exists());
+    let leftovers: Vec<_> = fs::read_dir(p)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name())
+        .filter(|n| n.to_string_lossy().contains("cairn-tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn a_bad_node_config_is_refused_with_its_line_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    fs::write(p.join("node.toml"), NODE.replace("10.90.0.4/24", "10.90.0.4")).unwrap();
+    fs::write(p.join("old.img"), "previous drive").unwrap();
+    let o = cairn()
+        .current_dir(p)
+        .args(["config-drive", "node.toml", "--out", "old.img"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("node.toml:7: [wireguard] address: '10.90.0.4' has no prefix length"),
+        "{err}"
+    );
+    assert_eq!(fs::read_to_string(p.join("old.img")).unwrap(), "previous drive");
+    assert_eq!(fs::read_dir(p).unwrap().count(), 2, "nothing else written");
+}

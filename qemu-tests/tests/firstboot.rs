@@ -1,0 +1,230 @@
+//! First boot from config drives, under QEMU + OVMF: one image, two drives, two nodes; a
+//! newer generation replaces the saved config, an older one does not; a malformed drive
+//! boots with one message and without its settings.
+
+use std::path::Path;
+use std::process::Command;
+
+use cairn_qemu_tests::*;
+
+fn node(hostname: &str, generation: u32, network: &str, key: &str) -> String {
+    format!(
+        "version = 1\ngeneration = {generation}\nhostname = \"{hostname}\"\n\n{network}\n[ssh]\nauthorized-keys = [\"{key}\"]\n"
+    )
+}
+
+/// Boot `disk` with `drive` attached and SSH forwarded; wait for the ready line.
+fn boot_ready(disk: &Path, drive: Option<&Path>, writable: bool) -> (Vm, u16) {
+    let port = free_port();
+    let mut s = spec(disk);
+    s.config_drive = drive.map(Path::to_owned);
+    s.ssh_port = Some(port);
+    s.writable = writable;
+    let mut vm = Vm::start(&s).expect("starting QEMU");
+    vm.wait_for_line("cairn: ready ", BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    (vm, port)
+}
+
+fn console_line(vm: &Vm, needle: &str) -> String {
+    vm.lines()
+        .iter()
+        .find(|(_, l)| l.contains(needle))
+        .map(|(_, l)| l.clone())
+        .unwrap_or_else(|| panic!("no console line with '{needle}'"))
+}
+
+#[test]
+fn one_image_two_drives_two_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key_a, pub_a) = ssh_keypair(dir.path(), "admin-a");
+    let (key_b, pub_b) = ssh_keypair(dir.path(), "admin-b");
+    // Node A: static address (the one QEMU's user network forwards SSH to) and no DHCP.
+    let a = config_drive(
+        dir.path(),
+        "a",
+        &node(
+            "node-a",
+            1,
+            "[[network.interface]]\nname = \"en*\"\naddress = [\"10.0.2.15/24\"]\ngateway = [\"10.0.2.2\"]\ndns = [\"10.0.2.3\"]\n",
+            &pub_a,
+        ),
+    );
+    // Node B: DHCP plus a second, static address.
+    let b = config_drive(
+        dir.path(),
+        "b",
+        &node(
+            "node-b",
+            1,
+            "[[network.interface]]\nname = \"en*\"\ndhcp = true\naddress = [\"10.0.2.77/24\"]\n",
+            &pub_b,
+        ),
+    );
+    let image = test_image().join("disk.raw");
+    let _slot = vm_slot();
+    for (drive, host, key, other_key, addr, not_addr, dhcp) in [
+        (&a, "node-a", &key_a, &key_b, "10.0.2.15/24", "10.0.2.77", "no"),
+        (&b, "node-b", &key_b, &key_a, "10.0.2.77/24", "", "yes"),
+    ] {
+        let (vm, port) = boot_ready(&image, Some(drive), false);
+        let saved = console_line(&vm, "cairn: config drive CAIRN");
+        assert!(
+            saved.contains(&format!("saved: generation 1, no saved config; host {host}")),
+            "{saved}"
+        );
+        let (out, ok) = ssh(port, key, "hostname; ip -br -4 addr show scope global; networkctl status en* | grep -i 'DHCP4\\|Address'; cat /var/lib/cairn/node.toml | grep hostname");
+        assert!(ok, "ssh as root with the drive's key failed: {out}");
+        let mut lines = out.lines();
+        assert_eq!(lines.next(), Some(host), "{out}");
+        assert!(out.contains(addr), "{out}");
+        if !not_addr.is_empty() {
+            assert!(!out.contains(not_addr), "{out}");
+        }
+        if dhcp == "yes" {
+            assert!(out.contains("10.0.2.15"), "DHCP address missing: {out}");
+        }
+        assert!(out.contains(&format!("hostname = \"{host}\"")), "saved config: {out}");
+        // The other node's key does not get in; there is no password login either.
+        let (out, ok) = ssh(port, other_key, "true");
+        assert!(!ok && out.contains("Permission denied"), "{out}");
+        vm.kill();
+    }
+}
+
+fn mkfs_drive(dir: &Path, name: &str, files: &[(&str, &str)]) -> std::path::PathBuf {
+    // A drive made by the reference tools, not by Cairn, so bad content can be written.
+    let img = dir.join(format!("{name}.img"));
+    let st = Command::new("mkfs.fat")
+        .args(["-C", "-n", "CAIRN"])
+        .arg(&img)
+        .arg("2048")
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    for (file, body) in files {
+        let src = dir.join(format!("{name}-{file}"));
+        std::fs::write(&src, body).unwrap();
+        let st = Command::new("mcopy")
+            .arg("-i")
+            .arg(&img)
+            .arg(&src)
+            .arg(format!("::{file}"))
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    img
+}
+
+#[test]
+fn generations_decide_and_bad_drives_do_not_brick() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, public) = ssh_keypair(dir.path(), "admin");
+    let (_tmp, disk) = copy_disk("generations");
+    // A disk with room to grow into, as a real one has (first boot grows /var into it).
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&disk)
+        .unwrap()
+        .set_len(4 << 30)
+        .unwrap();
+    let _slot = vm_slot();
+    let gen = |g: u32, host: &str| config_drive(dir.path(), host, &node(host, g, "", &public));
+
+    // Generation 2 on a fresh node: saved.
+    let (vm, port) = boot_ready(&disk, Some(&gen(2, "gen-two")), true);
+    assert_eq!(ssh(port, &key, "hostname").0.trim(), "gen-two");
+    vm.kill();
+    // Generation 1 afterwards: ignored, with a log line.
+    let (vm, port) = boot_ready(&disk, Some(&gen(1, "gen-one")), true);
+    let line = console_line(&vm, "cairn: config drive CAIRN");
+    assert!(
+        line.contains("ignored: generation 1 is not newer than the saved generation 2"),
+        "{line}"
+    );
+    assert_eq!(ssh(port, &key, "hostname").0.trim(), "gen-two");
+    vm.kill();
+    // Generation 3: replaces it.
+    let (vm, port) = boot_ready(&disk, Some(&gen(3, "gen-three")), true);
+    assert_eq!(ssh(port, &key, "hostname").0.trim(), "gen-three");
+    vm.kill();
+    // A malformed drive (and its hostname) is refused with one message; the node keeps
+    // generation 3 and stays reachable over SSH with the key it already has.
+    let bad = mkfs_drive(
+        dir.path(),
+        "bad",
+        &[("node.toml", "version = 1\ngeneration = 9\nhostname = \"evil\n")],
+    );
+    let (vm, port) = boot_ready(&disk, Some(&bad), true);
+    let line = console_line(&vm, "cairn: config drive CAIRN");
+    assert!(line.contains("refused: node.toml:3: "), "{line}");
+    assert!(line.ends_with("keeping the saved config (generation 3)"), "{line}");
+    let (out, ok) = ssh(
+        port,
+        &key,
+        "hostname; journalctl -b -u cairn-firstboot --no-pager | grep -c 'refused: node.toml:3'",
+    );
+    assert!(ok, "{out}");
+    assert_eq!(out.split_whitespace().collect::<Vec<_>>(), ["gen-three", "1"], "{out}");
+    vm.kill();
+    // No drive at all: the saved config stays.
+    let (vm, port) = boot_ready(&disk, None, true);
+    assert_eq!(ssh(port, &key, "hostname").0.trim(), "gen-three");
+    assert!(console_line(&vm, "cairn: no config drive attached").contains("no config drive"));
+    vm.kill();
+}
+
+#[test]
+fn a_nocloud_drive_from_cloud_localds_personalizes_a_node_on_a_bigger_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, public) = ssh_keypair(dir.path(), "cloud-admin");
+    let user_data = dir.path().join("user-data");
+    let meta_data = dir.path().join("meta-data");
+    std::fs::write(
+        &user_data,
+        format!("#cloud-config\nssh_authorized_keys:\n  - {public}\n"),
+    )
+    .unwrap();
+    std::fs::write(&meta_data, "instance-id: iid-cairn-test-1\nlocal-hostname: cloudy\n").unwrap();
+    let seed = dir.path().join("seed.img");
+    let st = Command::new("cloud-localds")
+        .arg(&seed)
+        .arg(&user_data)
+        .arg(&meta_data)
+        .status()
+        .unwrap();
+    assert!(st.success(), "cloud-localds failed");
+    // The disk a node is flashed to is bigger than the image: 6 GiB here.
+    let (_tmp, disk) = copy_disk("nocloud");
+    let f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+    f.set_len(6 << 30).unwrap();
+    drop(f);
+    let _slot = vm_slot();
+    let (vm, port) = boot_ready(&disk, Some(&seed), true);
+    let line = console_line(&vm, "cairn: config drive cidata");
+    assert!(
+        line.contains("saved: instance-id iid-cairn-test-1, no saved config; host cloudy"),
+        "{line}"
+    );
+    let grown = console_line(&vm, "cairn: state partition");
+    assert!(grown.contains("grown from 256 MiB to"), "{grown}");
+    let (out, ok) = ssh(
+        port,
+        &key,
+        "hostname; df -B1 --output=size /var | tail -1; \
+         systemctl show -P ExecMainStartTimestampMonotonic -P ExecMainExitTimestampMonotonic cairn-firstboot",
+    );
+    assert!(ok, "{out}");
+    let fields: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(fields[0], "cloudy", "{out}");
+    let var: u64 = fields[1].parse().unwrap();
+    assert!(var > 3 << 30, "/var is {var} bytes after growing into the 6 GiB disk");
+    let (start, end): (u64, u64) = (fields[2].parse().unwrap(), fields[3].parse().unwrap());
+    eprintln!(
+        "first boot personalization (cairn-firstboot.service, incl. growing /var to {:.1} GiB): {:.2} s",
+        var as f64 / (1u64 << 30) as f64,
+        (end - start) as f64 / 1e6
+    );
+    vm.kill();
+}
