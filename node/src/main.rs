@@ -77,16 +77,6 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let text = std::fs::read_to_string(render::EFFECTIVE).unwrap_or_default();
-            let config = match NodeConfig::parse(&text, render::EFFECTIVE) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!(
-                        "cairn: health gate {gate} FAILED: no applied node config ({e}); did cairn-firstboot.service run?"
-                    );
-                    return ExitCode::FAILURE;
-                }
-            };
             let probe = health::probe(g, &config, Path::new("/"));
             match health::run(g, probe, limit, &mut |l| println!("{l}")) {
                 Ok(line) => {

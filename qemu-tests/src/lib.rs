@@ -102,49 +102,34 @@ pub fn free_port() -> u16 {
 }
 
 /// Run `cmd` on the node over SSH as root with `key`; returns (stdout+stderr, success).
-/// Connection-level failures (sshd not accepting yet) are retried for up to 60 s; an
-/// authentication failure returns at once.
+/// Call it after the ready line: `cairn-ready.service` is ordered after sshd (Type=notify),
+/// so sshd is listening by then.
 pub fn ssh(port: u16, key: &Path, cmd: &str) -> (String, bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let out = Command::new("ssh")
-            .args([
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-            ])
-            .args([
-                "-o",
-                "ConnectTimeout=20",
-                "-o",
-                "LogLevel=ERROR",
-                "-o",
-                "IdentitiesOnly=yes",
-            ])
-            .arg("-i")
-            .arg(key)
-            .args(["-p", &port.to_string(), "root@127.0.0.1", cmd])
-            .output()
-            .expect("running ssh");
-        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-        text.push_str(&String::from_utf8_lossy(&out.stderr));
-        let connection_failed = out.status.code() == Some(255)
-            && [
-                "Connection reset",
-                "Connection refused",
-                "Connection closed",
-                "kex_exchange_identification",
-            ]
-            .iter()
-            .any(|m| text.contains(m));
-        if !connection_failed || std::time::Instant::now() >= deadline {
-            return (text, out.status.success());
-        }
-        std::thread::sleep(Duration::from_secs(2));
-    }
+    let out = Command::new("ssh")
+        .args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+        ])
+        .args([
+            "-o",
+            "ConnectTimeout=20",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            "IdentitiesOnly=yes",
+        ])
+        .arg("-i")
+        .arg(key)
+        .args(["-p", &port.to_string(), "root@127.0.0.1", cmd])
+        .output()
+        .expect("running ssh");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (text, out.status.success())
 }
 
 /// A new ed25519 key pair in `dir`; returns the private key's path and the public line.

@@ -190,7 +190,6 @@ fn a_configured_node_boots_onto_its_verity_root_with_healthy_components() {
 
 #[test]
 fn a_flipped_byte_in_root_a_is_refused_by_dm_verity() {
-    let image = test_image();
     let m = manifest();
     let root = m["payloads"]
         .as_array()
@@ -199,16 +198,7 @@ fn a_flipped_byte_in_root_a_is_refused_by_dm_verity() {
         .find(|p| p["name"] == "root")
         .unwrap();
     let offset = root["offset"].as_u64().unwrap();
-    let dir = std::env::temp_dir().join(format!("cairn-qemu-flip-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let disk = dir.join("disk.raw");
-    let st = std::process::Command::new("cp")
-        .arg("--sparse=always")
-        .arg(image.join("disk.raw"))
-        .arg(&disk)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    let (_dir, disk) = copy_disk("flip");
     // One bit in the squashfs superblock, which the initrd must read to mount the root.
     {
         use std::os::unix::fs::FileExt;
@@ -232,7 +222,6 @@ fn a_flipped_byte_in_root_a_is_refused_by_dm_verity() {
         "the altered root booted"
     );
     vm.kill();
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]

@@ -171,7 +171,7 @@ fn generations_decide_and_bad_drives_do_not_brick() {
     // No drive at all: the saved config stays.
     let (vm, port) = boot_ready(&disk, None, true);
     assert_eq!(ssh(port, &key, "hostname").0.trim(), "gen-three");
-    assert!(console_line(&vm, "cairn: no config drive attached").contains("no config drive"));
+    console_line(&vm, "cairn: no config drive attached");
     vm.kill();
 }
 
