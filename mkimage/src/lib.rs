@@ -9,6 +9,8 @@
 //! ([`cairn_signing`]). [`plan`] holds the pure layout and rendered files; [`build`]
 //! runs the stages; [`verify`] checks a finished build.
 
+pub use cairn_disk::{gpt, guid, verity};
+
 pub mod build;
 pub mod cli;
 pub mod configdrive;
@@ -17,17 +19,15 @@ pub mod debian;
 pub mod definition;
 pub mod ext4;
 pub mod fat;
-pub mod gpt;
-pub mod guid;
 pub mod ioerr;
 pub mod kconfig;
 pub mod modules;
 pub mod plan;
+pub mod publish;
 pub mod rootfs;
 pub mod squashfs;
 pub mod tarstream;
 pub mod tools;
 pub mod uki;
 pub mod verify;
-pub mod verity;
 pub mod vm;

@@ -202,22 +202,7 @@ pub fn build(parts: &UkiParts) -> Result<(Vec<u8>, Vec<PlacedSection>), UkiError
 }
 
 /// The bytes of section `name` in a PE image, if present (used by `cairn verify`).
-pub fn section<'a>(image: &'a [u8], name: &str) -> Option<&'a [u8]> {
-    let pe = u32_at(image, 0x3c).ok()? as usize;
-    let coff = pe + 4;
-    let n = u16_at(image, coff + 2).ok()? as usize;
-    let table = coff + 20 + u16_at(image, coff + 16).ok()? as usize;
-    (0..n).find_map(|i| {
-        let h = table + i * SECTION_HEADER;
-        let raw = image.get(h..h + 8)?;
-        if String::from_utf8_lossy(raw).trim_end_matches('\0') != name {
-            return None;
-        }
-        let vsize = u32_at(image, h + 8).ok()? as usize;
-        let ptr = u32_at(image, h + 20).ok()? as usize;
-        image.get(ptr..ptr + vsize)
-    })
-}
+pub use cairn_disk::pe::section;
 
 #[cfg(test)]
 mod tests {

@@ -245,6 +245,13 @@ pub enum ReadError {
 /// both headers' and arrays' CRCs, and that the two copies agree. Returns the disk GUID
 /// and the used entries in table order.
 pub fn read(head: &[u8], tail: &[u8], disk_bytes: u64) -> Result<(Guid, Vec<Partition>), ReadError> {
+    let (guid, numbered) = read_numbered(head, tail, disk_bytes)?;
+    Ok((guid, numbered.into_iter().map(|(_, p)| p).collect()))
+}
+
+/// [`read`], with each used entry's 1-based partition number (its slot in the array,
+/// which is what names `/dev/vdaN`).
+pub fn read_numbered(head: &[u8], tail: &[u8], disk_bytes: u64) -> Result<(Guid, Vec<(u32, Partition)>), ReadError> {
     let bad = |m: &str| ReadError::Invalid(m.to_string());
     let sectors = disk_bytes / SECTOR;
     if head.len() < (2 + ARRAY_SECTORS as usize) * 512 || tail.len() < BACKUP_SECTORS as usize * 512 {
@@ -283,7 +290,10 @@ pub fn read(head: &[u8], tail: &[u8], disk_bytes: u64) -> Result<(Guid, Vec<Part
     }
     let disk_guid = Guid::from_gpt_bytes(primary[56..72].try_into().expect("16"));
     let mut parts = Vec::new();
-    for e in head[1024..1024 + ENTRIES * ENTRY_SIZE].chunks_exact(ENTRY_SIZE) {
+    for (i, e) in head[1024..1024 + ENTRIES * ENTRY_SIZE]
+        .chunks_exact(ENTRY_SIZE)
+        .enumerate()
+    {
         let type_guid = Guid::from_gpt_bytes(e[0..16].try_into().expect("16"));
         if type_guid == Guid::NIL {
             continue;
@@ -293,16 +303,52 @@ pub fn read(head: &[u8], tail: &[u8], disk_bytes: u64) -> Result<(Guid, Vec<Part
             .map(|c| u16::from_le_bytes([c[0], c[1]]))
             .take_while(|&u| u != 0)
             .collect();
-        parts.push(Partition {
-            type_guid,
-            uuid: Guid::from_gpt_bytes(e[16..32].try_into().expect("16")),
-            first_lba: u64::from_le_bytes(e[32..40].try_into().expect("8")),
-            last_lba: u64::from_le_bytes(e[40..48].try_into().expect("8")),
-            attributes: u64::from_le_bytes(e[48..56].try_into().expect("8")),
-            name: String::from_utf16_lossy(&units),
-        });
+        parts.push((
+            i as u32 + 1,
+            Partition {
+                type_guid,
+                uuid: Guid::from_gpt_bytes(e[16..32].try_into().expect("16")),
+                first_lba: u64::from_le_bytes(e[32..40].try_into().expect("8")),
+                last_lba: u64::from_le_bytes(e[40..48].try_into().expect("8")),
+                attributes: u64::from_le_bytes(e[48..56].try_into().expect("8")),
+                name: String::from_utf16_lossy(&units),
+            },
+        ));
     }
     Ok((disk_guid, parts))
+}
+
+/// Change one entry's unique GUID and attributes in a table read with
+/// [`read_numbered`], in both copies, and recompute every CRC. Everything else (other
+/// entries, the headers' other fields, whoever wrote them) stays byte for byte. `head`
+/// and `tail` are the first 34 and last 33 sectors of the disk; write `tail` back first,
+/// then `head`, so that a crash in between leaves one consistent copy for the reader to
+/// fall back on.
+pub fn set_entry(head: &mut [u8], tail: &mut [u8], number: u32, uuid: Guid, attributes: u64) -> Result<(), ReadError> {
+    let idx = (number as usize)
+        .checked_sub(1)
+        .filter(|&i| i < ENTRIES)
+        .ok_or_else(|| ReadError::Invalid(format!("no partition entry {number}")))?;
+    let array_len = ENTRIES * ENTRY_SIZE;
+    if head.len() < 1024 + array_len || tail.len() < array_len + 512 {
+        return Err(ReadError::Invalid("table regions too short".into()));
+    }
+    for array in [&mut head[1024..1024 + array_len], &mut tail[..array_len]] {
+        let e = &mut array[idx * ENTRY_SIZE..(idx + 1) * ENTRY_SIZE];
+        if e[0..16].iter().all(|&b| b == 0) {
+            return Err(ReadError::Invalid(format!("partition entry {number} is unused")));
+        }
+        e[16..32].copy_from_slice(&uuid.to_gpt_bytes());
+        e[48..56].copy_from_slice(&attributes.to_le_bytes());
+    }
+    let crc = crc32fast::hash(&head[1024..1024 + array_len]);
+    for h in [&mut head[512..1024], &mut tail[array_len..array_len + 512]] {
+        h[88..92].copy_from_slice(&crc.to_le_bytes());
+        h[16..20].fill(0);
+        let hcrc = crc32fast::hash(&h[..92]);
+        h[16..20].copy_from_slice(&hcrc.to_le_bytes());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -319,6 +365,29 @@ mod tests {
             attributes: ATTR_READ_ONLY,
             name: "data".into(),
         }]
+    }
+
+    #[test]
+    fn set_entry_changes_one_entry_in_both_copies() {
+        let disk = 4 << 20;
+        let mut parts = one_partition(2048, 3071);
+        parts.push(Partition {
+            name: "other".into(),
+            uuid: guid("11111111-2222-4333-8444-555555555555"),
+            ..one_partition(3072, 4095)[0].clone()
+        });
+        let gpt = Gpt::new(Guid::NIL, disk, parts.clone()).unwrap();
+        let [(_, mut head), (_, mut tail)] = gpt.render();
+        let new = guid("aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee");
+        set_entry(&mut head, &mut tail, 2, new, ATTR_NO_AUTO).unwrap();
+        let (_, got) = read_numbered(&head, &tail, disk).unwrap();
+        assert_eq!(got[0], (1, parts[0].clone()));
+        assert_eq!(got[1].0, 2);
+        assert_eq!(got[1].1.uuid, new);
+        assert_eq!(got[1].1.attributes, ATTR_NO_AUTO);
+        assert_eq!(got[1].1.name, "other");
+        assert!(set_entry(&mut head, &mut tail, 3, new, 0).is_err());
+        assert!(set_entry(&mut head, &mut tail, 0, new, 0).is_err());
     }
 
     #[test]
