@@ -8,10 +8,17 @@ for t in "$f"/node-config/*/node.toml "$f"/node-config/bad/*.toml "$f"/cairn/*/n
     { printf '\001'; head -c 64 /dev/zero; cat "$t"; } > "fuzz/corpus/cairn_drive/$(echo "$t" | tr / _)"
 done
 for d in "$f"/nocloud/*/; do
-    { cat "$d/meta-data" 2>/dev/null; printf '\000'; cat "$d/user-data" 2>/dev/null; printf '\000';
-      cat "$d/network-config" 2>/dev/null; } > "fuzz/corpus/nocloud_drive/$(basename "$d")"
+    { cat "$d/meta-data" 2>/dev/null || true; printf '\000'; cat "$d/user-data" 2>/dev/null || true; printf '\000';
+      cat "$d/network-config" 2>/dev/null || true; } > "fuzz/corpus/nocloud_drive/$(basename "$d")"
 done
 for d in "$f"/config-2/*/; do
     { cat "$d/openstack/latest/meta_data.json"; printf '\000';
-      cat "$d/openstack/latest/network_data.json" 2>/dev/null; } > "fuzz/corpus/config2_drive/$(basename "$d")"
+      cat "$d/openstack/latest/network_data.json" 2>/dev/null || true; } > "fuzz/corpus/config2_drive/$(basename "$d")"
+done
+# Bundle manifests: the one of a real build's update.cairn, if there is one.
+mkdir -p fuzz/corpus/bundle
+for b in out/*/update.cairn target/qemu-tests/*/update.cairn; do
+    [ -f "$b" ] || continue
+    python3 -c 'import sys,struct; d=open(sys.argv[1],"rb").read(8192); n=struct.unpack_from("<I",d,12)[0]; sys.stdout.buffer.write(d[32:32+n]+b"\0"+b"\0"*64)' "$b" \
+        > "fuzz/corpus/bundle/$(echo "$b" | tr / _)"
 done

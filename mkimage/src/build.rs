@@ -24,6 +24,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use cairn_signing::bundle::{self, BundleError, BundleManifest};
 use cairn_signing::manifest::{self, Disk, Manifest, PartitionEntry, Payload};
 use cairn_signing::{KeyError, PrivateKey};
 use sha2::{Digest, Sha256};
@@ -93,6 +94,9 @@ pub enum BuildError {
     /// The UKI could not be assembled.
     #[error("building the unified kernel image")]
     Uki(#[source] UkiError),
+    /// Writing the update bundle.
+    #[error("writing the update bundle")]
+    Bundle(#[source] BundleError),
     /// The partition table is inconsistent.
     #[error("partition table")]
     Gpt(#[source] GptError),
@@ -856,8 +860,14 @@ pub fn build(def: &Definition, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -
     fs::write(&spath, sig).map_err(io_err("writing", &spath))?;
     lap("manifest", &mut stages, &mut t);
 
+    // 9. update bundle: the same payloads, signed for nodes to stream into a slot.
+    log("bundle: update.cairn for running nodes");
+    let bpath = staging_dir.join(bundle::FILE);
+    write_bundle(&manifest, &disk_path, &bpath, &key)?;
+    lap("bundle", &mut stages, &mut t);
+
     // Commit.
-    for f in [DISK_FILE, MANIFEST_FILE, SIGNATURE_FILE] {
+    for f in [DISK_FILE, MANIFEST_FILE, SIGNATURE_FILE, bundle::FILE] {
         let p = staging_dir.join(f);
         File::open(&p)
             .and_then(|f| f.sync_all())
@@ -867,7 +877,7 @@ pub fn build(def: &Definition, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -
         fs::rename(&staging_dir, &out).map_err(io_err("moving the build into", &out))?;
         staging.keep = true;
     } else {
-        for f in [DISK_FILE, SIGNATURE_FILE, MANIFEST_FILE] {
+        for f in [DISK_FILE, bundle::FILE, SIGNATURE_FILE, MANIFEST_FILE] {
             fs::rename(staging_dir.join(f), out.join(f)).map_err(io_err("moving the build into", &out))?;
         }
     }
@@ -895,6 +905,52 @@ pub fn build(def: &Definition, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -
             .and_then(|pem| cairn_signing::PublicKey::from_pem(pem).ok())
             .map(|k| k.fingerprint()),
     })
+}
+
+/// The bundle manifest for an image manifest: same identity, hashes and sizes; offsets
+/// are set when the bundle is written.
+pub fn bundle_manifest(m: &Manifest) -> BundleManifest {
+    BundleManifest {
+        bundle_format: bundle::FORMAT,
+        name: m.name.clone(),
+        version: m.version.clone(),
+        architecture: m.architecture.clone(),
+        source_date_epoch: m.source_date_epoch,
+        root_hash: m.root_hash.clone(),
+        verity_salt: m.verity_salt.clone(),
+        signing_key: m.signing_key.clone(),
+        development_key: m.development_key,
+        payloads: bundle::PAYLOADS
+            .iter()
+            .map(|n| {
+                let p = m.payload(n).expect("a build manifest has every payload");
+                Payload { offset: 0, ..p.clone() }
+            })
+            .collect(),
+    }
+}
+
+/// Write `update.cairn` at `path` from the payload ranges of `disk`.
+fn write_bundle(m: &Manifest, disk: &Path, path: &Path, key: &PrivateKey) -> Result<BundleManifest, BuildError> {
+    let mut sources = Vec::new();
+    for n in bundle::PAYLOADS {
+        let p = m.payload(n).expect("a build manifest has every payload");
+        let mut f = File::open(disk).map_err(io_err("opening", disk))?;
+        f.seek(SeekFrom::Start(p.offset)).map_err(io_err("reading", disk))?;
+        sources.push(io::BufReader::with_capacity(1 << 20, f));
+    }
+    let mut refs: Vec<&mut dyn Read> = sources.iter_mut().map(|s| s as &mut dyn Read).collect();
+    let file = File::create(path).map_err(io_err("creating", path))?;
+    let mut out = io::BufWriter::with_capacity(1 << 20, file);
+    let written = bundle::write(&mut out, bundle_manifest(m), key, &mut refs).map_err(|e| match e {
+        BundleError::Io(source) => BuildError::from(io_err("writing", path)(source)),
+        other => BuildError::Bundle(other),
+    })?;
+    out.into_inner()
+        .map_err(|e| io_err("writing", path)(e.into_error()))?
+        .sync_all()
+        .map_err(io_err("syncing", path))?;
+    Ok(written)
 }
 
 #[cfg(test)]

@@ -30,8 +30,9 @@ pub struct Cli {
 enum Command {
     /// Build a signed GPT disk image from an image definition.
     ///
-    /// Outputs `disk.raw`, `manifest.json` and `manifest.json.sig` in the output
-    /// directory, which is only touched once the build has succeeded.
+    /// Outputs `disk.raw`, `manifest.json`, `manifest.json.sig` and the update bundle
+    /// `update.cairn` in the output directory, which is only touched once the build has
+    /// succeeded.
     Build {
         /// The image definition (TOML), e.g. images/node.toml.
         definition: PathBuf,
@@ -48,6 +49,9 @@ enum Command {
         /// (repeatable), e.g. a debugging console for a test image.
         #[arg(long, value_name = "DIR")]
         overlay: Vec<PathBuf>,
+        /// Image version; overrides `[image] version` (e.g. a release pipeline's tag).
+        #[arg(long, value_name = "VERSION")]
+        image_version: Option<String>,
     },
     /// Boot a built image under QEMU with UEFI firmware (OVMF).
     ///
@@ -88,15 +92,37 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Check a build output against its signed manifest.
+    /// Check a build output against its signed manifest, or an update bundle alone.
     ///
     /// Verifies the signature first, then recomputes the disk's and every payload's
     /// sha256, reads back the partition table, recomputes the dm-verity tree and checks
-    /// the UKI command line. Exits non-zero on the first mismatch.
+    /// the UKI command line; then the same for `update.cairn` and that it carries the
+    /// same release. Given a `.cairn` file, checks that bundle alone (what a node will
+    /// accept). Exits non-zero on the first mismatch.
     Verify {
-        /// Build output directory (holding manifest.json).
+        /// A build output directory (manifest.json, disk.raw, update.cairn) or an update
+        /// bundle file.
+        #[arg(value_name = "DIR|BUNDLE")]
         dir: PathBuf,
         /// Public key the manifest must be signed with.
+        #[arg(long, value_name = "PUBLIC_KEY")]
+        key: PathBuf,
+    },
+    /// Publish a build's update bundle for nodes to fetch from a static web server.
+    ///
+    /// Verifies `update.cairn` with the release key, copies it to
+    /// `DIR/<image>/<image>_<version>.cairn` and updates `DIR/<image>/index.json` (latest
+    /// version and every release) last, so clients never see an index naming a missing
+    /// bundle. Serve DIR with any web server (`python3 -m http.server -d DIR`, nginx) and
+    /// point nodes at it with `[update] source = "http://HOST/<image>/"` in node.toml.
+    Publish {
+        /// A build output directory (holding update.cairn) or a bundle file.
+        #[arg(value_name = "OUT|BUNDLE")]
+        out: PathBuf,
+        /// The directory a web server serves.
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+        /// Public key the bundle must be signed with.
         #[arg(long, value_name = "PUBLIC_KEY")]
         key: PathBuf,
     },
@@ -183,8 +209,17 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
             plan,
             key,
             overlay,
+            image_version,
         } => {
             let mut def = Definition::load(&definition)?;
+            if let Some(v) = image_version {
+                if !cairn_signing::bundle::valid_version(&v) {
+                    bail!(
+                        "--image-version {v:?}: use letters, digits, '.', '~', '_' and '-', starting with a letter or digit ('+' is reserved for boot counting)"
+                    );
+                }
+                def.version = v;
+            }
             for o in overlay {
                 if !o.is_dir() {
                     bail!("--overlay {}: not a directory", o.display());
@@ -229,15 +264,56 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
         }
         Command::Verify { dir, key } => {
             let public = cairn_signing::PublicKey::read(&key)?;
-            let (m, checks) =
-                crate::verify::verify_dir(&dir, &public).with_context(|| format!("verifying {}", dir.display()))?;
+            let context = || format!("verifying {}", dir.display());
+            let (name, version, root_hash, development_key, checks) = if dir.is_dir() {
+                let (m, checks) = crate::verify::verify_dir(&dir, &public).with_context(context)?;
+                (m.name, m.version, m.root_hash, m.development_key, checks)
+            } else {
+                let (m, checks) = crate::verify::verify_bundle(&dir, &public).with_context(context)?;
+                (m.name, m.version, m.root_hash, m.development_key, checks)
+            };
             for c in checks {
                 writeln!(out, "ok  {c}")?;
             }
-            writeln!(out, "verified {} {} (root hash {})", m.name, m.version, m.root_hash)?;
-            if m.development_key {
+            writeln!(out, "verified {name} {version} (root hash {root_hash})")?;
+            if development_key {
                 writeln!(err, "warning: this image is signed with a development key")?;
             }
+            Ok(())
+        }
+        Command::Publish { out: src, to, key } => {
+            let public = cairn_signing::PublicKey::read(&key)?;
+            let p =
+                crate::publish::publish(&src, &to, &public).with_context(|| format!("publishing {}", src.display()))?;
+            let latest = p.index.release(&p.index.latest).expect("an index names its latest");
+            if p.unchanged {
+                writeln!(
+                    out,
+                    "already published: {} {} (nothing changed)",
+                    p.index.name, latest.version
+                )?;
+            }
+            writeln!(
+                out,
+                "index    {}",
+                p.dir.join(cairn_signing::bundle::INDEX_FILE).display()
+            )?;
+            for r in &p.index.releases {
+                let mark = if r.version == p.index.latest { "  (latest)" } else { "" };
+                writeln!(
+                    out,
+                    "release  {} {:>8.1} MiB  {}{mark}",
+                    r.version,
+                    r.size as f64 / 1048576.0,
+                    p.dir.join(&r.file).display()
+                )?;
+            }
+            writeln!(
+                out,
+                "serve {} over HTTP(S) and set in node.toml:  [update] source = \"http://HOST/{}/\"",
+                to.display(),
+                p.index.name
+            )?;
             Ok(())
         }
         Command::Boot {

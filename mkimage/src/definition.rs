@@ -711,13 +711,6 @@ fn valid_name(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
-fn valid_version(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || ".~_-".contains(c))
-}
-
 /// Check one kernel command line word.
 pub fn valid_cmdline_word(w: &str) -> Result<(), String> {
     if w.is_empty() {
@@ -786,7 +779,7 @@ impl Definition {
             );
         }
         let version = raw.image.version.get_ref().clone();
-        if !valid_version(&version) {
+        if !cairn_signing::bundle::valid_version(&version) {
             return cx.err(
                 Some(raw.image.version.span()),
                 format!("image version '{version}' is not allowed"),

@@ -6,12 +6,18 @@
 //! CRCs, every entry), the active slot's UUIDs against the root hash, a recomputed
 //! verity tree against both the stored tree and the root hash, and the UKI's command
 //! line against the root hash.
+//!
+//! A build directory's `update.cairn` is checked as a bundle alone ([`verify_bundle`]:
+//! header, signature, every payload hash while streaming, the verity tree recomputed from
+//! the root payload, the UKI's `roothash=`) and then against the image manifest: same
+//! image, version, root hash and payload hashes.
 
 use crate::ioerr::{io_err, IoError};
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
+use cairn_signing::bundle::{self, BundleError, BundleManifest, BundleReader};
 use cairn_signing::{Manifest, ManifestError, PublicKey};
 
 use crate::build::{sha256_range, MANIFEST_FILE, SIGNATURE_FILE};
@@ -33,6 +39,15 @@ pub enum VerifyError {
         /// The cause.
         #[source]
         source: ManifestError,
+    },
+    /// The update bundle is not sound.
+    #[error("{path}")]
+    Bundle {
+        /// The bundle file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: BundleError,
     },
     /// Something on disk differs from the manifest.
     #[error("MISMATCH: {what}: manifest says {expected}, found {found}")]
@@ -197,5 +212,76 @@ pub fn verify_dir(dir: &Path, key: &PublicKey) -> Result<(Manifest, Vec<String>)
         }
         ok.push("uki: command line carries the root hash".to_string());
     }
+
+    // The update bundle beside the disk: sound alone, and the same release.
+    let bpath = dir.join(bundle::FILE);
+    let (b, checks) = verify_bundle(&bpath, key)?;
+    ok.extend(checks.into_iter().map(|c| format!("{}: {c}", bundle::FILE)));
+    expect_eq("bundle image name", &m.name, &b.name)?;
+    expect_eq("bundle version", &m.version, &b.version)?;
+    expect_eq("bundle root hash", &m.root_hash, &b.root_hash)?;
+    for bp in &b.payloads {
+        let dp = m.payload(&bp.name).map(|p| p.sha256.as_str()).unwrap_or("(none)");
+        expect_eq(format!("bundle payload {} sha256", bp.name), dp, &bp.sha256)?;
+    }
+    ok.push(format!("{}: same release as the disk image", bundle::FILE));
+    Ok((m, ok))
+}
+
+/// Verify an update bundle alone: signature, structure, payload hashes, the verity tree
+/// recomputed from the root payload, and the UKI's command line. Returns the manifest and
+/// a line per check that passed.
+pub fn verify_bundle(path: &Path, key: &PublicKey) -> Result<(BundleManifest, Vec<String>), VerifyError> {
+    let berr = |source| VerifyError::Bundle {
+        path: path.to_owned(),
+        source,
+    };
+    let file = File::open(path).map_err(io_err("opening", path))?;
+    let size = file.metadata().map_err(io_err("reading", path))?.len();
+    let mut reader = BundleReader::open(io::BufReader::with_capacity(1 << 20, file), key).map_err(berr)?;
+    let mut ok = vec![format!("signature: good, key {}", key.fingerprint())];
+    let expected = reader.manifest().bundle_size();
+    expect_eq("bundle size", expected, size)?;
+    let mut root = tempfile::tempfile().map_err(io_err("creating", Path::new("a temporary file")))?;
+    let mut tree = Vec::new();
+    let mut uki = Vec::new();
+    for out in [&mut root as &mut dyn io::Write, &mut tree, &mut uki] {
+        let p = reader.next_payload(out, &mut |_, _| {}).map_err(berr)?;
+        if let Some(p) = p {
+            ok.push(format!("payload {}: {} bytes, sha256 matches", p.name, p.size));
+        }
+    }
+    let m = reader.finish().map_err(berr)?;
+
+    let root_p = m.payload("root");
+    let salt: [u8; 32] = hex::decode(&m.verity_salt)
+        .ok()
+        .and_then(|s| s.try_into().ok())
+        .expect("a checked manifest has a 32-byte salt");
+    if tree.len() < 4096 || tree[88..120] != salt {
+        return Err(VerifyError::Mismatch {
+            what: "bundle verity superblock salt".into(),
+            expected: m.verity_salt.clone(),
+            found: hex::encode(tree.get(88..120).unwrap_or(&[])),
+        });
+    }
+    let params = VerityParams {
+        salt,
+        uuid: tree[16..32].try_into().expect("16 bytes"),
+    };
+    root.seek(SeekFrom::Start(0)).map_err(io_err("reading", path))?;
+    let built = verity::build(&mut io::BufReader::new(root), root_p.size, &params).map_err(io_err("hashing", path))?;
+    expect_eq("bundle verity root hash", &m.root_hash, hex::encode(built.root_hash))?;
+    if built.hash_device != tree {
+        return Err(VerifyError::Mismatch {
+            what: "bundle verity hash tree".into(),
+            expected: "the tree of the root payload".into(),
+            found: "different bytes".into(),
+        });
+    }
+    ok.push(format!("verity: recomputed root hash {} matches", m.root_hash));
+    let found = cairn_disk::pe::uki_root_hash(&uki).unwrap_or_else(|| "(no roothash=)".into());
+    expect_eq("bundle UKI roothash=", &m.root_hash, found)?;
+    ok.push("uki: command line carries the root hash".to_string());
     Ok((m, ok))
 }

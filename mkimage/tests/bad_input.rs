@@ -150,7 +150,10 @@ fn failure_midway_keeps_the_previous_output() {
         old,
         "the previous build is untouched"
     );
-    assert_eq!(listing(&out), ["disk.raw", "manifest.json", "manifest.json.sig"]);
+    assert_eq!(
+        listing(&out),
+        ["disk.raw", "manifest.json", "manifest.json.sig", "update.cairn"]
+    );
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! Cairn's trust root: release keys, detached signatures and the signed manifest.
 //!
 //! This crate is shared by the builder (`cairn build`, `cairn keygen`, `cairn verify`)
-//! and, later, by the node agent (`cairn-node update`), which must check a release with
+//! and by the node agent (`cairn-node update`), which must check a release with
 //! nothing but the public key baked into the running image. It therefore stays small and
 //! free of builder dependencies.
 //!
@@ -9,7 +9,10 @@
 //!   readable by OpenSSL 3.
 //! * [`manifest`]: the JSON manifest that describes one built image, and its detached
 //!   signature over the manifest's exact bytes.
+//! * [`bundle`]: `update.cairn`, the signed update bundle nodes stream into their
+//!   inactive slot.
 
+pub mod bundle;
 pub mod keys;
 pub mod manifest;
 

@@ -1,0 +1,135 @@
+//! `cairn publish OUT --to DIR`: lay out a build's update bundle for a static web server.
+//!
+//! ```text
+//! DIR/<image>/index.json             what nodes poll: latest version and every release
+//! DIR/<image>/<image>_<version>.cairn the bundles, never rewritten once published
+//! ```
+//!
+//! The bundle is verified with the release key first (what a node will check), copied in
+//! under a temporary name and renamed, and only then the index is replaced (also through a
+//! rename), so a client never sees an index that names a missing or partial bundle.
+//! Publishing the same release again changes nothing; a different bundle under a published
+//! version is refused (versions are immutable once nodes may have seen them).
+
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use cairn_signing::bundle::{self, compare_versions, Index, Release};
+use cairn_signing::PublicKey;
+
+use crate::ioerr::io_err;
+use crate::verify::{self, VerifyError};
+
+/// What went wrong publishing.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The bundle does not verify.
+    #[error("the bundle does not verify")]
+    Verify(#[from] VerifyError),
+    /// IO on a named path.
+    #[error(transparent)]
+    Io(#[from] crate::ioerr::IoError),
+    /// The existing index cannot be read.
+    #[error("{path}: {detail}\n  hint: the directory must hold only what `cairn publish` wrote")]
+    Index {
+        /// The index file.
+        path: PathBuf,
+        /// Why.
+        detail: String,
+    },
+    /// A version that is already published with other content.
+    #[error("{version} is already published with another bundle ({path})\n  hint: published versions are immutable; build with a new --image-version")]
+    Conflict {
+        /// The version.
+        version: String,
+        /// The published bundle.
+        path: PathBuf,
+    },
+}
+
+/// What was published.
+#[derive(Debug, Clone)]
+pub struct Published {
+    /// The index after publishing.
+    pub index: Index,
+    /// The image's directory under the publish root.
+    pub dir: PathBuf,
+    /// Whether the bundle was already there.
+    pub unchanged: bool,
+}
+
+fn sha256_file(path: &Path) -> io::Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    io::copy(&mut File::open(path)?, &mut h)?;
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Publish the bundle of the build in `out` (or a bundle file) into `to`.
+pub fn publish(out: &Path, to: &Path, key: &PublicKey) -> Result<Published, PublishError> {
+    let src = if out.is_dir() {
+        out.join(bundle::FILE)
+    } else {
+        out.to_owned()
+    };
+    let (m, _) = verify::verify_bundle(&src, key)?;
+    let dir = to.join(&m.name);
+    fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
+    let index_path = dir.join(bundle::INDEX_FILE);
+    let mut index = match fs::read(&index_path) {
+        Ok(b) => Index::parse(&b).map_err(|detail| PublishError::Index {
+            path: index_path.clone(),
+            detail,
+        })?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Index {
+            index_format: bundle::INDEX_FORMAT,
+            name: m.name.clone(),
+            latest: m.version.clone(),
+            releases: vec![],
+        },
+        Err(e) => return Err(io_err("reading", &index_path)(e).into()),
+    };
+    if index.name != m.name {
+        return Err(PublishError::Index {
+            path: index_path,
+            detail: format!("it lists image {:?}, the bundle is {:?}", index.name, m.name),
+        });
+    }
+    let file = format!("{}_{}.cairn", m.name, m.version);
+    let dest = dir.join(&file);
+    let sha = sha256_file(&src).map_err(io_err("reading", &src))?;
+    let size = fs::metadata(&src).map_err(io_err("reading", &src))?.len();
+    let unchanged = match index.release(&m.version) {
+        Some(r) if r.sha256 == sha && dest.is_file() => true,
+        Some(_) => {
+            return Err(PublishError::Conflict {
+                version: m.version.clone(),
+                path: dest,
+            })
+        }
+        None => false,
+    };
+    if !unchanged {
+        let tmp = dir.join(format!(".{file}.tmp{}", std::process::id()));
+        let copied = fs::copy(&src, &tmp)
+            .and_then(|_| File::open(&tmp)?.sync_all())
+            .and_then(|_| fs::rename(&tmp, &dest));
+        if let Err(e) = copied {
+            let _ = fs::remove_file(&tmp);
+            return Err(io_err("publishing", &dest)(e).into());
+        }
+        index.releases.push(Release {
+            version: m.version.clone(),
+            file,
+            size,
+            sha256: sha,
+            root_hash: m.root_hash.clone(),
+        });
+        index.releases.sort_by(|a, b| compare_versions(&a.version, &b.version));
+        index.latest = index.releases.last().expect("just added one").version.clone();
+        cairn_signing::write_file_atomic(&index_path, &index.to_bytes(), 0o644)
+            .map_err(io_err("writing", &index_path))?;
+    }
+    Ok(Published { index, dir, unchanged })
+}
