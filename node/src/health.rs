@@ -184,9 +184,43 @@ pub fn probe(gate: Gate, config: &NodeConfig, root: &Path) -> Probe {
     }
 }
 
+impl Gate {
+    /// The systemd unit that runs the component, when systemd can give up on it.
+    pub fn unit(self) -> Option<&'static str> {
+        match self {
+            Gate::Etcd => Some("etcd.service"),
+            Gate::Containerd => Some("containerd.service"),
+            Gate::Kubelet => Some("kubelet.service"),
+            Gate::Wireguard => None,
+        }
+    }
+}
+
+/// Whether systemd has given up on `unit` (it is in the failed state: crashed more often
+/// than its restart limit allows). Asked between probes, so a gate whose component is
+/// gone for good fails at once instead of waiting out its limit.
+pub fn unit_failed(unit: &str) -> Option<String> {
+    let ok = Command::new("systemctl")
+        .args(["is-failed", "--quiet", unit])
+        .status()
+        .is_ok_and(|s| s.success());
+    ok.then(|| format!("{unit} failed and systemd stopped restarting it"))
+}
+
 /// Run a gate until it passes or `limit` runs out. `log` gets progress lines; the result
 /// is the final line (pass or failure).
 pub fn run(gate: Gate, probe: Probe, limit: Duration, log: &mut dyn FnMut(&str)) -> Result<String, String> {
+    run_watching(gate, probe, limit, &mut || None, log)
+}
+
+/// [`run`], and fail as soon as `gave_up` names a reason (see [`unit_failed`]).
+pub fn run_watching(
+    gate: Gate,
+    probe: Probe,
+    limit: Duration,
+    gave_up: &mut dyn FnMut() -> Option<String>,
+    log: &mut dyn FnMut(&str),
+) -> Result<String, String> {
     let name = gate.name();
     let mut check = match probe {
         Probe::Skip(why) => return Ok(format!("cairn: health gate {name} passed: nothing to check ({why})")),
@@ -203,6 +237,12 @@ pub fn run(gate: Gate, probe: Probe, limit: Duration, log: &mut dyn FnMut(&str))
                 ))
             }
             Err(why) => {
+                if let Some(reason) = gave_up() {
+                    return Err(format!(
+                        "cairn: health gate {name} FAILED after {:.0}s: {reason}; last check: {why}",
+                        start.elapsed().as_secs_f64()
+                    ));
+                }
                 if start.elapsed() >= limit {
                     return Err(format!(
                         "cairn: health gate {name} FAILED after {:.0}s: {why}",

@@ -20,3 +20,4 @@ pub mod health;
 pub mod ready;
 pub mod render;
 pub mod system;
+pub mod update;

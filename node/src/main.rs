@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use cairn_node::{apply, config::NodeConfig, health, render};
+use cairn_node::{apply, config::NodeConfig, health, render, update};
 
 const USAGE: &str = "usage: cairn-node <command>
 
@@ -16,6 +16,18 @@ commands:
   health GATE [--timeout SECS]   wait until GATE (etcd, containerd, wireguard, kubelet)
                                  passes (run by cairn-health-GATE.service)
   ready                          print the ready line (run by cairn-ready.service)
+  gate-failed GATE               after GATE failed: on a counted try of a new version,
+                                 record why and reboot (cairn-gate-failed@GATE.service)
+  update SOURCE [--force] [--reboot]
+                                 install the signed bundle at SOURCE (https://, http://
+                                 or a file) into the inactive slot; --force allows a
+                                 version that is not newer or failed before; --reboot
+                                 reboots into it when it is installed
+  update --status                which version runs, which is the fallback, which failed
+                                 and why
+  update --auto                  poll the node config's [update] source (index.json) and
+                                 install a newer release; reboot as [update] reboot says
+                                 (run by cairn-update.timer)
 ";
 
 fn main() -> ExitCode {
@@ -78,13 +90,132 @@ fn main() -> ExitCode {
                 }
             };
             let probe = health::probe(g, &config, Path::new("/"));
-            match health::run(g, probe, limit, &mut |l| println!("{l}")) {
+            let mut gave_up = || g.unit().and_then(health::unit_failed);
+            match health::run_watching(g, probe, limit, &mut gave_up, &mut |l| println!("{l}")) {
                 Ok(line) => {
                     println!("{line}");
                     ExitCode::SUCCESS
                 }
                 Err(line) => {
                     eprintln!("{line}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        ["gate-failed", gate] => {
+            let Some(g) = health::Gate::parse(gate) else {
+                eprint!("unknown gate {gate}\n{USAGE}");
+                return ExitCode::from(2);
+            };
+            let unit = format!("cairn-health-{}.service", g.name());
+            let reason = std::process::Command::new("journalctl")
+                .args(["-b", "-u", &unit, "-o", "cat", "--no-pager", "-n", "100"])
+                .output()
+                .ok()
+                .and_then(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .lines()
+                        .rfind(|l| l.contains("FAILED"))
+                        .map(str::to_string)
+                })
+                .unwrap_or_else(|| format!("cairn: health gate {} FAILED ({unit} failed)", g.name()));
+            let lines = update::on_gate_failure(Path::new("/"), &reason);
+            if lines.is_empty() {
+                println!(
+                    "cairn: health gate {} failed on a version that is not on a counted try: nothing to roll back to; fix the node and run `systemctl restart {unit}`",
+                    g.name()
+                );
+            } else {
+                lines.iter().for_each(|l| println!("{l}"));
+                reboot();
+            }
+            ExitCode::SUCCESS
+        }
+        ["update", "--status"] => match update::Target::discover().and_then(|t| update::status(&t)) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("cairn: update status: {}", chain(&e));
+                ExitCode::FAILURE
+            }
+        },
+        ["update", "--auto"] => {
+            let text = std::fs::read_to_string(render::EFFECTIVE).unwrap_or_default();
+            let config = match NodeConfig::parse(&text, render::EFFECTIVE) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("cairn: update: no applied node config ({e}); did cairn-firstboot.service run?");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let Some(u) = config.update else {
+                println!("cairn: update: no [update] source in the node config; nothing to poll");
+                return ExitCode::SUCCESS;
+            };
+            let result = (|| {
+                let key = cairn_signing::PublicKey::read(Path::new(update::RELEASE_KEY))
+                    .map_err(|e| update::UpdateError::System(chain(&e)))?;
+                let target = update::Target::discover()?;
+                update::auto(&target, &key, &u.source, &mut |l| println!("{l}"))
+            })();
+            match result {
+                Ok(update::AutoOutcome::Nothing(why)) => {
+                    println!("cairn: update: {why}");
+                    ExitCode::SUCCESS
+                }
+                Ok(update::AutoOutcome::Installed(i)) => {
+                    reboot_by_policy(u.reboot, &i.manifest.version);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!(
+                        "cairn: update from {} FAILED: {}; the running version stays the default",
+                        u.source,
+                        chain(&e)
+                    );
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        ["update", rest @ ..] => {
+            let mut opts = update::Options::default();
+            let (mut source, mut then_reboot) = (None, false);
+            for a in rest {
+                match *a {
+                    "--force" => opts.force = true,
+                    "--reboot" => then_reboot = true,
+                    s if !s.starts_with('-') && source.is_none() => source = Some(s),
+                    _ => {
+                        eprint!("{USAGE}");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+            let Some(source) = source else {
+                eprint!("{USAGE}");
+                return ExitCode::from(2);
+            };
+            let result = (|| {
+                let key = cairn_signing::PublicKey::read(Path::new(update::RELEASE_KEY))
+                    .map_err(|e| update::UpdateError::System(chain(&e)))?;
+                let target = update::Target::discover()?;
+                let mut input = update::open_source(source)?;
+                update::install(&target, &key, &mut input, &opts, &mut |l| println!("{l}"))
+            })();
+            match result {
+                Ok(_) if then_reboot => {
+                    println!("cairn: update: rebooting into the new version");
+                    reboot();
+                    ExitCode::SUCCESS
+                }
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!(
+                        "cairn: update from {source} FAILED: {}; the running version stays the default",
+                        chain(&e)
+                    );
                     ExitCode::FAILURE
                 }
             }
@@ -127,4 +258,37 @@ fn chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+/// Ask systemd for a reboot without waiting for it.
+fn reboot() {
+    if let Err(e) = std::process::Command::new("systemctl")
+        .args(["reboot", "--no-block"])
+        .status()
+    {
+        eprintln!("cairn: systemctl reboot: {e}");
+    }
+}
+
+/// Reboot into `version` as the node config says: now, at a time of day, or not at all.
+fn reboot_by_policy(policy: cairn_node::config::RebootPolicy, version: &str) {
+    use cairn_node::config::RebootPolicy;
+    match policy {
+        RebootPolicy::Now => {
+            println!("cairn: update: rebooting into {version} now ([update] reboot = \"now\")");
+            reboot();
+        }
+        RebootPolicy::Never => {
+            println!("cairn: update: {version} is installed; reboot to run it ([update] reboot = \"never\")");
+        }
+        RebootPolicy::At(h, m) => {
+            let when = format!("{h:02}:{m:02}");
+            match std::process::Command::new("shutdown").args(["-r", &when]).status() {
+                Ok(s) if s.success() => {
+                    println!("cairn: update: {version} is installed; rebooting into it at {when} (the reboot window)")
+                }
+                other => eprintln!("cairn: update: could not schedule the reboot at {when}: {other:?}"),
+            }
+        }
+    }
 }

@@ -120,3 +120,37 @@ fn a_peer_with_our_own_key_is_refused() {
     assert!(e.message.contains("own public key"), "{e}");
     assert_eq!(e.line, Some(8));
 }
+
+#[test]
+fn update_source_and_reboot_policy() {
+    use cairn_node::config::RebootPolicy;
+    let base = "version = 1\ngeneration = 1\nhostname = \"n1\"\n[update]\n";
+    let parse = |extra: &str| NodeConfig::parse(&format!("{base}{extra}"), "node.toml");
+    let u = parse("source = \"https://updates.example.net:8443/cairn/node\"\n")
+        .unwrap()
+        .update
+        .unwrap();
+    assert_eq!(
+        u.source, "https://updates.example.net:8443/cairn/node/",
+        "a directory URL"
+    );
+    assert_eq!(u.reboot, RebootPolicy::Now);
+    for (r, want) in [
+        ("now", RebootPolicy::Now),
+        ("never", RebootPolicy::Never),
+        ("03:30", RebootPolicy::At(3, 30)),
+        ("23:59", RebootPolicy::At(23, 59)),
+    ] {
+        let c = parse(&format!("source = \"http://10.0.0.5/node/\"\nreboot = \"{r}\"\n")).unwrap();
+        assert_eq!(c.update.unwrap().reboot, want, "{r}");
+    }
+    for r in ["24:00", "12:60", "noon", "1:00"] {
+        let e = parse(&format!("source = \"http://10.0.0.5/node/\"\nreboot = \"{r}\"\n")).unwrap_err();
+        assert!(e.to_string().contains("[update] reboot"), "{r}: {e}");
+    }
+    for s in ["updates/node/", "http://", "http:// host/", "https://h/x?y=1"] {
+        let e = parse(&format!("source = \"{s}\"\n")).unwrap_err();
+        assert!(e.to_string().contains("[update] source"), "{s}: {e}");
+    }
+    assert!(NodeConfig::single_node().update.is_none());
+}

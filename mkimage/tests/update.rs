@@ -1,0 +1,420 @@
+//! Update bundles end to end on plain files: `cairn build` writes `update.cairn`,
+//! `cairn verify` checks it, and the node agent's installer (`cairn_node::update`, the
+//! code behind `cairn-node update`) writes it into the inactive slot of a copy of the v1
+//! disk, with the ESP as a directory. Every result is checked with the reference tools
+//! (sgdisk, sfdisk, veritysetup) and byte comparisons; the firmware half (systemd-boot
+//! counting, blessing, rollback) is in qemu-tests/tests/update.rs.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use cairn_node::update::{self, Options, Target, UpdateError};
+use cairn_signing::PublicKey;
+use common::*;
+use sha2::{Digest, Sha256};
+
+struct Releases {
+    f: Fixture,
+    v1: PathBuf,
+    v2: PathBuf,
+}
+
+fn releases() -> Releases {
+    let f = Fixture::new();
+    f.write_definition("");
+    let text = fs::read_to_string(f.path("image.toml")).unwrap();
+    fs::write(f.path("image.toml"), text.replace("1.2.3", "0.1.0")).unwrap();
+    let v1 = f.build_ok("v1");
+    fs::write(f.path("image.toml"), text.replace("1.2.3", "0.2.0")).unwrap();
+    fs::write(f.path("overlay/etc/motd"), "welcome to cairn 0.2.0\n").unwrap();
+    let v2 = f.build_ok("v2");
+    Releases { f, v1, v2 }
+}
+
+fn key(r: &Releases) -> PublicKey {
+    PublicKey::read(&r.f.path("release.pub")).unwrap()
+}
+
+fn sha(path: &Path) -> String {
+    hex::encode(Sha256::digest(fs::read(path).unwrap()))
+}
+
+fn range_sha(disk: &Path, (off, len): (u64, u64)) -> String {
+    use std::os::unix::fs::FileExt;
+    let mut v = vec![0u8; len as usize];
+    fs::File::open(disk).unwrap().read_exact_at(&mut v, off).unwrap();
+    hex::encode(Sha256::digest(v))
+}
+
+/// A node running `out`: a copy of its disk and its ESP's files in a directory.
+fn node(r: &Releases, out: &Path, tag: &str) -> Target {
+    let dir = r.f.path(tag);
+    fs::create_dir_all(dir.join("esp/EFI/Linux")).unwrap();
+    fs::create_dir_all(dir.join("esp/loader")).unwrap();
+    fs::create_dir_all(dir.join("state")).unwrap();
+    run_ok(
+        Command::new("cp")
+            .arg("--sparse=always")
+            .arg(out.join("disk.raw"))
+            .arg(dir.join("disk.raw")),
+    );
+    let m = manifest(out);
+    let version = m["version"].as_str().unwrap().to_string();
+    extract_payload(out, "uki", &dir.join(format!("esp/EFI/Linux/cairn_{version}.efi")));
+    fs::write(dir.join("esp/loader/loader.conf"), "default cairn_*\n").unwrap();
+    Target {
+        disk: dir.join("disk.raw"),
+        esp: dir.join("esp"),
+        running_hash: hex::decode(m["root-hash"].as_str().unwrap())
+            .unwrap()
+            .try_into()
+            .unwrap(),
+        image: m["name"].as_str().unwrap().to_string(),
+        version,
+        state_dir: dir.join("state"),
+    }
+}
+
+fn install(t: &Target, key: &PublicKey, bundle: &[u8], force: bool) -> Result<update::Installed, UpdateError> {
+    let mut src = bundle;
+    let mut lines = vec![];
+    let r = update::install(t, key, &mut src, &Options { force }, &mut |l| lines.push(l.to_string()));
+    eprintln!("{}", lines.join("\n"));
+    r
+}
+
+fn sfdisk_parts(disk: &Path) -> Vec<serde_json::Value> {
+    let table: serde_json::Value =
+        serde_json::from_str(&run_ok(Command::new("sfdisk").arg("--json").arg(disk))).unwrap();
+    table["partitiontable"]["partitions"].as_array().unwrap().clone()
+}
+
+fn uuid(p: &serde_json::Value) -> String {
+    p["uuid"].as_str().unwrap().to_lowercase().replace('-', "")
+}
+
+fn esp_files(t: &Target) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(t.esp.join("EFI/Linux"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn bundle_is_verified_alone_and_with_its_build() {
+    let r = releases();
+    let bundle = r.v2.join("update.cairn");
+    let m = manifest(&r.v2);
+    let total: u64 = ["root", "verity", "uki"].iter().map(|n| payload(&m, n).1).sum();
+    let size = fs::metadata(&bundle).unwrap().len();
+    assert!(size >= total && size < total + 4 * 4096, "{size} vs payloads {total}");
+    let verify = |p: &Path| {
+        cairn()
+            .arg("verify")
+            .arg(p)
+            .arg("--key")
+            .arg(r.f.path("release.pub"))
+            .output()
+            .unwrap()
+    };
+    let o = verify(&r.v2);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{text}{}", String::from_utf8_lossy(&o.stderr));
+    assert!(text.contains("update.cairn: same release as the disk image"), "{text}");
+    let o = verify(&bundle);
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("verified test 0.2.0"));
+
+    // One flipped byte in the manifest, the signature or a payload; a v1 bundle beside
+    // the v2 disk.
+    let data = fs::read(&bundle).unwrap();
+    let mlen = u32::from_le_bytes(data[12..16].try_into().unwrap()) as usize;
+    let uki_at = data.len() - 100;
+    for (at, want) in [
+        (40, "signature check failed"),
+        (32 + mlen + 5, "signature check failed"),
+        (uki_at, "payload uki: sha256"),
+    ] {
+        let mut bad = data.clone();
+        bad[at] ^= 0x40;
+        let p = r.f.path("bad.cairn");
+        fs::write(&p, &bad).unwrap();
+        let o = verify(&p);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(want), "byte {at}: {err}");
+    }
+    fs::copy(r.v1.join("update.cairn"), r.v2.join("update.cairn")).unwrap();
+    let o = verify(&r.v2);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("bundle version"), "{err}");
+}
+
+#[test]
+fn update_writes_only_the_inactive_slot_and_the_new_uki() {
+    require(&["sgdisk", "sfdisk", "veritysetup"]);
+    let r = releases();
+    let key = key(&r);
+    let t = node(&r, &r.v1, "node");
+    let m1 = manifest(&r.v1);
+    let m2 = manifest(&r.v2);
+    let untouched = ["esp", "root-a", "verity-a", "state"].map(|l| (l, range_sha(&t.disk, partition(&m1, l))));
+    let v1_uki = sha(&t.esp.join("EFI/Linux/cairn_0.1.0.efi"));
+    let bundle = fs::read(r.v2.join("update.cairn")).unwrap();
+
+    let done = install(&t, &key, &bundle, false).unwrap();
+    assert_eq!(done.uki, "cairn_0.2.0+3.efi");
+    assert_eq!(done.bytes, bundle.len() as u64);
+
+    // The table is sound and names slot B by the v2 root hash; A is as it was.
+    let v = run_ok(Command::new("sgdisk").arg("-v").arg(&t.disk));
+    assert!(v.contains("No problems found"), "{v}");
+    let parts = sfdisk_parts(&t.disk);
+    let h2 = m2["root-hash"].as_str().unwrap();
+    let h1 = m1["root-hash"].as_str().unwrap();
+    assert_eq!(uuid(&parts[3]), h2[..32]);
+    assert_eq!(uuid(&parts[4]), h2[32..]);
+    assert_eq!(parts[3]["attrs"], "GUID:60", "slot B is read-only, no longer no-auto");
+    assert_eq!(parts[3]["name"], "root-b");
+    assert_eq!(uuid(&parts[1]), h1[..32]);
+    assert_eq!(uuid(&parts[2]), h1[32..]);
+    for (label, before) in &untouched {
+        assert_eq!(&range_sha(&t.disk, partition(&m1, label)), before, "{label} changed");
+    }
+
+    // veritysetup accepts what landed in slot B with the v2 root hash.
+    let tmp = r.f.path("check");
+    fs::create_dir_all(&tmp).unwrap();
+    let (b_off, _) = partition(&m1, "root-b");
+    let (vb_off, _) = partition(&m1, "verity-b");
+    let (_, root_len) = payload(&m2, "root");
+    let (_, tree_len) = payload(&m2, "verity");
+    extract(&t.disk, b_off, root_len, &tmp.join("root"));
+    extract(&t.disk, vb_off, tree_len, &tmp.join("tree"));
+    run_ok(
+        Command::new("veritysetup")
+            .arg("verify")
+            .arg(tmp.join("root"))
+            .arg(tmp.join("tree"))
+            .arg(h2),
+    );
+
+    // The ESP: v1's UKI untouched, v2's as the counted entry, nothing else.
+    assert_eq!(esp_files(&t), ["cairn_0.1.0.efi", "cairn_0.2.0+3.efi"]);
+    assert_eq!(sha(&t.esp.join("EFI/Linux/cairn_0.1.0.efi")), v1_uki);
+    extract_payload(&r.v2, "uki", &tmp.join("uki"));
+    assert_eq!(sha(&t.esp.join("EFI/Linux/cairn_0.2.0+3.efi")), sha(&tmp.join("uki")));
+    let status = update::status(&t).unwrap();
+    assert!(status.contains("running  test 0.1.0 from slot a (blessed)"), "{status}");
+    assert!(
+        status.contains("other    0.2.0 in slot b: to be tried: 3 tries left"),
+        "{status}"
+    );
+
+    // The same bundle again: v1 is still running, so it is written again (stale entry
+    // removed first), and the result is the same.
+    install(&t, &key, &bundle, false).unwrap();
+    assert_eq!(esp_files(&t), ["cairn_0.1.0.efi", "cairn_0.2.0+3.efi"]);
+
+    // Now v2 runs from slot B, blessed; v1 goes back into slot A only with --force.
+    let mut t2 = t.clone();
+    t2.running_hash = hex::decode(h2).unwrap().try_into().unwrap();
+    t2.version = "0.2.0".into();
+    fs::rename(
+        t.esp.join("EFI/Linux/cairn_0.2.0+3.efi"),
+        t.esp.join("EFI/Linux/cairn_0.2.0+2-1.efi"),
+    )
+    .unwrap();
+    let v1_bundle = fs::read(r.v1.join("update.cairn")).unwrap();
+    let err = install(&t2, &key, &v1_bundle, true).unwrap_err().to_string();
+    assert!(err.contains("not blessed yet"), "{err}");
+    fs::rename(
+        t.esp.join("EFI/Linux/cairn_0.2.0+2-1.efi"),
+        t.esp.join("EFI/Linux/cairn_0.2.0.efi"),
+    )
+    .unwrap();
+    let err = install(&t2, &key, &v1_bundle, false).unwrap_err().to_string();
+    assert!(err.contains("0.1.0 is not newer than the running 0.2.0"), "{err}");
+    let slot_b = range_sha(&t.disk, (b_off, root_len));
+    install(&t2, &key, &v1_bundle, true).unwrap();
+    assert_eq!(esp_files(&t), ["cairn_0.1.0+3.efi", "cairn_0.2.0.efi"]);
+    assert_eq!(
+        range_sha(&t.disk, (b_off, root_len)),
+        slot_b,
+        "the running slot B is untouched"
+    );
+    let parts = sfdisk_parts(&t.disk);
+    assert_eq!(uuid(&parts[1]), h1[..32]);
+    assert_eq!(uuid(&parts[3]), h2[..32]);
+    let v = run_ok(Command::new("sgdisk").arg("-v").arg(&t.disk));
+    assert!(v.contains("No problems found"), "{v}");
+}
+
+#[test]
+fn bad_bundles_never_make_the_slot_bootable() {
+    require(&["sfdisk"]);
+    let r = releases();
+    let key = key(&r);
+    let bundle = fs::read(r.v2.join("update.cairn")).unwrap();
+    let mlen = u32::from_le_bytes(bundle[12..16].try_into().unwrap()) as usize;
+    let m2 = manifest(&r.v2);
+    let h2 = m2["root-hash"].as_str().unwrap().to_string();
+
+    // Refused before a byte is written: the disk and the ESP are as they were.
+    let t = node(&r, &r.v1, "before");
+    let disk_before = sha(&t.disk);
+    for (at, want) in [
+        (3, "not a Cairn update bundle"),
+        (40, "signature"),
+        (32 + mlen + 1, "signature"),
+    ] {
+        let mut bad = bundle.clone();
+        bad[at] ^= 1;
+        let err = install(&t, &key, &bad, false).unwrap_err().to_string();
+        assert!(err.contains(want), "byte {at}: {err}");
+        assert_eq!(sha(&t.disk), disk_before, "byte {at}: the disk was written");
+        assert_eq!(esp_files(&t), ["cairn_0.1.0.efi"]);
+    }
+    let other = cairn_signing::PrivateKey::from_bytes([7; 32]).public();
+    let err = install(&t, &other, &bundle, false).unwrap_err().to_string();
+    assert!(err.contains("not signed by the release key"), "{err}");
+    let mut wrong = t.clone();
+    wrong.image = "other".into();
+    let err = install(&wrong, &key, &bundle, false).unwrap_err().to_string();
+    assert!(err.contains("the bundle is for image \"test\""), "{err}");
+    update::record_failure(&t.state_dir, "0.2.0", "cairn: health gate etcd FAILED after 20s").unwrap();
+    let err = install(&t, &key, &bundle, false).unwrap_err().to_string();
+    assert!(err.contains("0.2.0 already failed on this node"), "{err}");
+    fs::remove_file(t.state_dir.join("failed-0.2.0")).unwrap();
+    assert_eq!(sha(&t.disk), disk_before);
+
+    // A flipped payload byte or a cut-off download (a node that loses power or its
+    // server mid-write looks the same) over a slot that held a good v2: slot B is made
+    // stale, the UKI that booted it is gone, and the next run with a good bundle
+    // completes.
+    let t = node(&r, &r.v1, "during");
+    install(&t, &key, &bundle, false).unwrap();
+    assert_eq!(uuid(&sfdisk_parts(&t.disk)[3]), h2[..32]);
+    let bm: serde_json::Value = serde_json::from_slice(&bundle[32..32 + mlen]).unwrap();
+    let offset_of = |name: &str| {
+        bm["payloads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap()["offset"]
+            .as_u64()
+            .unwrap() as usize
+    };
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (
+            {
+                let mut b = bundle.clone();
+                b[offset_of("root") + 12345] ^= 1;
+                b
+            },
+            "payload root: sha256",
+        ),
+        (
+            {
+                let mut b = bundle.clone();
+                b[offset_of("uki") + 999] ^= 1;
+                b
+            },
+            "payload uki: sha256",
+        ),
+        (bundle[..offset_of("root") + (1 << 20)].to_vec(), "truncated"),
+        (bundle[..bundle.len() - 1].to_vec(), "truncated"),
+    ];
+    for (bad, want) in cases {
+        let err = install(&t, &key, &bad, false).unwrap_err().to_string();
+        assert!(err.contains(want), "{want}: {err}");
+        let parts = sfdisk_parts(&t.disk);
+        assert_eq!(parts[3]["attrs"], "GUID:60,63", "{want}: slot B must stay no-auto");
+        assert_ne!(uuid(&parts[3]), h2[..32], "{want}: slot B must not carry the v2 UUID");
+        assert_eq!(esp_files(&t), ["cairn_0.1.0.efi"], "{want}: no UKI for slot B");
+        let status = update::status(&t).unwrap();
+        assert!(status.contains("slot b: nothing bootable"), "{status}");
+    }
+    install(&t, &key, &bundle, false).unwrap();
+    assert_eq!(uuid(&sfdisk_parts(&t.disk)[3]), h2[..32]);
+    assert_eq!(esp_files(&t), ["cairn_0.1.0.efi", "cairn_0.2.0+3.efi"]);
+}
+
+#[test]
+fn publish_lays_out_bundles_and_an_index_for_a_static_server() {
+    let r = releases();
+    let to = r.f.path("www");
+    let publish = |out: &Path, key: &str| {
+        cairn()
+            .arg("publish")
+            .arg(out)
+            .arg("--to")
+            .arg(&to)
+            .arg("--key")
+            .arg(r.f.path(key))
+            .output()
+            .unwrap()
+    };
+    // v2 first, then v1: latest is the newest version, not the last published.
+    for out in [&r.v2, &r.v1] {
+        let o = publish(out, "release.pub");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let index = cairn_signing::bundle::Index::parse(&fs::read(to.join("test/index.json")).unwrap()).unwrap();
+    assert_eq!(index.name, "test");
+    assert_eq!(index.latest, "0.2.0");
+    let versions: Vec<&str> = index.releases.iter().map(|r| r.version.as_str()).collect();
+    assert_eq!(versions, ["0.1.0", "0.2.0"]);
+    for (rel, out) in index.releases.iter().zip([&r.v1, &r.v2]) {
+        let file = to.join("test").join(&rel.file);
+        assert_eq!(rel.file, format!("test_{}.cairn", rel.version));
+        assert_eq!(sha(&file), rel.sha256);
+        assert_eq!(sha(&file), sha(&out.join("update.cairn")));
+        assert_eq!(rel.root_hash, manifest(out)["root-hash"].as_str().unwrap());
+    }
+    let mut names: Vec<String> = fs::read_dir(to.join("test"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["index.json", "test_0.1.0.cairn", "test_0.2.0.cairn"],
+        "no temporary files left"
+    );
+
+    // Again: nothing changes.
+    let before = fs::read(to.join("test/index.json")).unwrap();
+    let o = publish(&r.v2, "release.pub");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("already published"));
+    assert_eq!(fs::read(to.join("test/index.json")).unwrap(), before);
+
+    // Another bundle under a published version, a tampered bundle, a wrong key: refused,
+    // nothing written.
+    fs::write(r.f.path("overlay/etc/motd"), "something else\n").unwrap();
+    let text = fs::read_to_string(r.f.path("image.toml")).unwrap();
+    assert!(text.contains("0.2.0"));
+    let v2b = r.f.build_ok("v2b");
+    let o = publish(&v2b, "release.pub");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("0.2.0 is already published with another bundle"),
+        "{err}"
+    );
+    let mut bad = fs::read(v2b.join("update.cairn")).unwrap();
+    let at = bad.len() - 10;
+    bad[at] ^= 1;
+    fs::write(r.f.path("bad.cairn"), bad).unwrap();
+    let o = publish(&r.f.path("bad.cairn"), "release.pub");
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("payload uki: sha256"));
+    run_ok(cairn().arg("keygen").arg(r.f.path("other.pem")));
+    let o = publish(&r.v1, "other.pub");
+    assert!(!o.status.success());
+    assert_eq!(fs::read(to.join("test/index.json")).unwrap(), before);
+}

@@ -1,0 +1,947 @@
+//! `cairn-node update`: install a signed release into the inactive A/B slot.
+//!
+//! The order of steps is the safety argument; each one holds if the node loses power
+//! right after it:
+//!
+//! 1. **Look before touching anything.** Find the running slot (the root partition whose
+//!    UUID is the first half of the command line's `roothash=`), the ESP and its UKIs.
+//!    Refuse while the running version is not blessed yet (its UKI still carries a boot
+//!    counter): the other slot is its fallback.
+//! 2. **Check the bundle's signature** with the key baked into the running image, its
+//!    image name, and that its version is newer (unless forced) and has not already
+//!    failed here (unless forced), before a byte is written.
+//! 3. **Make the inactive slot unreachable**: remove every UKI that does not boot the
+//!    running root hash (they can only point at the inactive slot or at nothing), then
+//!    give the slot's partitions UUIDs derived from a purpose string and the *no-auto*
+//!    attribute. No UKI and no discovery can open it now.
+//! 4. **Stream** root and verity payloads straight into the slot's partitions and the UKI
+//!    into a temporary file on the ESP, hashing as they pass; nothing is downloaded first.
+//!    Then check every hash, that the written hash tree's top block gives the signed root
+//!    hash, and that the UKI's `roothash=` is that hash.
+//! 5. **Name the slot**: its partition UUIDs become the halves of the new root hash and
+//!    *no-auto* is cleared.
+//! 6. **Install the UKI** as `EFI/Linux/cairn_<version>+3.efi` by renaming the temporary
+//!    file: systemd-boot now prefers the new version and counts its tries.
+//!
+//! The running slot's partitions and UKI are never written. A crash before step 6 leaves a
+//! slot nothing boots; running the update again starts over at step 1.
+//!
+//! Blessing is systemd's: `systemd-bless-boot.service` renames the UKI to
+//! `cairn_<version>.efi` once `boot-complete.target` is reached, which Cairn's health
+//! gates are ordered before. A gate that fails on a counted boot records why (under
+//! `/var/lib/cairn/update/`) and reboots, so systemd-boot spends a try; after three, it
+//! boots the previous version again.
+
+use std::fmt::Write as _;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use cairn_disk::gpt::{self, Partition, ATTR_NO_AUTO, SECTOR};
+use cairn_disk::guid::Guid;
+use cairn_disk::pe;
+use cairn_signing::bundle::{BundleError, BundleManifest, BundleReader};
+use cairn_signing::PublicKey;
+use sha2::{Digest, Sha256};
+
+use crate::system::{self, Slot};
+
+/// The release key baked into every image.
+pub const RELEASE_KEY: &str = "/usr/share/cairn/release.pub";
+/// Where the agent keeps what it knows about updates (on the state partition).
+pub const STATE_DIR: &str = "/var/lib/cairn/update";
+/// Tries systemd-boot gives a new version.
+pub const TRIES: u32 = 3;
+/// Where a UKI is written before it is complete and checked.
+const PARTIAL: &str = "EFI/Linux/cairn-update.partial";
+/// The EFI variable systemd-boot sets when it boots a counted entry.
+pub const BOOT_COUNT_VAR: &str = "/sys/firmware/efi/efivars/LoaderBootCountPath-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f";
+
+/// Why an update did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateError {
+    /// The running system is not what an update needs (not a Cairn A/B disk, no ESP, …).
+    #[error("{0}")]
+    System(String),
+    /// IO on a named file or device.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The file or device.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Fetching the bundle.
+    #[error("fetching {url}: {detail}")]
+    Fetch {
+        /// The source.
+        url: String,
+        /// What went wrong.
+        detail: String,
+    },
+    /// The bundle is bad (signature, structure, a hash).
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    /// A sound bundle this node must not install.
+    #[error("{0}")]
+    Refused(String),
+}
+
+fn io_at(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> UpdateError {
+    let path = path.to_owned();
+    move |source| UpdateError::Io { what, path, source }
+}
+
+pub use cairn_signing::bundle::compare_versions;
+
+/// One UKI on the ESP, by its file name `cairn_<version>[+<left>[-<done>]].efi`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// File name in `EFI/Linux`.
+    pub file: String,
+    /// The version part.
+    pub version: String,
+    /// Tries left, when the entry is still being counted.
+    pub tries_left: Option<u32>,
+    /// Tries done, when the entry is being counted.
+    pub tries_done: Option<u32>,
+    /// The `roothash=` it boots, if it could be read.
+    pub root_hash: Option<String>,
+}
+
+impl Entry {
+    /// Parse a file name; `None` for anything that is not a Cairn UKI.
+    pub fn from_file_name(file: &str) -> Option<Entry> {
+        let stem = file.strip_prefix("cairn_")?.strip_suffix(".efi")?;
+        let (version, counter) = match stem.rsplit_once('+') {
+            Some((v, c)) => (v, Some(c)),
+            None => (stem, None),
+        };
+        let (left, done) = match counter {
+            None => (None, None),
+            Some(c) => {
+                let (l, d) = match c.split_once('-') {
+                    Some((l, d)) => (l, Some(d.parse().ok()?)),
+                    None => (c, None),
+                };
+                (Some(l.parse().ok()?), d.or(Some(0)))
+            }
+        };
+        if version.is_empty() {
+            return None;
+        }
+        Some(Entry {
+            file: file.to_string(),
+            version: version.to_string(),
+            tries_left: left,
+            tries_done: done,
+            root_hash: None,
+        })
+    }
+
+    /// Blessed (no counter left in the name).
+    pub fn blessed(&self) -> bool {
+        self.tries_left.is_none()
+    }
+
+    /// Counted and out of tries: systemd-boot will not pick it again.
+    pub fn exhausted(&self) -> bool {
+        self.tries_left == Some(0)
+    }
+}
+
+/// Read the `roothash=` of the UKI at `path` from its headers and `.cmdline` only.
+pub fn uki_root_hash(path: &Path) -> Option<String> {
+    let mut f = File::open(path).ok()?;
+    let mut head = vec![0u8; 4096];
+    let n = f.read(&mut head).ok()?;
+    head.truncate(n);
+    let (off, len) = pe::section_location(&head, ".cmdline")?;
+    if len > 1 << 16 {
+        return None;
+    }
+    let mut cmd = vec![0u8; len as usize];
+    f.read_exact_at(&mut cmd, off).ok()?;
+    pe::cmdline_root_hash(&cmd)
+}
+
+/// The Cairn UKIs on the ESP mounted at `esp`, sorted by file name.
+pub fn entries(esp: &Path) -> Result<Vec<Entry>, UpdateError> {
+    let dir = esp.join("EFI/Linux");
+    let mut out = Vec::new();
+    for e in fs::read_dir(&dir).map_err(io_at("listing", &dir))? {
+        let e = e.map_err(io_at("listing", &dir))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(mut entry) = Entry::from_file_name(&name) {
+            entry.root_hash = uki_root_hash(&e.path());
+            out.push(entry);
+        }
+    }
+    out.sort_by(|a, b| a.file.cmp(&b.file));
+    Ok(out)
+}
+
+/// The A/B partitions of a disk, by GPT name.
+#[derive(Debug, Clone)]
+pub struct SlotParts {
+    /// The slot.
+    pub slot: Slot,
+    /// (number, entry) of `root-<slot>`.
+    pub root: (u32, Partition),
+    /// (number, entry) of `verity-<slot>`.
+    pub verity: (u32, Partition),
+}
+
+/// What the update works on: a disk (a block device on a node, a file in tests), the
+/// mounted ESP, and the running release.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The whole disk.
+    pub disk: PathBuf,
+    /// Where the ESP is mounted.
+    pub esp: PathBuf,
+    /// The running root hash (from `roothash=`).
+    pub running_hash: [u8; 32],
+    /// The running image's `IMAGE_ID`.
+    pub image: String,
+    /// The running image's `IMAGE_VERSION`.
+    pub version: String,
+    /// Where update state is kept (`/var/lib/cairn/update`).
+    pub state_dir: PathBuf,
+}
+
+/// Find where the ESP is mounted: the first of `/efi`, `/boot`, `/boot/efi` holding
+/// `loader/loader.conf` (touching it mounts an automounted ESP).
+pub fn find_esp(root: &Path) -> Option<PathBuf> {
+    ["efi", "boot", "boot/efi"]
+        .iter()
+        .map(|p| root.join(p))
+        .find(|p| p.join("loader/loader.conf").is_file())
+}
+
+impl Target {
+    /// The running node's target.
+    pub fn discover() -> Result<Target, UpdateError> {
+        let sys = system::Root::default();
+        let cmdline = sys
+            .cmdline()
+            .map_err(|e| UpdateError::System(format!("reading /proc/cmdline: {e}")))?;
+        let running_hash = system::roothash_from_cmdline(&cmdline).ok_or_else(|| {
+            UpdateError::System("the kernel command line has no roothash=: not booted from a Cairn UKI".into())
+        })?;
+        let link = Path::new("/dev/disk/by-partuuid").join(system::root_partuuid(&running_hash));
+        let part = fs::canonicalize(&link)
+            .map_err(|e| UpdateError::System(format!("{}: {e} (the running root partition)", link.display())))?;
+        let name = part
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let sys_part = fs::canonicalize(format!("/sys/class/block/{name}"))
+            .map_err(|e| UpdateError::System(format!("/sys/class/block/{name}: {e}")))?;
+        let disk_name = sys_part
+            .parent()
+            .and_then(|d| d.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .ok_or_else(|| UpdateError::System(format!("{name} has no parent disk in sysfs")))?;
+        let esp = find_esp(Path::new("/")).ok_or_else(|| {
+            UpdateError::System("no ESP mounted at /efi, /boot or /boot/efi (loader/loader.conf not found)".into())
+        })?;
+        let osrel = fs::read_to_string("/usr/lib/os-release").unwrap_or_default();
+        Ok(Target {
+            disk: PathBuf::from("/dev").join(disk_name),
+            esp,
+            running_hash,
+            image: system::os_release_field(&osrel, "IMAGE_ID").unwrap_or_default(),
+            version: system::os_release_field(&osrel, "IMAGE_VERSION").unwrap_or_default(),
+            state_dir: PathBuf::from(STATE_DIR),
+        })
+    }
+
+    fn running_hex(&self) -> String {
+        hex::encode(self.running_hash)
+    }
+
+    /// Read the disk's partition table; returns the disk handle, its size, the raw table
+    /// regions and both slots.
+    fn table(&self, write: bool) -> Result<Table, UpdateError> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(write)
+            .open(&self.disk)
+            .map_err(io_at("opening", &self.disk))?;
+        let size = file.seek(SeekFrom::End(0)).map_err(io_at("sizing", &self.disk))?;
+        let head_len = (2 + 32) * SECTOR;
+        let tail_len = 33 * SECTOR;
+        if size < head_len + tail_len {
+            return Err(UpdateError::System(format!(
+                "{} is too small for a GPT",
+                self.disk.display()
+            )));
+        }
+        let mut head = vec![0u8; head_len as usize];
+        let mut tail = vec![0u8; tail_len as usize];
+        file.read_exact_at(&mut head, 0).map_err(io_at("reading", &self.disk))?;
+        file.read_exact_at(&mut tail, size - tail_len)
+            .map_err(io_at("reading", &self.disk))?;
+        let (guid, parts) = gpt::read_numbered(&head, &tail, size)
+            .map_err(|e| UpdateError::System(format!("{}: partition table: {e}", self.disk.display())))?;
+        let find = |label: &str| {
+            parts.iter().find(|(_, p)| p.name == label).cloned().ok_or_else(|| {
+                UpdateError::System(format!(
+                    "{} has no partition {label}: not a Cairn A/B disk",
+                    self.disk.display()
+                ))
+            })
+        };
+        let a = SlotParts {
+            slot: Slot::A,
+            root: find("root-a")?,
+            verity: find("verity-a")?,
+        };
+        let b = SlotParts {
+            slot: Slot::B,
+            root: find("root-b")?,
+            verity: find("verity-b")?,
+        };
+        let running_uuid = Guid(self.running_hash[..16].try_into().expect("16 bytes"));
+        let (running, inactive) = if a.root.1.uuid == running_uuid {
+            (a, b)
+        } else if b.root.1.uuid == running_uuid {
+            (b, a)
+        } else {
+            return Err(UpdateError::System(format!(
+                "neither root-a nor root-b has the running root's UUID {running_uuid}"
+            )));
+        };
+        Ok(Table {
+            file,
+            size,
+            head,
+            tail,
+            disk_guid: guid,
+            running,
+            inactive,
+        })
+    }
+}
+
+struct Table {
+    file: File,
+    size: u64,
+    head: Vec<u8>,
+    tail: Vec<u8>,
+    disk_guid: Guid,
+    running: SlotParts,
+    inactive: SlotParts,
+}
+
+impl Table {
+    fn set(&mut self, number: u32, uuid: Guid, attributes: u64) -> Result<(), UpdateError> {
+        gpt::set_entry(&mut self.head, &mut self.tail, number, uuid, attributes)
+            .map_err(|e| UpdateError::System(format!("editing the partition table: {e}")))
+    }
+
+    /// Backup copy first, then the primary, each made durable.
+    fn write(&mut self, disk: &Path) -> Result<(), UpdateError> {
+        let tail_at = self.size - self.tail.len() as u64;
+        self.file
+            .write_all_at(&self.tail, tail_at)
+            .and_then(|_| self.file.sync_data())
+            .and_then(|_| self.file.write_all_at(&self.head, 0))
+            .and_then(|_| self.file.sync_data())
+            .map_err(io_at("writing the partition table of", disk))
+    }
+}
+
+/// Writes a stream into one partition of the disk, refusing to pass its end.
+struct PartitionWriter<'a> {
+    file: &'a File,
+    start: u64,
+    len: u64,
+    pos: u64,
+}
+
+impl Write for PartitionWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.pos + buf.len() as u64 > self.len {
+            return Err(io::Error::other("payload is larger than the partition"));
+        }
+        self.file.write_all_at(buf, self.start + self.pos)?;
+        self.pos += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// How an update is run.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Install even if the version is not newer or failed here before.
+    pub force: bool,
+}
+
+/// What an update installed.
+#[derive(Debug, Clone)]
+pub struct Installed {
+    /// The bundle's manifest.
+    pub manifest: BundleManifest,
+    /// The slot it went into.
+    pub slot: Slot,
+    /// The UKI's file name on the ESP.
+    pub uki: String,
+    /// Bytes read from the source.
+    pub bytes: u64,
+}
+
+fn invalid_uuid(purpose: &str, disk: Guid, slot: Slot) -> Guid {
+    Guid::derive(&format!("stale slot {purpose}-{}", slot.letter()), &disk.0)
+}
+
+/// Versions that failed on this node, from `failed-<version>` files in the state dir.
+pub fn failed_versions(state_dir: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if let Ok(rd) = fs::read_dir(state_dir) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(v) = name.strip_prefix("failed-") {
+                let why = fs::read_to_string(e.path()).unwrap_or_default();
+                out.push((v.to_string(), why.trim().to_string()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Record that `version` failed and why (appending to what is known).
+pub fn record_failure(state_dir: &Path, version: &str, why: &str) -> io::Result<()> {
+    let path = state_dir.join(format!("failed-{version}"));
+    let mut text = fs::read_to_string(&path).unwrap_or_default();
+    if !text.lines().any(|l| l == why) {
+        text.push_str(why);
+        text.push('\n');
+    }
+    cairn_signing::write_file_atomic(&path, text.as_bytes(), 0o644)
+}
+
+/// Install the bundle read from `source` into the inactive slot of `t`. `log` gets a line
+/// per step and progress.
+pub fn install(
+    t: &Target,
+    key: &PublicKey,
+    source: &mut dyn Read,
+    opts: &Options,
+    log: &mut dyn FnMut(&str),
+) -> Result<Installed, UpdateError> {
+    // 1. Look.
+    let mut table = t.table(true)?;
+    let entries = entries(&t.esp)?;
+    let running_hex = t.running_hex();
+    let running_entry = entries
+        .iter()
+        .find(|e| e.root_hash.as_deref() == Some(running_hex.as_str()));
+    if let Some(e) = running_entry {
+        if !e.blessed() {
+            return Err(UpdateError::Refused(format!(
+                "the running version {} is not blessed yet ({}): until it passes its health gates, slot {} is its fallback and must not be overwritten",
+                e.version,
+                e.file,
+                table.inactive.slot.letter()
+            )));
+        }
+    }
+    for e in entries.iter().filter(|e| e.exhausted()) {
+        let why = format!(
+            "{}: out of boot tries ({} failed boots)",
+            e.file,
+            e.tries_done.unwrap_or(0)
+        );
+        let _ = record_failure(&t.state_dir, &e.version, &why);
+    }
+    let inactive = table.inactive.clone();
+    log(&format!(
+        "cairn: update: running {} {} from slot {}; slot {} is inactive",
+        t.image,
+        t.version,
+        table.running.slot.letter(),
+        inactive.slot.letter()
+    ));
+
+    // 2. The bundle's signature and identity, before writing anything.
+    let reader = BundleReader::open(source, key)?;
+    let m = reader.manifest().clone();
+    log(&format!(
+        "cairn: update: bundle {} {} signed by {} (good signature), root hash {}",
+        m.name, m.version, m.signing_key, m.root_hash
+    ));
+    if m.name != t.image {
+        return Err(UpdateError::Refused(format!(
+            "the bundle is for image {:?}, this node runs {:?}",
+            m.name, t.image
+        )));
+    }
+    if m.root_hash == running_hex {
+        return Err(UpdateError::Refused(format!("{} is already running", m.version)));
+    }
+    if !opts.force {
+        if compare_versions(&m.version, &t.version) != std::cmp::Ordering::Greater {
+            return Err(UpdateError::Refused(format!(
+                "{} is not newer than the running {} (pass --force to install it anyway)",
+                m.version, t.version
+            )));
+        }
+        if let Some((_, why)) = failed_versions(&t.state_dir).into_iter().find(|(v, _)| *v == m.version) {
+            return Err(UpdateError::Refused(format!(
+                "{} already failed on this node ({}); pass --force to try it again",
+                m.version,
+                why.lines().last().unwrap_or("")
+            )));
+        }
+    }
+    let (root_p, verity_p, uki_p) = (m.payload("root"), m.payload("verity"), m.payload("uki"));
+    for (p, part) in [(root_p, &inactive.root.1), (verity_p, &inactive.verity.1)] {
+        if p.size > part.size() {
+            return Err(UpdateError::Refused(format!(
+                "payload {} ({} bytes) does not fit partition {} ({} bytes)",
+                p.name,
+                p.size,
+                part.name,
+                part.size()
+            )));
+        }
+    }
+    let free = rustix::fs::statvfs(&t.esp)
+        .map(|s| s.f_bavail * s.f_frsize)
+        .map_err(|e| io_at("checking free space on", &t.esp)(e.into()))?;
+    let partial = t.esp.join(PARTIAL);
+    let partial_size = fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+    let stale: Vec<&Entry> = entries
+        .iter()
+        .filter(|e| e.root_hash.as_deref() != Some(running_hex.as_str()))
+        .collect();
+    let freed: u64 = stale
+        .iter()
+        .filter_map(|e| fs::metadata(t.esp.join("EFI/Linux").join(&e.file)).ok())
+        .map(|m| m.len())
+        .sum();
+    if uki_p.size + (1 << 20) > free + freed + partial_size {
+        return Err(UpdateError::Refused(format!(
+            "the UKI needs {} MiB on the ESP, {} MiB would be free",
+            uki_p.size >> 20,
+            (free + freed + partial_size) >> 20
+        )));
+    }
+
+    // 3. Make the inactive slot unreachable.
+    let linux = t.esp.join("EFI/Linux");
+    for e in &stale {
+        let p = linux.join(&e.file);
+        fs::remove_file(&p).map_err(io_at("removing", &p))?;
+        log(&format!(
+            "cairn: update: removed {} (it does not boot the running root)",
+            e.file
+        ));
+    }
+    let _ = fs::remove_file(&partial);
+    sync_dir(&linux)?;
+    let attrs_root = inactive.root.1.attributes | ATTR_NO_AUTO;
+    let attrs_verity = inactive.verity.1.attributes | ATTR_NO_AUTO;
+    table.set(
+        inactive.root.0,
+        invalid_uuid("root", table.disk_guid, inactive.slot),
+        attrs_root,
+    )?;
+    table.set(
+        inactive.verity.0,
+        invalid_uuid("verity", table.disk_guid, inactive.slot),
+        attrs_verity,
+    )?;
+    table.write(&t.disk)?;
+    log(&format!(
+        "cairn: update: slot {} marked stale (no-auto, UUIDs cleared) before writing",
+        inactive.slot.letter()
+    ));
+
+    // 4.–6., leaving no partial UKI behind on failure.
+    let result = write_slot(&mut table, t, &inactive, reader, &partial, &linux, log);
+    if result.is_err() {
+        let _ = fs::remove_file(&partial);
+    }
+    let (m, uki, bytes) = result?;
+    Ok(Installed {
+        manifest: m,
+        slot: inactive.slot,
+        uki,
+        bytes,
+    })
+}
+
+/// Stream the payloads into the stale slot, check them, name the slot, install the UKI.
+fn write_slot(
+    table: &mut Table,
+    t: &Target,
+    inactive: &SlotParts,
+    mut reader: BundleReader<&mut dyn Read>,
+    partial: &Path,
+    linux: &Path,
+    log: &mut dyn FnMut(&str),
+) -> Result<(BundleManifest, String, u64), UpdateError> {
+    let m = reader.manifest().clone();
+    let attrs_root = inactive.root.1.attributes | ATTR_NO_AUTO;
+    let attrs_verity = inactive.verity.1.attributes | ATTR_NO_AUTO;
+    let started = std::time::Instant::now();
+    let mut progress = |p: &cairn_signing::Payload, done: u64| {
+        log(&format!(
+            "cairn: update: {} {}/{} MiB",
+            p.name,
+            done >> 20,
+            p.size.div_ceil(1 << 20)
+        ));
+    };
+    for part in [&inactive.root.1, &inactive.verity.1] {
+        let mut w = PartitionWriter {
+            file: &table.file,
+            start: part.offset(),
+            len: part.size(),
+            pos: 0,
+        };
+        reader.next_payload(&mut w, &mut progress)?;
+    }
+    table.file.sync_data().map_err(io_at("syncing", &t.disk))?;
+    let mut uki_file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(partial)
+        .map_err(io_at("creating", partial))?;
+    reader.next_payload(&mut uki_file, &mut progress)?;
+    uki_file.sync_all().map_err(io_at("syncing", partial))?;
+    drop(uki_file);
+    let bytes = reader.position();
+    reader.finish()?;
+    log(&format!(
+        "cairn: update: {} MiB received and written in {:.1}s, every payload's sha256 matches",
+        bytes >> 20,
+        started.elapsed().as_secs_f64()
+    ));
+    check_written(table, inactive, &m, partial)?;
+    log("cairn: update: verity tree gives the signed root hash; UKI boots it");
+
+    // 5. Name the slot.
+    let hash: [u8; 32] = hex::decode(&m.root_hash)
+        .ok()
+        .and_then(|v| v.try_into().ok())
+        .expect("a checked manifest has a 32-byte root hash");
+    table.set(
+        inactive.root.0,
+        Guid(hash[..16].try_into().expect("16")),
+        attrs_root & !ATTR_NO_AUTO,
+    )?;
+    table.set(
+        inactive.verity.0,
+        Guid(hash[16..].try_into().expect("16")),
+        attrs_verity & !ATTR_NO_AUTO,
+    )?;
+    table.write(&t.disk)?;
+
+    // 6. Install the UKI.
+    let uki = format!("cairn_{}+{TRIES}.efi", m.version);
+    let dest = linux.join(&uki);
+    fs::rename(partial, &dest).map_err(io_at("installing", &dest))?;
+    sync_dir(linux)?;
+    let _ = fs::remove_file(t.state_dir.join(format!("failed-{}", m.version)));
+    let mut note = String::new();
+    let _ = write!(
+        note,
+        "cairn: update: installed {} {} into slot {} as {uki}; the next boot tries it ({TRIES} tries, then {} again)",
+        m.name,
+        m.version,
+        inactive.slot.letter(),
+        t.version
+    );
+    log(&note);
+    Ok((m, uki, bytes))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), UpdateError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_at("syncing", dir))
+}
+
+/// After streaming: the written hash device's superblock and top block against the
+/// manifest, and the UKI's command line.
+fn check_written(table: &Table, slot: &SlotParts, m: &BundleManifest, uki: &Path) -> Result<(), UpdateError> {
+    let bad = |s: String| Err(UpdateError::Refused(s));
+    let mut sb = vec![0u8; 8192];
+    table
+        .file
+        .read_exact_at(&mut sb, slot.verity.1.offset())
+        .map_err(io_at("reading back", Path::new(&slot.verity.1.name)))?;
+    let salt = hex::decode(&m.verity_salt).unwrap_or_default();
+    let data_blocks = u64::from_le_bytes(sb[72..80].try_into().expect("8"));
+    if &sb[0..8] != b"verity\0\0" || sb[88..120] != salt[..] {
+        return bad("the written verity superblock does not carry the signed salt".into());
+    }
+    if data_blocks != m.payload("root").size.div_ceil(4096) {
+        return bad(format!(
+            "the verity tree covers {data_blocks} blocks, the root payload is not that size"
+        ));
+    }
+    let mut h = Sha256::new();
+    h.update(&salt);
+    h.update(&sb[4096..8192]);
+    let root = hex::encode(h.finalize());
+    if root != m.root_hash {
+        return bad(format!(
+            "the written verity tree gives root hash {root}, the bundle signs {}",
+            m.root_hash
+        ));
+    }
+    let found = uki_root_hash(uki).unwrap_or_default();
+    if found != m.root_hash {
+        return bad(format!("the bundle's UKI boots roothash={found}, not {}", m.root_hash));
+    }
+    Ok(())
+}
+
+/// A readable source: `http://…`/`https://…` streamed, or a file.
+pub fn open_source(source: &str) -> Result<Box<dyn Read>, UpdateError> {
+    if source.starts_with("http://") || source.starts_with("https://") {
+        let resp = ureq::AgentBuilder::new()
+            .timeout_connect(std::time::Duration::from_secs(30))
+            .timeout_read(std::time::Duration::from_secs(120))
+            .build()
+            .get(source)
+            .call()
+            .map_err(|e| UpdateError::Fetch {
+                url: source.to_string(),
+                detail: e.to_string(),
+            })?;
+        Ok(Box::new(io::BufReader::with_capacity(1 << 20, resp.into_reader())))
+    } else {
+        let path = Path::new(source);
+        let f = File::open(path).map_err(io_at("opening", path))?;
+        Ok(Box::new(io::BufReader::with_capacity(1 << 20, f)))
+    }
+}
+
+/// Read a small document (an index) from a URL or file, at most 1 MiB.
+pub fn fetch_small(source: &str) -> Result<Vec<u8>, UpdateError> {
+    let mut buf = Vec::new();
+    open_source(source)?
+        .take(1 << 20)
+        .read_to_end(&mut buf)
+        .map_err(|e| UpdateError::Fetch {
+            url: source.to_string(),
+            detail: e.to_string(),
+        })?;
+    Ok(buf)
+}
+
+/// What `--auto` decided.
+#[derive(Debug)]
+pub enum AutoOutcome {
+    /// Nothing to do, and why.
+    Nothing(String),
+    /// A release was installed.
+    Installed(Installed),
+}
+
+/// `cairn-node update --auto`: poll `<source>index.json` and install its latest release
+/// when it is newer than the running one and has not failed here.
+pub fn auto(t: &Target, key: &PublicKey, source: &str, log: &mut dyn FnMut(&str)) -> Result<AutoOutcome, UpdateError> {
+    let url = format!("{source}{}", cairn_signing::bundle::INDEX_FILE);
+    let index = cairn_signing::bundle::Index::parse(&fetch_small(&url)?).map_err(|detail| UpdateError::Fetch {
+        url: url.clone(),
+        detail,
+    })?;
+    if index.name != t.image {
+        return Err(UpdateError::Refused(format!(
+            "{url} lists image {:?}, this node runs {:?}",
+            index.name, t.image
+        )));
+    }
+    let latest = index.release(&index.latest).expect("a parsed index names its latest");
+    if compare_versions(&latest.version, &t.version) != std::cmp::Ordering::Greater {
+        return Ok(AutoOutcome::Nothing(format!(
+            "up to date: running {}, {url} offers {}",
+            t.version, latest.version
+        )));
+    }
+    let bundle_url = format!("{source}{}", latest.file);
+    if failed_versions(&t.state_dir).iter().any(|(v, _)| *v == latest.version) {
+        return Ok(AutoOutcome::Nothing(format!(
+            "{} failed on this node before; waiting for a newer release (to retry it: cairn-node update --force {bundle_url})",
+            latest.version
+        )));
+    }
+    log(&format!(
+        "cairn: update: {url} offers {}, running {}",
+        latest.version, t.version
+    ));
+    let mut input = open_source(&bundle_url)?;
+    install(t, key, &mut input, &Options::default(), log).map(AutoOutcome::Installed)
+}
+
+/// What `--status` reports.
+pub fn status(t: &Target) -> Result<String, UpdateError> {
+    let table = t.table(false)?;
+    let entries = entries(&t.esp)?;
+    let running_hex = t.running_hex();
+    let mut s = String::new();
+    let running_entry = entries
+        .iter()
+        .find(|e| e.root_hash.as_deref() == Some(running_hex.as_str()));
+    let state = match running_entry {
+        Some(e) if e.blessed() => "blessed".to_string(),
+        Some(e) => format!(
+            "NOT blessed yet: {} (boot {} of {})",
+            e.file,
+            e.tries_done.unwrap_or(0),
+            e.tries_done.unwrap_or(0) + e.tries_left.unwrap_or(0)
+        ),
+        None => "no UKI on the ESP boots it".into(),
+    };
+    let _ = writeln!(
+        s,
+        "running  {} {} from slot {} ({state})",
+        t.image,
+        t.version,
+        table.running.slot.letter()
+    );
+    let _ = writeln!(s, "         root hash {running_hex}");
+    let inactive_uuid = table.inactive.root.1.uuid;
+    let mut other = false;
+    for e in entries
+        .iter()
+        .filter(|e| e.root_hash.as_deref() != Some(running_hex.as_str()))
+    {
+        other = true;
+        let in_slot = e
+            .root_hash
+            .as_deref()
+            .and_then(|h| hex::decode(h).ok())
+            .is_some_and(|h| h.len() == 32 && h[..16] == inactive_uuid.0);
+        let where_ = if in_slot {
+            format!("slot {}", table.inactive.slot.letter())
+        } else {
+            "no slot holds its root".into()
+        };
+        let what = if e.exhausted() {
+            format!("FAILED: out of tries after {} failed boots", e.tries_done.unwrap_or(0))
+        } else if e.blessed() {
+            "good (the fallback)".into()
+        } else {
+            format!("to be tried: {} tries left", e.tries_left.unwrap_or(0))
+        };
+        let _ = writeln!(s, "other    {} in {where_}: {what} ({})", e.version, e.file);
+    }
+    if !other {
+        let _ = writeln!(s, "other    slot {}: nothing bootable", table.inactive.slot.letter());
+    }
+    for (v, why) in failed_versions(&t.state_dir) {
+        for line in why.lines() {
+            let _ = writeln!(s, "failed   {v}: {line}");
+        }
+    }
+    Ok(s)
+}
+
+/// Whether this boot is a counted try of a not yet blessed entry (systemd-boot set
+/// `LoaderBootCountPath`), and that entry's file name.
+pub fn counted_boot(root: &Path) -> Option<String> {
+    let raw = fs::read(root.join(BOOT_COUNT_VAR.trim_start_matches('/'))).ok()?;
+    let units: Vec<u16> = raw
+        .get(4..)?
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .take_while(|&u| u != 0)
+        .collect();
+    let path = String::from_utf16_lossy(&units);
+    let file = path.rsplit(['\\', '/']).next()?.to_string();
+    Some(file)
+}
+
+/// A health gate failed: on a counted boot of a new version, record why and reboot so
+/// systemd-boot counts the try (and, after the last, boots the previous version). Returns
+/// the lines to log; on an uncounted boot nothing happens (a blessed version never
+/// reboot-loops on a gate).
+pub fn on_gate_failure(root: &Path, line: &str) -> Vec<String> {
+    let Some(file) = counted_boot(root) else {
+        return vec![];
+    };
+    let Some(entry) = Entry::from_file_name(&file) else {
+        return vec![];
+    };
+    if entry.blessed() {
+        return vec![];
+    }
+    let state = root.join(STATE_DIR.trim_start_matches('/'));
+    let mut out = vec![];
+    if let Err(e) = fs::create_dir_all(&state).and_then(|_| record_failure(&state, &entry.version, line)) {
+        out.push(format!("cairn: could not record the failure of {}: {e}", entry.version));
+    }
+    out.push(format!(
+        "cairn: {} is on a counted try ({}) and a health gate failed: rebooting so systemd-boot counts it",
+        entry.version, file
+    ));
+    out
+}
+
+/// Compute the sha256 of a file (for `cairn publish`-style indexes and tests).
+pub fn sha256_file(path: &Path) -> io::Result<String> {
+    let mut f = File::open(path)?;
+    let mut h = Sha256::new();
+    io::copy(&mut f, &mut h)?;
+    Ok(hex::encode(h.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_names() {
+        let e = Entry::from_file_name("cairn_0.2.0+3.efi").unwrap();
+        assert_eq!(
+            (e.version.as_str(), e.tries_left, e.tries_done),
+            ("0.2.0", Some(3), Some(0))
+        );
+        assert!(!e.blessed() && !e.exhausted());
+        let e = Entry::from_file_name("cairn_0.2.0+0-3.efi").unwrap();
+        assert_eq!((e.tries_left, e.tries_done), (Some(0), Some(3)));
+        assert!(e.exhausted());
+        let e = Entry::from_file_name("cairn_0.1.0.efi").unwrap();
+        assert!(e.blessed());
+        assert_eq!(Entry::from_file_name("cairn-update.partial"), None);
+        assert_eq!(Entry::from_file_name("cairn_0.2.0+x.efi"), None);
+        assert_eq!(Entry::from_file_name("other_1.efi"), None);
+    }
+
+    #[test]
+    fn counted_boot_reads_the_efi_variable() {
+        let dir = tempfile::tempdir().unwrap();
+        let var = dir.path().join(BOOT_COUNT_VAR.trim_start_matches('/'));
+        fs::create_dir_all(var.parent().unwrap()).unwrap();
+        let mut raw = vec![7, 0, 0, 0];
+        for u in "\\EFI\\Linux\\cairn_0.2.0+2-1.efi\0".encode_utf16() {
+            raw.extend(u.to_le_bytes());
+        }
+        fs::write(&var, raw).unwrap();
+        assert_eq!(counted_boot(dir.path()).as_deref(), Some("cairn_0.2.0+2-1.efi"));
+        let lines = on_gate_failure(dir.path(), "cairn: health gate etcd FAILED after 5s: x");
+        assert!(lines[0].contains("rebooting"), "{lines:?}");
+        let failed = failed_versions(&dir.path().join(STATE_DIR.trim_start_matches('/')));
+        assert_eq!(failed[0].0, "0.2.0");
+        assert!(failed[0].1.contains("etcd FAILED"));
+        fs::remove_file(&var).unwrap();
+        assert!(on_gate_failure(dir.path(), "x").is_empty());
+    }
+}
