@@ -354,6 +354,11 @@ impl Vm {
         self.wait_inner(0, needle, timeout, false)
     }
 
+    /// [`Vm::wait_for_line`], looking only at lines from `from` on.
+    pub fn wait_for_line_from(&mut self, from: usize, needle: &str, timeout: Duration) -> Result<usize, VmError> {
+        self.wait_inner(from, needle, timeout, false)
+    }
+
     fn wait_inner(&mut self, from: usize, needle: &str, timeout: Duration, partial: bool) -> Result<usize, VmError> {
         let deadline = Instant::now() + timeout;
         let (lock, cv) = &*self.console;

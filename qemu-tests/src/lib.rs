@@ -39,27 +39,32 @@ pub fn cairn_bin() -> PathBuf {
     p
 }
 
-/// The built test image directory (disk.raw, manifest.json).
+/// The built test image directory (disk.raw, manifest.json, update.cairn): version 0.1.0.
 pub fn test_image() -> &'static Path {
     static IMAGE: OnceLock<PathBuf> = OnceLock::new();
-    IMAGE.get_or_init(|| {
-        let out = workspace().join("target/qemu-tests/node");
-        let ws = workspace();
-        let status = Command::new(cairn_bin())
-            .current_dir(&ws)
-            .args([
-                "build",
-                "images/node.toml",
-                "--overlay",
-                "qemu-tests/overlays/console-root",
-                "--out",
-            ])
-            .arg(&out)
-            .status()
-            .expect("running cairn build");
-        assert!(status.success(), "building the test image failed");
-        out
-    })
+    IMAGE.get_or_init(|| build_image("node", &[]))
+}
+
+/// Build the default definition with the console overlay plus `extra` arguments into
+/// `target/qemu-tests/<name>` with the real `cairn` (same signing key as the test image).
+pub fn build_image(name: &str, extra: &[&str]) -> PathBuf {
+    let out = workspace().join("target/qemu-tests").join(name);
+    let ws = workspace();
+    let status = Command::new(cairn_bin())
+        .current_dir(&ws)
+        .args([
+            "build",
+            "images/node.toml",
+            "--overlay",
+            "qemu-tests/overlays/console-root",
+        ])
+        .args(extra)
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .expect("running cairn build");
+    assert!(status.success(), "building the test image {name} failed");
+    out
 }
 
 /// The manifest of the test image.
@@ -218,4 +223,53 @@ pub fn disk_with_saved_config(tag: &str, node_toml: &str) -> (tempfile::TempDir,
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && !text.contains("rror"), "debugfs: {text}");
     (dir, disk)
+}
+
+/// `python3 -m http.server` serving `dir` on 127.0.0.1 (the guest reaches it as
+/// 10.0.2.2 through QEMU's user network); stopped when dropped.
+pub struct HttpServer {
+    child: std::process::Child,
+    /// The port.
+    pub port: u16,
+}
+
+impl HttpServer {
+    /// Serve `dir` and wait until the port answers.
+    pub fn start(dir: &Path) -> HttpServer {
+        let port = free_port();
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--directory",
+            ])
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting python3 -m http.server");
+        let server = HttpServer { child, port };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return server;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("python3 -m http.server did not listen on {port}");
+    }
+
+    /// The URL of `file` as the guest sees it.
+    pub fn guest_url(&self, file: &str) -> String {
+        format!("http://10.0.2.2:{}/{file}", self.port)
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
