@@ -52,6 +52,10 @@ enum Command {
         /// Image version; overrides `[image] version` (e.g. a release pipeline's tag).
         #[arg(long, value_name = "VERSION")]
         image_version: Option<String>,
+        /// A kernel command line word appended to `[kernel] cmdline` (repeatable), e.g.
+        /// `systemd.log_level=debug` for a debugging build.
+        #[arg(long, value_name = "WORD")]
+        cmdline: Vec<String>,
     },
     /// Boot a built image under QEMU with UEFI firmware (OVMF).
     ///
@@ -210,6 +214,7 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
             key,
             overlay,
             image_version,
+            cmdline,
         } => {
             let mut def = Definition::load(&definition)?;
             if let Some(v) = image_version {
@@ -219,6 +224,12 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
                     );
                 }
                 def.version = v;
+            }
+            for w in cmdline {
+                if let Err(why) = crate::definition::valid_cmdline_word(&w) {
+                    bail!("--cmdline: {why}");
+                }
+                def.cmdline.push(w);
             }
             for o in overlay {
                 if !o.is_dir() {

@@ -193,9 +193,21 @@ pub fn render_os_release(name: &str, version: &str) -> String {
     )
 }
 
-/// The kernel command line: Cairn's `roothash=` first, then the definition's words.
+/// Words Cairn puts on every command line after `roothash=`, so that a release that fails
+/// in the initrd (root device missing, verity failing, a broken `root=`) reboots within
+/// minutes instead of waiting in an emergency shell: systemd-boot counts that as a failed
+/// try and, after the last, boots the previous version. A definition can override them
+/// (later words win), e.g. `rd.shell=1` for an interactive debugging build.
+pub const EARLY_FAILURE_WORDS: [&str; 3] = ["rd.shell=0", "rd.emergency=reboot", "rd.timeout=120"];
+
+/// The kernel command line: Cairn's `roothash=` and [`EARLY_FAILURE_WORDS`] first, then the
+/// definition's words.
 pub fn render_cmdline(root_hash: &str, extra: &[String]) -> String {
     let mut s = format!("roothash={root_hash}");
+    for w in EARLY_FAILURE_WORDS {
+        s.push(' ');
+        s.push_str(w);
+    }
     for w in extra {
         s.push(' ');
         s.push_str(w);
@@ -283,7 +295,10 @@ mod tests {
         assert!(os.contains("IMAGE_ID=node\nIMAGE_VERSION=1.2\n"));
         assert_eq!(
             render_cmdline(&"ab".repeat(32), &["console=ttyS0".into()]),
-            format!("roothash={} console=ttyS0", "ab".repeat(32))
+            format!(
+                "roothash={} rd.shell=0 rd.emergency=reboot rd.timeout=120 console=ttyS0",
+                "ab".repeat(32)
+            )
         );
         assert_eq!(uki_file_name("1.2"), "cairn_1.2.efi");
         assert!(Path::new(IMAGE_PUBLIC_KEY_PATH).is_relative());

@@ -99,7 +99,9 @@ fn disk_passes_the_reference_tools() {
     );
     assert!(sections.contains("file format pei-x86-64"));
     let text = String::from_utf8_lossy(&uki);
-    assert!(text.contains(&format!("roothash={root_hash} console=ttyS0 quiet")));
+    assert!(text.contains(&format!(
+        "roothash={root_hash} rd.shell=0 rd.emergency=reboot rd.timeout=120 console=ttyS0 quiet"
+    )));
     assert!(text.contains("IMAGE_VERSION=1.2.3"));
 
     // State: a clean, labelled ext4.

@@ -175,7 +175,7 @@ fn plan_writes_nothing_and_shows_the_layout() {
         "root-b",
         "verity-b",
         "state",
-        "roothash=<root hash> console=ttyS0 quiet",
+        "roothash=<root hash> rd.shell=0 rd.emergency=reboot rd.timeout=120 console=ttyS0 quiet",
         "release.pem (from the definition)",
     ] {
         assert!(text.contains(needle), "{needle} missing:\n{text}");

@@ -418,3 +418,75 @@ fn publish_lays_out_bundles_and_an_index_for_a_static_server() {
     assert!(!o.status.success());
     assert_eq!(fs::read(to.join("test/index.json")).unwrap(), before);
 }
+
+#[test]
+fn a_disk_grown_by_systemd_repart_updates_too() {
+    require(&["sfdisk", "sgdisk"]);
+    let r = releases();
+    let key = key(&r);
+    let t = node(&r, &r.v1, "grown");
+    // What first boot does on a bigger disk: the backup table moves to the new end and the
+    // state partition (number 6) grows into the space (here with sfdisk, as repart would).
+    let f = fs::OpenOptions::new().write(true).open(&t.disk).unwrap();
+    let size = f.metadata().unwrap().len();
+    f.set_len(size + (64 << 20)).unwrap();
+    drop(f);
+    run_ok(Command::new("sfdisk").args(["--relocate", "gpt-bak-std"]).arg(&t.disk));
+    let mut grow = Command::new("sfdisk");
+    grow.args(["--no-reread", "--no-tell-kernel", "-N", "6"]).arg(&t.disk);
+    grow.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let mut child = grow.spawn().unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b",+\n").unwrap();
+    assert!(child.wait().unwrap().success());
+    let state_before = &sfdisk_parts(&t.disk)[5];
+    let (_, state_len) = partition(&manifest(&r.v1), "state");
+    assert!(
+        state_before["size"].as_u64().unwrap() * 512 > state_len,
+        "{state_before}"
+    );
+    let bundle = fs::read(r.v2.join("update.cairn")).unwrap();
+    install(&t, &key, &bundle, false).unwrap();
+    let v = run_ok(Command::new("sgdisk").arg("-v").arg(&t.disk));
+    assert!(v.contains("No problems found"), "{v}");
+    let parts = sfdisk_parts(&t.disk);
+    assert_eq!(&parts[5], state_before, "the grown state partition is kept as it is");
+    let h2 = manifest(&r.v2)["root-hash"].as_str().unwrap().to_string();
+    assert_eq!(uuid(&parts[3]), h2[..32]);
+}
+
+#[test]
+fn a_version_out_of_tries_is_reported_and_not_taken_again() {
+    let r = releases();
+    let key = key(&r);
+    let t = node(&r, &r.v1, "exhausted");
+    let bundle = fs::read(r.v2.join("update.cairn")).unwrap();
+    install(&t, &key, &bundle, false).unwrap();
+    // systemd-boot spent all three tries without a health gate ever running (an initrd
+    // that could not mount its root, say) and booted 0.1.0 again.
+    fs::rename(
+        t.esp.join("EFI/Linux/cairn_0.2.0+3.efi"),
+        t.esp.join("EFI/Linux/cairn_0.2.0+0-3.efi"),
+    )
+    .unwrap();
+    let status = update::status(&t).unwrap();
+    assert!(
+        status.contains("other    0.2.0 in slot b: FAILED: out of tries after 3 failed boots"),
+        "{status}"
+    );
+    assert!(status.contains("failed   0.2.0: no health gate reported"), "{status}");
+    let err = install(&t, &key, &bundle, false).unwrap_err().to_string();
+    assert!(
+        err.contains("0.2.0 already failed on this node (cairn_0.2.0+0-3.efi: out of boot tries"),
+        "{err}"
+    );
+    assert_eq!(
+        esp_files(&t),
+        ["cairn_0.1.0.efi", "cairn_0.2.0+0-3.efi"],
+        "refused before touching the ESP"
+    );
+    // Forced, it is written again and gets fresh tries.
+    install(&t, &key, &bundle, true).unwrap();
+    assert_eq!(esp_files(&t), ["cairn_0.1.0.efi", "cairn_0.2.0+3.efi"]);
+}

@@ -419,6 +419,18 @@ pub fn failed_versions(state_dir: &Path) -> Vec<(String, String)> {
     out
 }
 
+/// Record every UKI systemd-boot gave up on (out of tries) as a failed version.
+fn record_exhausted(t: &Target, entries: &[Entry]) {
+    for e in entries.iter().filter(|e| e.exhausted()) {
+        let why = format!(
+            "{}: out of boot tries ({} failed boots)",
+            e.file,
+            e.tries_done.unwrap_or(0)
+        );
+        let _ = record_failure(&t.state_dir, &e.version, &why);
+    }
+}
+
 /// Record that `version` failed and why (appending to what is known).
 pub fn record_failure(state_dir: &Path, version: &str, why: &str) -> io::Result<()> {
     let path = state_dir.join(format!("failed-{version}"));
@@ -456,14 +468,7 @@ pub fn install(
             )));
         }
     }
-    for e in entries.iter().filter(|e| e.exhausted()) {
-        let why = format!(
-            "{}: out of boot tries ({} failed boots)",
-            e.file,
-            e.tries_done.unwrap_or(0)
-        );
-        let _ = record_failure(&t.state_dir, &e.version, &why);
-    }
+    record_exhausted(t, &entries);
     let inactive = table.inactive.clone();
     log(&format!(
         "cairn: update: running {} {} from slot {}; slot {} is inactive",
@@ -484,6 +489,17 @@ pub fn install(
         return Err(UpdateError::Refused(format!(
             "the bundle is for image {:?}, this node runs {:?}",
             m.name, t.image
+        )));
+    }
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "x86-64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    if m.architecture != arch {
+        return Err(UpdateError::Refused(format!(
+            "the bundle is built for {}, this node is {arch}",
+            m.architecture
         )));
     }
     if m.root_hash == running_hex {
@@ -776,6 +792,7 @@ pub fn auto(t: &Target, key: &PublicKey, source: &str, log: &mut dyn FnMut(&str)
         )));
     }
     let bundle_url = format!("{source}{}", latest.file);
+    record_exhausted(t, &entries(&t.esp)?);
     if failed_versions(&t.state_dir).iter().any(|(v, _)| *v == latest.version) {
         return Ok(AutoOutcome::Nothing(format!(
             "{} failed on this node before; waiting for a newer release (to retry it: cairn-node update --force {bundle_url})",
@@ -846,9 +863,22 @@ pub fn status(t: &Target) -> Result<String, UpdateError> {
     if !other {
         let _ = writeln!(s, "other    slot {}: nothing bootable", table.inactive.slot.letter());
     }
-    for (v, why) in failed_versions(&t.state_dir) {
+    let recorded = failed_versions(&t.state_dir);
+    for (v, why) in &recorded {
         for line in why.lines() {
             let _ = writeln!(s, "failed   {v}: {line}");
+        }
+    }
+    for e in entries.iter().filter(|e| e.exhausted()) {
+        let gate = recorded
+            .iter()
+            .any(|(v, why)| *v == e.version && why.contains("health gate"));
+        if !gate {
+            let _ = writeln!(
+                s,
+                "failed   {}: no health gate reported: it failed before reaching them (kernel, initrd or early boot; see its console)",
+                e.version
+            );
         }
     }
     Ok(s)
