@@ -18,6 +18,9 @@ commands:
   ready                          print the ready line (run by cairn-ready.service)
   gate-failed GATE               after GATE failed: on a counted try of a new version,
                                  record why and reboot (cairn-gate-failed@GATE.service)
+  boot-deadline                  on a counted try, reboot if boot-complete.target is not
+                                 reached within cairn.boot_deadline= seconds of boot
+                                 (default 900; cairn-boot-deadline.service)
   update SOURCE [--force] [--reboot]
                                  install the signed bundle at SOURCE (https://, http://
                                  or a file) into the inactive slot; --force allows a
@@ -218,6 +221,41 @@ fn main() -> ExitCode {
                     );
                     ExitCode::FAILURE
                 }
+            }
+        }
+        ["boot-deadline"] => {
+            let root = Path::new("/");
+            let Some(file) = update::counted_boot(root) else {
+                println!("cairn: boot deadline: not a counted boot; nothing to watch");
+                return ExitCode::SUCCESS;
+            };
+            let sys = cairn_node::system::Root::default();
+            let Some(limit) = update::boot_deadline(&sys.cmdline().unwrap_or_default()) else {
+                println!("cairn: boot deadline: off (cairn.boot_deadline=0)");
+                return ExitCode::SUCCESS;
+            };
+            println!(
+                "cairn: boot deadline: {file} must reach boot-complete.target within {}s of boot",
+                limit.as_secs()
+            );
+            loop {
+                let reached = std::process::Command::new("systemctl")
+                    .args(["is-active", "--quiet", "boot-complete.target"])
+                    .status()
+                    .is_ok_and(|s| s.success());
+                let up = sys.uptime().unwrap_or(0.0);
+                if reached {
+                    println!("cairn: boot deadline: boot-complete.target reached {up:.1}s after boot");
+                    return ExitCode::SUCCESS;
+                }
+                if up >= limit.as_secs_f64() {
+                    update::on_deadline(root, &file, limit)
+                        .iter()
+                        .for_each(|l| println!("{l}"));
+                    reboot();
+                    return ExitCode::FAILURE;
+                }
+                std::thread::sleep(Duration::from_secs(2));
             }
         }
         ["ready"] => {

@@ -925,6 +925,41 @@ pub fn on_gate_failure(root: &Path, line: &str) -> Vec<String> {
     out
 }
 
+/// How long a counted try may take to reach `boot-complete.target`, from the kernel
+/// command line's `cairn.boot_deadline=SECONDS` (default 900 s; 0 turns it off).
+pub fn boot_deadline(cmdline: &str) -> Option<std::time::Duration> {
+    let secs = cmdline
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("cairn.boot_deadline="))
+        .next_back()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(DEFAULT_BOOT_DEADLINE);
+    (secs > 0).then(|| std::time::Duration::from_secs(secs))
+}
+
+/// [`boot_deadline`]'s default: generous for a slow node, short enough that a hung try
+/// does not keep a node out of service for long.
+pub const DEFAULT_BOOT_DEADLINE: u64 = 900;
+
+/// A counted try did not reach `boot-complete.target` in time: record why (when /var is
+/// writable) and return the lines to log before rebooting.
+pub fn on_deadline(root: &Path, file: &str, limit: std::time::Duration) -> Vec<String> {
+    let version = Entry::from_file_name(file).map_or_else(|| file.to_string(), |e| e.version);
+    let why = format!(
+        "cairn: {version} did not reach boot-complete.target within {}s (cairn.boot_deadline)",
+        limit.as_secs()
+    );
+    let state = root.join(STATE_DIR.trim_start_matches('/'));
+    let mut out = vec![why.clone()];
+    if let Err(e) = fs::create_dir_all(&state).and_then(|_| record_failure(&state, &version, &why)) {
+        out.push(format!("cairn: could not record the failure of {version}: {e}"));
+    }
+    out.push(format!(
+        "cairn: {version} is on a counted try ({file}) and is not healthy in time: rebooting so systemd-boot counts it"
+    ));
+    out
+}
+
 /// Compute the sha256 of a file (for `cairn publish`-style indexes and tests).
 pub fn sha256_file(path: &Path) -> io::Result<String> {
     let mut f = File::open(path)?;
@@ -936,6 +971,31 @@ pub fn sha256_file(path: &Path) -> io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn boot_deadline_from_the_command_line() {
+        use std::time::Duration;
+        assert_eq!(boot_deadline("roothash=ab quiet"), Some(Duration::from_secs(900)));
+        assert_eq!(boot_deadline("cairn.boot_deadline=60"), Some(Duration::from_secs(60)));
+        assert_eq!(
+            boot_deadline("cairn.boot_deadline=60 cairn.boot_deadline=120"),
+            Some(Duration::from_secs(120)),
+            "the last word wins"
+        );
+        assert_eq!(boot_deadline("cairn.boot_deadline=0"), None);
+        assert_eq!(
+            boot_deadline("cairn.boot_deadline=soon"),
+            Some(Duration::from_secs(900))
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let lines = on_deadline(dir.path(), "cairn_0.4.0+1-2.efi", Duration::from_secs(60));
+        assert!(
+            lines[0].contains("0.4.0 did not reach boot-complete.target within 60s"),
+            "{lines:?}"
+        );
+        let failed = failed_versions(&dir.path().join(STATE_DIR.trim_start_matches('/')));
+        assert_eq!(failed[0].0, "0.4.0");
+    }
 
     #[test]
     fn entry_names() {

@@ -2,7 +2,8 @@
 //! 0.1.0 refuses tampered bundles, survives being killed in the middle of writing, takes
 //! 0.2.0 over HTTP from `python3 -m http.server`, boots the new slot and blesses it; a
 //! release whose health gate cannot pass, published with `cairn publish` and found by the
-//! node's update timer service, is tried three times and rolled back.
+//! node's update timer service, is tried three times and rolled back; a release that
+//! hangs before it is healthy has its try ended by the boot deadline.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -33,6 +34,24 @@ fn broken() -> &'static Path {
                 "0.3.0",
                 "--overlay",
                 "qemu-tests/overlays/broken-etcd",
+            ],
+        )
+    })
+}
+
+/// 0.4.0: a release whose containerd gate hangs, with a one-minute boot deadline.
+fn hanging() -> &'static Path {
+    static V: OnceLock<PathBuf> = OnceLock::new();
+    V.get_or_init(|| {
+        build_image(
+            "node-0.4.0-hangs",
+            &[
+                "--image-version",
+                "0.4.0",
+                "--overlay",
+                "qemu-tests/overlays/hang-gate",
+                "--cmdline",
+                "cairn.boot_deadline=60",
             ],
         )
     })
@@ -242,6 +261,7 @@ fn publish(out: &Path, to: &Path) {
 #[test]
 fn a_release_whose_gate_fails_is_tried_three_times_then_rolled_back() {
     let broken = broken();
+    let hanging = hanging();
     // The node polls a published directory through its timer's service, with
     // [update] from its saved node config, and reboots by itself.
     let served = tempfile::tempdir().unwrap();
@@ -313,6 +333,37 @@ fn a_release_whose_gate_fails_is_tried_three_times_then_rolled_back() {
         "{out}"
     );
     assert_eq!(esp_files(&mut vm), ["cairn_0.1.0.efi", "cairn_0.3.0+0-3.efi"]);
+
+    // 0.4.0 hangs instead of failing (a gate that never finishes): the boot deadline
+    // (cairn.boot_deadline=60 on its command line) ends the try and reboots, and the
+    // next try is counted.
+    publish(hanging, served.path());
+    let from = vm.lines().len();
+    vm.send_line("systemctl start cairn-update.service").unwrap();
+    vm.wait_for_from(from, "rebooting into 0.4.0 now", Duration::from_secs(600))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let first = vm
+        .wait_for_from(from, "BdsDxe", Duration::from_secs(300))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let late = vm
+        .wait_for_line_from(first, "did not reach boot-complete.target within 60s", BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("no boot deadline: {e}"));
+    let second = vm
+        .wait_for_from(late, "BdsDxe", Duration::from_secs(300))
+        .unwrap_or_else(|e| panic!("no reboot after the deadline: {e}"));
+    vm.wait_for_line_from(second, "boot deadline: cairn_0.4.0+1-2.efi must reach", BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    vm.wait_for_from(second, "root@", Duration::from_secs(300))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let status = run_ok(&mut vm, "cairn-node update --status");
+    assert!(
+        status.contains("running  node 0.4.0 from slot b (NOT blessed yet: cairn_0.4.0+1-2.efi (boot 2 of 3))"),
+        "{status}"
+    );
+    assert!(
+        status.contains("failed   0.4.0: cairn: 0.4.0 did not reach boot-complete.target within 60s"),
+        "{status}"
+    );
     vm.kill();
     eprintln!("rollback: from `systemctl start cairn-update.service` to 0.1.0 ready again after three failed tries of 0.3.0: {rollback:.1} s");
 }
