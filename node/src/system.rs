@@ -41,15 +41,7 @@ pub fn roothash_from_cmdline(cmdline: &str) -> Option<[u8; 32]> {
 
 /// The partition UUID systemd derives from a root hash for the data partition.
 pub fn root_partuuid(hash: &[u8; 32]) -> String {
-    let h = hex::encode(&hash[..16]);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    cairn_disk::guid::Guid(hash[..16].try_into().expect("16 bytes")).to_string()
 }
 
 /// A `KEY=value` field of an os-release file (quotes removed).

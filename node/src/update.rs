@@ -960,14 +960,6 @@ pub fn on_deadline(root: &Path, file: &str, limit: std::time::Duration) -> Vec<S
     out
 }
 
-/// Compute the sha256 of a file (for `cairn publish`-style indexes and tests).
-pub fn sha256_file(path: &Path) -> io::Result<String> {
-    let mut f = File::open(path)?;
-    let mut h = Sha256::new();
-    io::copy(&mut f, &mut h)?;
-    Ok(hex::encode(h.finalize()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,15 +9,15 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-fn openssl(dir: &Path, args: &[&str]) {
+fn openssl(dir: &Path, args: &str) {
     let o = Command::new("openssl")
         .current_dir(dir)
-        .args(args)
+        .args(args.split_whitespace())
         .output()
         .expect("running openssl");
     assert!(
         o.status.success(),
-        "openssl {args:?}: {}",
+        "openssl {args}: {}",
         String::from_utf8_lossy(&o.stderr)
     );
 }
@@ -26,38 +26,14 @@ fn openssl(dir: &Path, args: &[&str]) {
 fn https_sources_are_verified_against_the_trust_store() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
+    // A throwaway CA and a server certificate it signs for localhost.
     openssl(
         d,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ed25519",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=Cairn test CA",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-        ],
+        "req -x509 -newkey ed25519 -nodes -days 2 -subj /CN=cairn-test-ca -keyout ca.key -out ca.pem",
     );
     openssl(
         d,
-        &[
-            "req",
-            "-newkey",
-            "ed25519",
-            "-nodes",
-            "-subj",
-            "/CN=localhost",
-            "-keyout",
-            "srv.key",
-            "-out",
-            "srv.csr",
-        ],
+        "req -newkey ed25519 -nodes -subj /CN=localhost -keyout srv.key -out srv.csr",
     );
     std::fs::write(
         d.join("ext.cnf"),
@@ -66,46 +42,15 @@ fn https_sources_are_verified_against_the_trust_store() {
     .unwrap();
     openssl(
         d,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "srv.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-            "-out",
-            "srv.pem",
-        ],
+        "x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile ext.cnf -out srv.pem",
     );
     let payload: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
     std::fs::write(d.join("bundle.bin"), &payload).unwrap();
     // An untrusted server: a self-signed certificate for the same name.
     openssl(
         d,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ed25519",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost",
-            "-keyout",
-            "rogue.key",
-            "-out",
-            "rogue.pem",
-        ],
+        "req -x509 -newkey ed25519 -nodes -days 2 -subj /CN=localhost -addext subjectAltName=DNS:localhost \
+         -keyout rogue.key -out rogue.pem",
     );
     let serve = |cert: &str, key: &str| {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
