@@ -272,11 +272,12 @@ fn without_a_node_config_the_image_is_a_healthy_single_node() {
 #[test]
 fn a_failing_health_gate_keeps_boot_complete_from_being_reached() {
     // etcd told to listen for peers on an address this node does not have: it cannot
-    // start, so its gate cannot pass (within the 20 s this config allows it).
+    // start, systemd restarts it five times and gives up, and the gate fails as soon as
+    // it sees that, well before the 120 s this config allows it.
     let (_dir, disk) = disk_with_saved_config(
         "gate",
         "version = 1\ngeneration = 2\nhostname = \"broken-1\"\n\
-         [etcd]\npeer-urls = [\"http://10.99.0.1:2380\"]\n[health]\netcd = 20\n",
+         [etcd]\npeer-urls = [\"http://10.99.0.1:2380\"]\n[health]\netcd = 120\n",
     );
     let _slot = vm_slot();
     let mut vm = boot(&disk);
@@ -285,8 +286,25 @@ fn a_failing_health_gate_keeps_boot_complete_from_being_reached() {
         .unwrap_or_else(|e| panic!("{e}"));
     let line = vm.lines()[at].1.clone();
     assert!(
-        line.contains("after 20s") && line.contains("GET http://127.0.0.1:2381/health"),
+        line.contains("etcd.service failed and systemd stopped restarting it")
+            && line.contains("last check: GET http://127.0.0.1:2381/health"),
         "{line}"
+    );
+    let secs: u64 = line
+        .split("FAILED after ")
+        .nth(1)
+        .and_then(|r| r.split('s').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no time in {line}"));
+    assert!(secs < 120, "the gate waited out its limit: {line}");
+    // This version is not on a counted try, so nothing reboots: the node stays up.
+    let note = vm
+        .wait_for_line_from(at, "not on a counted try", Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        vm.lines()[note].1.contains("health gate etcd failed"),
+        "{}",
+        vm.lines()[note].1
     );
     vm.wait_for("root@broken-1", Duration::from_secs(300))
         .unwrap_or_else(|e| panic!("{e}"));
@@ -309,5 +327,11 @@ fn a_failing_health_gate_keeps_boot_complete_from_being_reached() {
         !vm.lines().iter().any(|(_, l)| l.contains("cairn: ready ")),
         "the ready line came without boot-complete.target"
     );
+    let boots = vm
+        .lines()
+        .iter()
+        .filter(|(_, l)| l.contains("BdsDxe: starting"))
+        .count();
+    assert_eq!(boots, 1, "a failed gate on an uncounted boot must not reboot");
     vm.kill();
 }

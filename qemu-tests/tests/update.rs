@@ -39,7 +39,7 @@ fn broken() -> &'static Path {
     })
 }
 
-/// 0.4.0: a release whose containerd gate hangs, with a one-minute boot deadline.
+/// 0.4.0: a release whose containerd gate hangs, with a 90-second boot deadline.
 fn hanging() -> &'static Path {
     static V: OnceLock<PathBuf> = OnceLock::new();
     V.get_or_init(|| {
@@ -51,7 +51,7 @@ fn hanging() -> &'static Path {
                 "--overlay",
                 "qemu-tests/overlays/hang-gate",
                 "--cmdline",
-                "cairn.boot_deadline=60",
+                "cairn.boot_deadline=90",
             ],
         )
     })
@@ -335,7 +335,7 @@ fn a_release_whose_gate_fails_is_tried_three_times_then_rolled_back() {
     assert_eq!(esp_files(&mut vm), ["cairn_0.1.0.efi", "cairn_0.3.0+0-3.efi"]);
 
     // 0.4.0 hangs instead of failing (a gate that never finishes): the boot deadline
-    // (cairn.boot_deadline=60 on its command line) ends the try and reboots, and the
+    // (cairn.boot_deadline=90 on its command line) ends the try and reboots, and the
     // next try is counted.
     publish(hanging, served.path());
     let from = vm.lines().len();
@@ -346,7 +346,7 @@ fn a_release_whose_gate_fails_is_tried_three_times_then_rolled_back() {
         .wait_for_from(from, "BdsDxe", Duration::from_secs(300))
         .unwrap_or_else(|e| panic!("{e}"));
     let late = vm
-        .wait_for_line_from(first, "did not reach boot-complete.target within 60s", BOOT_TIMEOUT)
+        .wait_for_line_from(first, "did not reach boot-complete.target within 90s", BOOT_TIMEOUT)
         .unwrap_or_else(|e| panic!("no boot deadline: {e}"));
     let second = vm
         .wait_for_from(late, "BdsDxe", Duration::from_secs(300))
@@ -361,7 +361,7 @@ fn a_release_whose_gate_fails_is_tried_three_times_then_rolled_back() {
         "{status}"
     );
     assert!(
-        status.contains("failed   0.4.0: cairn: 0.4.0 did not reach boot-complete.target within 60s"),
+        status.contains("failed   0.4.0: cairn: 0.4.0 did not reach boot-complete.target within 90s"),
         "{status}"
     );
     vm.kill();
