@@ -108,33 +108,51 @@ pub fn free_port() -> u16 {
 
 /// Run `cmd` on the node over SSH as root with `key`; returns (stdout+stderr, success).
 /// Call it after the ready line: `cairn-ready.service` is ordered after sshd (Type=notify),
-/// so sshd is listening by then.
+/// so sshd is listening by then. QEMU's user network accepts the host side of the
+/// forwarded port itself and only then connects to the guest, so a guest that is still
+/// settling its network can reset a connection sshd would have taken: such transport
+/// failures (ssh's exit status 255 before any session) are retried for up to 30 s; a
+/// refused key or a failing command is not.
 pub fn ssh(port: u16, key: &Path, cmd: &str) -> (String, bool) {
-    let out = Command::new("ssh")
-        .args([
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-        ])
-        .args([
-            "-o",
-            "ConnectTimeout=20",
-            "-o",
-            "LogLevel=ERROR",
-            "-o",
-            "IdentitiesOnly=yes",
-        ])
-        .arg("-i")
-        .arg(key)
-        .args(["-p", &port.to_string(), "root@127.0.0.1", cmd])
-        .output()
-        .expect("running ssh");
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&out.stderr));
-    (text, out.status.success())
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = Command::new("ssh")
+            .args([
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+            ])
+            .args([
+                "-o",
+                "ConnectTimeout=20",
+                "-o",
+                "LogLevel=ERROR",
+                "-o",
+                "IdentitiesOnly=yes",
+            ])
+            .arg("-i")
+            .arg(key)
+            .args(["-p", &port.to_string(), "root@127.0.0.1", cmd])
+            .output()
+            .expect("running ssh");
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        let transport = out.status.code() == Some(255)
+            && [
+                "kex_exchange_identification",
+                "Connection reset",
+                "Connection closed by",
+            ]
+            .iter()
+            .any(|m| text.contains(m));
+        if !transport || std::time::Instant::now() >= deadline {
+            return (text, out.status.success());
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
 }
 
 /// A new ed25519 key pair in `dir`; returns the private key's path and the public line.
