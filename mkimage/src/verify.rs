@@ -164,36 +164,9 @@ pub fn verify_dir(dir: &Path, key: &PublicKey) -> Result<(Manifest, Vec<String>)
         });
     };
     let stored = read_range(&mut disk, vp.offset, vp.size).map_err(io_err("reading", &dpath))?;
-    let salt: [u8; 32] = hex::decode(&m.verity_salt)
-        .ok()
-        .and_then(|s| s.try_into().ok())
-        .ok_or_else(|| VerifyError::Mismatch {
-            what: "verity salt".into(),
-            expected: "64 hex digits".into(),
-            found: m.verity_salt.clone(),
-        })?;
-    if stored.len() < 4096 || stored[88..120] != salt {
-        return Err(VerifyError::Mismatch {
-            what: "verity superblock salt".into(),
-            expected: m.verity_salt.clone(),
-            found: hex::encode(stored.get(88..120).unwrap_or(&[])),
-        });
-    }
-    let params = VerityParams {
-        salt,
-        uuid: stored[16..32].try_into().expect("16 bytes"),
-    };
     disk.seek(SeekFrom::Start(root.offset))
         .map_err(io_err("reading", &dpath))?;
-    let tree = verity::build(&mut disk, root.size, &params).map_err(io_err("hashing", &dpath))?;
-    expect_eq("verity root hash", &m.root_hash, hex::encode(tree.root_hash))?;
-    if tree.hash_device != stored {
-        return Err(VerifyError::Mismatch {
-            what: "verity hash tree".into(),
-            expected: "the tree of the root payload".into(),
-            found: "different bytes".into(),
-        });
-    }
+    check_verity("", &mut disk, root.size, &stored, &m.verity_salt, &m.root_hash, &dpath)?;
     ok.push(format!("verity: recomputed root hash {} matches", m.root_hash));
 
     // UKI command line.
@@ -228,6 +201,53 @@ pub fn verify_dir(dir: &Path, key: &PublicKey) -> Result<(Manifest, Vec<String>)
     Ok((m, ok))
 }
 
+/// Recompute the verity tree of `len` bytes of `root` with the salt and UUID of the stored
+/// tree's superblock, and compare it with the stored tree and `root_hash`. `prefix` names
+/// the copy in mismatches ("" for the disk, "bundle " for the bundle).
+fn check_verity(
+    prefix: &str,
+    root: &mut dyn Read,
+    len: u64,
+    stored: &[u8],
+    salt_hex: &str,
+    root_hash: &str,
+    path: &Path,
+) -> Result<(), VerifyError> {
+    let salt: [u8; 32] = hex::decode(salt_hex)
+        .ok()
+        .and_then(|s| s.try_into().ok())
+        .ok_or_else(|| VerifyError::Mismatch {
+            what: format!("{prefix}verity salt"),
+            expected: "64 hex digits".into(),
+            found: salt_hex.to_string(),
+        })?;
+    if stored.len() < 4096 || stored[88..120] != salt {
+        return Err(VerifyError::Mismatch {
+            what: format!("{prefix}verity superblock salt"),
+            expected: salt_hex.to_string(),
+            found: hex::encode(stored.get(88..120).unwrap_or(&[])),
+        });
+    }
+    let params = VerityParams {
+        salt,
+        uuid: stored[16..32].try_into().expect("16 bytes"),
+    };
+    let tree = verity::build(root, len, &params).map_err(io_err("hashing", path))?;
+    expect_eq(
+        format!("{prefix}verity root hash"),
+        root_hash,
+        hex::encode(tree.root_hash),
+    )?;
+    if tree.hash_device != stored {
+        return Err(VerifyError::Mismatch {
+            what: format!("{prefix}verity hash tree"),
+            expected: "the tree of the root payload".into(),
+            found: "different bytes".into(),
+        });
+    }
+    Ok(())
+}
+
 /// Verify an update bundle alone: signature, structure, payload hashes, the verity tree
 /// recomputed from the root payload, and the UKI's command line. Returns the manifest and
 /// a line per check that passed.
@@ -253,32 +273,17 @@ pub fn verify_bundle(path: &Path, key: &PublicKey) -> Result<(BundleManifest, Ve
     }
     let m = reader.finish().map_err(berr)?;
 
-    let root_p = m.payload("root");
-    let salt: [u8; 32] = hex::decode(&m.verity_salt)
-        .ok()
-        .and_then(|s| s.try_into().ok())
-        .expect("a checked manifest has a 32-byte salt");
-    if tree.len() < 4096 || tree[88..120] != salt {
-        return Err(VerifyError::Mismatch {
-            what: "bundle verity superblock salt".into(),
-            expected: m.verity_salt.clone(),
-            found: hex::encode(tree.get(88..120).unwrap_or(&[])),
-        });
-    }
-    let params = VerityParams {
-        salt,
-        uuid: tree[16..32].try_into().expect("16 bytes"),
-    };
     root.seek(SeekFrom::Start(0)).map_err(io_err("reading", path))?;
-    let built = verity::build(&mut io::BufReader::new(root), root_p.size, &params).map_err(io_err("hashing", path))?;
-    expect_eq("bundle verity root hash", &m.root_hash, hex::encode(built.root_hash))?;
-    if built.hash_device != tree {
-        return Err(VerifyError::Mismatch {
-            what: "bundle verity hash tree".into(),
-            expected: "the tree of the root payload".into(),
-            found: "different bytes".into(),
-        });
-    }
+    let mut root = io::BufReader::new(root);
+    check_verity(
+        "bundle ",
+        &mut root,
+        m.payload("root").size,
+        &tree,
+        &m.verity_salt,
+        &m.root_hash,
+        path,
+    )?;
     ok.push(format!("verity: recomputed root hash {} matches", m.root_hash));
     let found = cairn_disk::pe::uki_root_hash(&uki).unwrap_or_else(|| "(no roothash=)".into());
     expect_eq("bundle UKI roothash=", &m.root_hash, found)?;
