@@ -98,6 +98,23 @@ pub fn boot(disk: &Path) -> Vm {
     Vm::start(&spec(disk)).expect("starting QEMU")
 }
 
+/// How long one command on the serial console may take.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Run `cmd` on the VM's root console; it must succeed. Returns its output.
+pub fn run_ok(vm: &mut Vm, cmd: &str) -> String {
+    let (out, code) = vm.run(cmd, COMMAND_TIMEOUT).unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert_eq!(code, 0, "`{cmd}` failed:\n{out}");
+    out
+}
+
+/// Run `cmd` on the VM's root console; it must fail. Returns its output.
+pub fn run_fails(vm: &mut Vm, cmd: &str) -> String {
+    let (out, code) = vm.run(cmd, COMMAND_TIMEOUT).unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert_ne!(code, 0, "`{cmd}` should fail:\n{out}");
+    out
+}
+
 /// A TCP port nothing listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -7,14 +7,6 @@ use std::time::Duration;
 
 use cairn_qemu_tests::*;
 
-fn run_ok(vm: &mut Vm, cmd: &str) -> String {
-    let (out, code) = vm
-        .run(cmd, Duration::from_secs(120))
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    assert_eq!(code, 0, "`{cmd}` failed:\n{out}");
-    out
-}
-
 /// A control-plane node with a WireGuard interface. TEST KEY: never use it anywhere else.
 const WIREGUARD_NODE: &str = r#"version = 1
 generation = 1

@@ -63,22 +63,6 @@ fn writable(disk: &Path) -> Vm {
     Vm::start(&s).expect("starting QEMU")
 }
 
-fn run_ok(vm: &mut Vm, cmd: &str) -> String {
-    let (out, code) = vm
-        .run(cmd, Duration::from_secs(600))
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    assert_eq!(code, 0, "`{cmd}` failed:\n{out}");
-    out
-}
-
-fn run_fails(vm: &mut Vm, cmd: &str) -> String {
-    let (out, code) = vm
-        .run(cmd, Duration::from_secs(600))
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    assert_ne!(code, 0, "`{cmd}` should fail:\n{out}");
-    out
-}
-
 /// Wait for the ready line of `version` in `slot` after console line `from`, then for
 /// the root shell of that boot. Returns the ready line's index and time.
 fn ready(vm: &mut Vm, from: usize, version: &str, slot: &str) -> (usize, Duration) {
