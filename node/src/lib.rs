@@ -7,6 +7,7 @@
 //!   newer config from one and then applies;
 //! - [`apply`]: `cairn-node apply`, which picks this boot's config and writes them;
 //! - [`health`]: `cairn-node health GATE`, the checks before `boot-complete.target`;
+//! - [`hostkeys`]: `cairn-node ssh-hostkeys`, the node's SSH host keys, checked every boot;
 //! - [`ready`]: the line users and tests wait for on the console;
 //! - [`system`]: kernel command line, running slot, os-release.
 
@@ -17,6 +18,7 @@ pub mod drive;
 pub mod firstboot;
 pub mod grow;
 pub mod health;
+pub mod hostkeys;
 pub mod ready;
 pub mod render;
 pub mod system;

@@ -15,6 +15,8 @@ commands:
   check FILE                     validate a node.toml and print what it would write
   health GATE [--timeout SECS]   wait until GATE (etcd, containerd, wireguard, kubelet)
                                  passes (run by cairn-health-GATE.service)
+  ssh-hostkeys                   make the node's SSH host keys, or mend them after a power
+                                 loss (run by cairn-ssh-hostkeys.service every boot)
   ready                          print the ready line (run by cairn-ready.service)
   gate-failed GATE               after GATE failed: on a counted try of a new version,
                                  record why and reboot (cairn-gate-failed@GATE.service)
@@ -258,6 +260,18 @@ fn main() -> ExitCode {
                 std::thread::sleep(Duration::from_secs(2));
             }
         }
+        ["ssh-hostkeys"] => match cairn_node::hostkeys::ensure(Path::new(cairn_node::hostkeys::DIR)) {
+            Ok(reports) => {
+                for r in reports {
+                    println!("{}", r.line());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("cairn: SSH host keys: {}", chain(&e));
+                ExitCode::FAILURE
+            }
+        },
         ["ready"] => {
             println!("{}", cairn_node::ready::line(&cairn_node::system::Root::default()));
             ExitCode::SUCCESS

@@ -123,54 +123,53 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Run `cmd` on the node over SSH as root with `key`; returns (stdout+stderr, success).
-/// Call it after the ready line: `cairn-ready.service` is ordered after sshd (Type=notify),
-/// so sshd is listening by then. QEMU's user network accepts the host side of the
-/// forwarded port itself and only then connects to the guest, so a guest that is still
-/// settling its network can reset a connection sshd would have taken: such transport
-/// failures (ssh's exit status 255 before any session) are retried for up to 30 s; a
-/// refused key or a failing command is not.
-pub fn ssh(port: u16, key: &Path, cmd: &str) -> (String, bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let out = Command::new("ssh")
-            .args([
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-            ])
-            .args([
-                "-o",
-                "ConnectTimeout=20",
-                "-o",
-                "LogLevel=ERROR",
-                "-o",
-                "IdentitiesOnly=yes",
-            ])
-            .arg("-i")
-            .arg(key)
-            .args(["-p", &port.to_string(), "root@127.0.0.1", cmd])
-            .output()
-            .expect("running ssh");
-        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-        text.push_str(&String::from_utf8_lossy(&out.stderr));
-        let transport = out.status.code() == Some(255)
-            && [
-                "kex_exchange_identification",
-                "Connection reset",
-                "Connection closed by",
-            ]
-            .iter()
-            .any(|m| text.contains(m));
-        if !transport || std::time::Instant::now() >= deadline {
-            return (text, out.status.success());
-        }
-        std::thread::sleep(Duration::from_secs(2));
+/// Run `cmd` on `vm` over SSH (port `port`) as root with `key`; returns (stdout+stderr,
+/// success). Call it after the ready line: `cairn-ready.service` is ordered after sshd
+/// (Type=notify), so sshd is listening by then. When ssh cannot even reach sshd (exit
+/// status 255 without a refused key), what the guest says about its network and sshd —
+/// asked on the serial console — is appended: a node that cannot be logged into is a bug
+/// to see, not to wait out. (Two CI failures of this kind were a node whose host keys a
+/// power loss had emptied; `cairn-node ssh-hostkeys` mends those now.)
+pub fn ssh(vm: &mut Vm, port: u16, key: &Path, cmd: &str) -> (String, bool) {
+    let out = Command::new("ssh")
+        .args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+        ])
+        .args([
+            "-o",
+            "ConnectTimeout=20",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            "IdentitiesOnly=yes",
+        ])
+        .arg("-i")
+        .arg(key)
+        .args(["-p", &port.to_string(), "root@127.0.0.1", cmd])
+        .output()
+        .expect("running ssh");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    if out.status.code() == Some(255) && !text.contains("Permission denied") {
+        let (seen, _) = vm
+            .run(SSH_DIAGNOSIS, Duration::from_secs(120))
+            .unwrap_or_else(|e| (format!("(console: {e})"), -1));
+        text.push_str(&format!(
+            "\n(ssh could not reach sshd {:.1?} into the boot; the guest says:)\n{seen}",
+            vm.elapsed()
+        ));
     }
+    (text, out.status.success())
 }
+
+/// What a test prints about the guest when SSH cannot reach it.
+const SSH_DIAGNOSIS: &str = "uptime; ip -br addr; ss -tlnp; systemctl is-active ssh.service systemd-networkd.service; \
+     ls -l /var/lib/cairn/ssh; journalctl -b --no-pager -o short-monotonic -u ssh -u cairn-ssh-hostkeys -u systemd-networkd | tail -40";
 
 /// A new ed25519 key pair in `dir`; returns the private key's path and the public line.
 pub fn ssh_keypair(dir: &Path, name: &str) -> (PathBuf, String) {
