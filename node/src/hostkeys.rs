@@ -11,6 +11,7 @@
 
 use std::fs;
 use std::io;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -151,31 +152,13 @@ pub fn ensure(dir: &Path) -> Result<Vec<Report>, HostKeyError> {
         }
         let key = dir.join(format!("ssh_host_{kind}_key"));
         let public = PathBuf::from(format!("{}.pub", key.display()));
-        let key_s = key.to_string_lossy().into_owned();
         let outcome = match fs::metadata(&key) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 make(&tmp, args, &key, &public)?;
                 Outcome::Made
             }
             Err(e) => return Err(io_err("reading", &key)(e)),
-            Ok(_) => match keygen(&["-y", "-f", &key_s]) {
-                Err(why) => {
-                    make(&tmp, args, &key, &public)?;
-                    Outcome::Replaced(why)
-                }
-                Ok(derived) => {
-                    let derived = public_fields(&derived)
-                        .ok_or_else(|| keygen_err(&["-y", "-f", &key_s], "printed no public key".into()))?;
-                    let saved = fs::read_to_string(&public).ok();
-                    if saved.as_deref().and_then(public_fields).as_deref() == Some(derived.as_str()) {
-                        Outcome::Kept
-                    } else {
-                        write_atomic(&public, format!("{derived}\n").as_bytes(), 0o644, None)
-                            .map_err(io_err("writing", &public))?;
-                        Outcome::PublicRestored
-                    }
-                }
-            },
+            Ok(meta) => check(&meta, &tmp, args, &key, &public)?,
         };
         let public_line = fs::read_to_string(&public).map_err(io_err("reading", &public))?;
         let fingerprint = fingerprint(&public_line).ok_or_else(|| HostKeyError::Io {
@@ -190,6 +173,32 @@ pub fn ensure(dir: &Path) -> Result<Vec<Report>, HostKeyError> {
         });
     }
     Ok(reports)
+}
+
+/// An existing private `key`: keep it if it loads (mending its mode and `.pub`), else make
+/// a new one.
+fn check(meta: &fs::Metadata, tmp: &Path, args: &[&str], key: &Path, public: &Path) -> Result<Outcome, HostKeyError> {
+    // ssh-keygen and sshd refuse a private key others can read; that is no reason to
+    // change the node's identity.
+    if meta.is_file() && meta.permissions().mode() & 0o777 != 0o600 {
+        fs::set_permissions(key, fs::Permissions::from_mode(0o600)).map_err(io_err("setting the mode of", key))?;
+    }
+    let key_s = key.to_string_lossy().into_owned();
+    let derived = match keygen(&["-y", "-f", &key_s]) {
+        Err(why) => {
+            make(tmp, args, key, public)?;
+            return Ok(Outcome::Replaced(why));
+        }
+        Ok(derived) => derived,
+    };
+    let derived =
+        public_fields(&derived).ok_or_else(|| keygen_err(&["-y", "-f", &key_s], "printed no public key".into()))?;
+    let saved = fs::read_to_string(public).ok();
+    if saved.as_deref().and_then(public_fields).as_deref() == Some(derived.as_str()) {
+        return Ok(Outcome::Kept);
+    }
+    write_atomic(public, format!("{derived}\n").as_bytes(), 0o644, None).map_err(io_err("writing", public))?;
+    Ok(Outcome::PublicRestored)
 }
 
 /// Generate a key at `tmp` (and `tmp.pub`) with `args`, then put both halves in place
@@ -222,7 +231,6 @@ mod tests {
 
     #[test]
     fn makes_keeps_and_mends() {
-        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().join("ssh");
         let made = ensure(&d).unwrap();
@@ -260,6 +268,11 @@ mod tests {
         assert!(kept.iter().all(|r| r.outcome == Outcome::Kept), "{kept:?}");
         assert_eq!(kept[0].fingerprint, made[0].fingerprint);
         assert_eq!((read(ed.clone()), read(ed_pub.clone())), (key.clone(), public.clone()));
+
+        // A private key others may read is kept, made private again.
+        fs::set_permissions(&ed, fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(ensure(&d).unwrap()[0].outcome, Outcome::Kept);
+        assert_eq!(fs::metadata(&ed).unwrap().permissions().mode() & 0o777, 0o600);
 
         // A lost `.pub` comes back from the private key: same identity.
         fs::remove_file(&ed_pub).unwrap();
