@@ -8,6 +8,7 @@
 //! - [`apply`]: `cairn-node apply`, which picks this boot's config and writes them;
 //! - [`health`]: `cairn-node health GATE`, the checks before `boot-complete.target`;
 //! - [`hostkeys`]: `cairn-node ssh-hostkeys`, the node's SSH host keys, checked every boot;
+//! - [`mend`]: `cairn-node prestart COMPONENT`, state other programs break on power loss;
 //! - [`ready`]: the line users and tests wait for on the console;
 //! - [`system`]: kernel command line, running slot, os-release.
 
@@ -19,6 +20,7 @@ pub mod firstboot;
 pub mod grow;
 pub mod health;
 pub mod hostkeys;
+pub mod mend;
 pub mod ready;
 pub mod render;
 pub mod system;

@@ -17,6 +17,8 @@ commands:
                                  passes (run by cairn-health-GATE.service)
   ssh-hostkeys                   make the node's SSH host keys, or mend them after a power
                                  loss (run by cairn-ssh-hostkeys.service every boot)
+  prestart COMPONENT             mend COMPONENT's state that a power loss broke
+                                 (containerd; run by its unit before it starts)
   ready                          print the ready line (run by cairn-ready.service)
   gate-failed GATE               after GATE failed: on a counted try of a new version,
                                  record why and reboot (cairn-gate-failed@GATE.service)
@@ -269,6 +271,16 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("cairn: SSH host keys: {}", chain(&e));
+                ExitCode::FAILURE
+            }
+        },
+        ["prestart", component] => match cairn_node::mend::prestart(Path::new("/"), component) {
+            Ok(lines) => {
+                lines.iter().for_each(|l| println!("{l}"));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("cairn: prestart {component}: {e}");
                 ExitCode::FAILURE
             }
         },

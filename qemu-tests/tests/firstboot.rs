@@ -160,23 +160,33 @@ fn generations_decide_and_bad_drives_do_not_brick() {
     let line = console_line(&vm, "cairn: config drive CAIRN");
     assert!(line.contains("refused: node.toml:3: "), "{line}");
     assert!(line.ends_with("keeping the saved config (generation 3)"), "{line}");
-    // Then the power goes as it can right after first boot: ext4 kept the host keys'
-    // names but not their contents (seen under QEMU killed ~30 s after the keys were
-    // made: sshd then refused to start, for good).
+    // Then the power goes as it can right after first boot: ext4 kept the names of files
+    // written without fsync but not their contents (both seen in CI, QEMU killed ~30 s
+    // after they were written): SSH host keys (sshd then refused to start) and
+    // containerd's introspection UUID (its health gate then failed), each for good.
     let (out, ok) = ssh(
         &mut vm,
         port,
         &key,
         "hostname; journalctl -b -u cairn-firstboot --no-pager | grep -c 'refused: node.toml:3'; \
-         cd /var/lib/cairn/ssh && : > ssh_host_ed25519_key && rm ssh_host_rsa_key.pub && sync",
+         cd /var/lib/cairn/ssh && : > ssh_host_ed25519_key && rm ssh_host_rsa_key.pub && \
+         : > /var/lib/containerd/io.containerd.grpc.v1.introspection/uuid && sync",
     );
     assert!(ok, "{out}");
     assert_eq!(out.split_whitespace().collect::<Vec<_>>(), ["gen-three", "1"], "{out}");
     vm.kill();
     // No drive at all: the saved config stays; the broken host key is made anew, the
-    // lost public half derived again, and sshd lets the admin in.
+    // lost public half derived again, and sshd lets the admin in; containerd's broken
+    // file is removed before it starts, so its gate passed (the ready line came).
     let (mut vm, port) = boot_ready(&disk, None, true);
-    assert_eq!(ssh(&mut vm, port, &key, "hostname").0.trim(), "gen-three");
+    let (out, ok) = ssh(
+        &mut vm,
+        port,
+        &key,
+        "hostname; journalctl -b -u containerd --no-pager | grep -c 'introspection UUID file held 0 bytes'",
+    );
+    assert!(ok, "{out}");
+    assert_eq!(out.split_whitespace().collect::<Vec<_>>(), ["gen-three", "1"], "{out}");
     console_line(&vm, "cairn: no config drive attached");
     let line = console_line(&vm, "cairn: SSH host key ed25519");
     assert!(line.contains(": made anew: the saved key did not load"), "{line}");
