@@ -242,7 +242,10 @@ impl Vm {
         .arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()))
         .arg("-drive")
         .arg(&drive)
-        .args(["-device", "virtio-rng-pci"]);
+        .args(["-device", "virtio-rng-pci"])
+        // A hardware watchdog as real machines have one: PID 1 arms it (RuntimeWatchdogSec=),
+        // and QEMU resets the machine when a hung guest stops petting it.
+        .args(["-device", "i6300esb", "-action", "watchdog=reset"]);
         if accel == Accel::Kvm {
             q.args(["-cpu", "host"]);
         }

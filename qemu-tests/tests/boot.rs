@@ -258,6 +258,25 @@ fn without_a_node_config_the_image_is_a_healthy_single_node() {
         .unwrap_or_else(|e| panic!("{e}"));
     let failed = run_ok(&mut vm, "systemctl --failed --no-legend --plain");
     assert!(failed.trim().is_empty(), "{failed}");
+    // PID 1 armed the machine's watchdog (QEMU's i6300esb; its driver is in the kept
+    // modules). Freezing PID 1 — a hang that never panics — stops the petting and the
+    // hardware resets the machine: on a counted try that spends a try.
+    let wd = run_ok(
+        &mut vm,
+        "cd /sys/class/watchdog/watchdog0 && echo $(cat identity) / $(cat state) / $(cat timeout)",
+    );
+    assert!(wd.contains("i6300ESB timer / active / 60"), "{wd}");
+    let from = vm.lines().len();
+    let frozen = vm.elapsed();
+    vm.send_line("echo 1 > /sys/fs/cgroup/init.scope/cgroup.freeze")
+        .unwrap();
+    let reset = vm
+        .wait_for_line_from(from, "BdsDxe: starting", Duration::from_secs(240))
+        .unwrap_or_else(|e| panic!("the watchdog did not reset a node whose PID 1 hangs: {e}"));
+    eprintln!(
+        "watchdog: PID 1 frozen, machine reset {:.1?} later (RuntimeWatchdogSec=60s)",
+        vm.lines()[reset].0 - frozen
+    );
     vm.kill();
 }
 
