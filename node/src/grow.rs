@@ -10,7 +10,8 @@
 //! devices. When there is nothing to gain (less than [`MIN_GAIN`]), nothing runs.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+
+use crate::system::run;
 
 /// Where the state partition is found.
 pub const STATE_LINK: &str = "/dev/disk/by-partlabel/state";
@@ -78,21 +79,6 @@ pub fn layout(root: &Path) -> Result<Layout, String> {
         size: read_u64(&sys.join("size"))?,
         disk_size: read_u64(&disk_sys.join("size"))?,
     })
-}
-
-fn run(program: &str, args: &[&str]) -> Result<(), String> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .map_err(|e| format!("running {program}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{program} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
 }
 
 fn human(b: u64) -> String {

@@ -13,7 +13,6 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use crate::apply::write_atomic;
 
@@ -93,21 +92,7 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> H
 }
 
 fn keygen(args: &[&str]) -> Result<String, String> {
-    let out = Command::new("ssh-keygen")
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let err = err.trim();
-        Err(if err.is_empty() {
-            format!("exit status {}", out.status)
-        } else {
-            err.to_string()
-        })
-    }
+    crate::system::run("ssh-keygen", args)
 }
 
 fn keygen_err(args: &[&str], why: String) -> HostKeyError {
@@ -136,6 +121,11 @@ fn fingerprint(public_line: &str) -> Option<String> {
     ))
 }
 
+/// Where ssh-keygen puts the public half of the key at `key`.
+fn public_of(key: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.pub", key.display()))
+}
+
 /// Make sure every host key under `dir` loads and has a matching `.pub`; make what is
 /// missing or broken. Leftovers of an interrupted run are removed first.
 pub fn ensure(dir: &Path) -> Result<Vec<Report>, HostKeyError> {
@@ -143,15 +133,14 @@ pub fn ensure(dir: &Path) -> Result<Vec<Report>, HostKeyError> {
     let mut reports = Vec::new();
     for (kind, args) in KINDS {
         let tmp = dir.join(format!(".new-ssh_host_{kind}_key"));
-        let tmp_pub = dir.join(format!(".new-ssh_host_{kind}_key.pub"));
-        for p in [&tmp, &tmp_pub] {
-            match fs::remove_file(p) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err("removing", p)(e)),
+        for p in [tmp.clone(), public_of(&tmp)] {
+            match fs::remove_file(&p) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err("removing", &p)(e)),
                 _ => {}
             }
         }
         let key = dir.join(format!("ssh_host_{kind}_key"));
-        let public = PathBuf::from(format!("{}.pub", key.display()));
+        let public = public_of(&key);
         let outcome = match fs::metadata(&key) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 make(&tmp, args, &key, &public)?;
@@ -204,7 +193,7 @@ fn check(meta: &fs::Metadata, tmp: &Path, args: &[&str], key: &Path, public: &Pa
 /// Generate a key at `tmp` (and `tmp.pub`) with `args`, then put both halves in place
 /// durably.
 fn make(tmp: &Path, args: &[&str], key: &Path, public: &Path) -> Result<(), HostKeyError> {
-    let tmp_pub = PathBuf::from(format!("{}.pub", tmp.display()));
+    let tmp_pub = public_of(tmp);
     let tmp_s = tmp.to_string_lossy().into_owned();
     let mut all = vec!["-q"];
     all.extend_from_slice(args);

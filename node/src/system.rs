@@ -31,6 +31,22 @@ impl Slot {
     }
 }
 
+/// Run `program args…`; its standard output, or "`program` failed: <its stderr>".
+pub fn run(program: &str, args: &[&str]) -> Result<String, String> {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| format!("running {program}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{program} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
 /// The `roothash=` value of a kernel command line, if it is 64 hex digits.
 pub fn roothash_from_cmdline(cmdline: &str) -> Option<[u8; 32]> {
     let v = cmdline.split_whitespace().find_map(|w| w.strip_prefix("roothash="))?;
