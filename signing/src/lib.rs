@@ -47,14 +47,29 @@ pub fn write_file_atomic_owned(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    let result = (|| {
-        let mut f = fs::OpenOptions::new()
+    // The temp file is created exclusively under a name no other writer uses: a link someone
+    // planted under a predictable name is never followed.
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut attempt = 0;
+    let (tmp, mut f) = loop {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = dir.join(format!(".{name}.tmp{}-{seq}-{nanos:x}", std::process::id()));
+        match fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(mode)
-            .open(&tmp)?;
+            .open(&tmp)
+        {
+            Ok(f) => break (tmp, f),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 100 => attempt += 1,
+            Err(e) => return Err(e),
+        }
+    };
+    let result = (|| {
         f.set_permissions(fs::Permissions::from_mode(mode))?;
         if let Some((uid, gid)) = owner {
             std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
@@ -68,4 +83,41 @@ pub fn write_file_atomic_owned(
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_writes_never_follow_a_planted_link_and_run_concurrently() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("key.pem");
+        // Someone with write access to the directory plants links under the names an older
+        // writer used; the secret must not reach what they point at.
+        let stolen = dir.path().join("stolen");
+        for i in 0..4 {
+            std::os::unix::fs::symlink(
+                &stolen,
+                dir.path().join(format!(".key.pem.tmp{}", std::process::id() + i)),
+            )
+            .unwrap();
+        }
+        write_file_atomic(&target, b"secret", 0o600).unwrap();
+        assert!(!stolen.exists());
+        assert_eq!(std::fs::read(&target).unwrap(), b"secret");
+        // Writers in one process do not share a temp file.
+        std::thread::scope(|s| {
+            for i in 0..8 {
+                let target = &target;
+                s.spawn(move || write_file_atomic(target, format!("v{i}").as_bytes(), 0o600).unwrap());
+            }
+        });
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".tmp"))
+            .collect();
+        assert_eq!(left.len(), 4, "only the planted links remain: {left:?}");
+    }
 }
