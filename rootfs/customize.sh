@@ -5,7 +5,8 @@
 # - builds the initrd Cairn boots with dracut from the tree's own packages, configured by
 #   /etc/dracut.conf.d/90-cairn.conf (written by Cairn from the definition's [initrd]);
 # - enables systemd-networkd, which Debian ships disabled;
-# - drops the apt pin file Cairn used to install the locked versions;
+# - empties /etc/apt/sources.list, which names the build's scratch repository: an image never
+#   runs apt, and the lock next to its definition says where every package came from;
 # - deletes the SSH host keys openssh-server's postinst made: they are random (so the
 #   tarball would differ between runs), secret, and every node makes its own.
 # Everything an immutable image must not carry (/boot, host keys, caches, /var) is
@@ -19,5 +20,5 @@ if [ -z "$kver" ]; then
 fi
 chroot "$root" dracut --force --reproducible "/boot/initrd.img-$kver" "$kver"
 chroot "$root" systemctl enable systemd-networkd.service
-rm -f "$root/etc/apt/preferences.d/cairn-lock"
+printf '# Cairn images are immutable: no apt sources. cairn.lock lists every package.\n' > "$root/etc/apt/sources.list"
 rm -f "$root"/etc/ssh/ssh_host_*

@@ -155,8 +155,10 @@ pub struct BuildOptions {
     pub source_date_epoch: Option<String>,
     /// Where the development key lives (normally [`dev_key_path`]).
     pub dev_key: PathBuf,
-    /// Use the lock, or refresh it (`cairn lock --update`).
+    /// Follow the mirror, insist on the lock (`--locked`), or refresh it (`cairn lock --update`).
     pub lock_mode: LockMode,
+    /// Where packages come from (`--package-source`).
+    pub packages: debian::PackageOptions,
 }
 
 /// What the Debian stage did, for the summary.
@@ -173,7 +175,9 @@ pub struct DebianReport {
     /// The lock file.
     pub lock: PathBuf,
     /// Why the lock was written, if it was.
-    pub lock_written: Option<&'static str>,
+    pub lock_written: Option<String>,
+    /// How many packages moved when it was.
+    pub moved: usize,
     /// Seconds mmdebstrap took for this tree (when it was cached, for a cache hit).
     pub build_seconds: f64,
 }
@@ -442,7 +446,8 @@ pub fn sha256_range(file: &mut File, offset: u64, len: u64) -> io::Result<[u8; 3
     Ok(h.finalize().into())
 }
 
-fn human(b: u64) -> String {
+/// Bytes as MiB with one decimal.
+pub fn human(b: u64) -> String {
     format!("{:.1} MiB", b as f64 / (1 << 20) as f64)
 }
 
@@ -528,7 +533,7 @@ pub fn build(def: &Definition, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -
                 drivers: &def.initrd_drivers,
                 epoch,
             };
-            let prepared = debian::prepare(spec, &def.file, &inputs, opts.lock_mode, log)?;
+            let prepared = debian::prepare(spec, &def.file, &inputs, opts.lock_mode, &opts.packages, log)?;
             lap("debian", &mut stages, &mut t);
             log(&format!("root tree: indexing {} packages", prepared.lock.package.len()));
             let mut tree = Tree::from_tar(&prepared.tar)?;
@@ -545,7 +550,8 @@ pub fn build(def: &Definition, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -
                 packages: prepared.lock.package.len(),
                 downloaded: prepared.downloaded,
                 lock: spec.lock.clone(),
-                lock_written: prepared.lock_written,
+                lock_written: prepared.lock_written.clone(),
+                moved: prepared.moves.len(),
                 build_seconds: prepared.build_seconds,
             });
             (tree, Some(k), Some(i))

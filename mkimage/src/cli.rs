@@ -13,8 +13,9 @@ use anyhow::{bail, Context, Result};
 use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::build::{self, BuildOptions, KeyChoice};
-use crate::debian::{self, Lock, LockMode};
+use crate::debian::{self, LockMode};
 use crate::definition::{Compression, Definition, ModulePolicy, RootSource, SigningKey, Size};
+use crate::lock::Lock;
 use crate::plan::{self, Role};
 use crate::vm::{self, Accel, Vm, VmSpec};
 
@@ -56,6 +57,16 @@ enum Command {
         /// `systemd.log_level=debug` for a debugging build.
         #[arg(long, value_name = "WORD")]
         cmdline: Vec<String>,
+        /// Build exactly what the lock pins or fail: never re-resolve, never rewrite the lock
+        /// (release pipelines). Without it, a lock the mirror no longer serves is re-resolved
+        /// and rewritten, and the packages that moved are listed.
+        #[arg(long)]
+        locked: bool,
+        /// Take every package from this package store (`cairn store export`) and from no
+        /// mirror: a directory or an http(s)/file URL (repeatable, tried in order). Replaces
+        /// `[root.debian] package-sources`. Needs a lock that answers the definition.
+        #[arg(long, value_name = "DIR|URL")]
+        package_source: Vec<String>,
     },
     /// Boot a built image under QEMU with UEFI firmware (OVMF).
     ///
@@ -132,15 +143,32 @@ enum Command {
     },
     /// Resolve a Debian root's packages and write its lock file.
     ///
-    /// With a current lock this only checks that the cached tree (or a fresh mmdebstrap
-    /// run) matches it. `--update` resolves the newest versions on purpose and rewrites
-    /// the lock. The tree lands in the cache, so the next `cairn build` starts warm.
+    /// With a lock that answers the definition and whose packages are still to be had, this
+    /// only fetches them and builds the tree. A missing or stale lock is resolved anew, with
+    /// the versions still served kept, and the packages that moved are listed. `--update`
+    /// resolves the newest versions on purpose. The tree lands in the cache, so the next
+    /// `cairn build` starts warm.
     Lock {
         /// The image definition (TOML) with a [root.debian] table.
         definition: PathBuf,
         /// Refresh every package to the mirror's current version.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "locked")]
         update: bool,
+        /// Only check that every locked package can be had (and build the tree); fail
+        /// instead of re-resolving.
+        #[arg(long)]
+        locked: bool,
+    },
+    /// The package store: export the packages of locks as an apt repository.
+    #[command(subcommand)]
+    Store(StoreCommand),
+    /// Show what the build cache holds, or prune it.
+    ///
+    /// Without a subcommand, lists the package store, the cached root trees (with the lock
+    /// each answers) and leftovers, with what each costs on disk.
+    Cache {
+        #[command(subcommand)]
+        action: Option<CacheCommand>,
     },
     /// Check a kernel's config against what Cairn needs (kernel-config/cairn.config).
     ///
@@ -176,6 +204,43 @@ enum Command {
     /// Print this CLI's reference as Markdown (the source of docs/cli.md).
     #[command(hide = true)]
     HelpMarkdown,
+}
+
+#[derive(Debug, Subcommand)]
+enum StoreCommand {
+    /// Write a self-contained apt repository of exactly the packages of LOCK...
+    ///
+    /// Every file is checked against the lock's sha256 on the way; packages missing from the
+    /// local store are fetched from the lock's mirrors first. DIR must be empty, missing, or an
+    /// earlier export (its files no given lock names are removed). Copy DIR to a USB stick or
+    /// serve it with any static web server, then build with `--package-source DIR|URL`.
+    Export {
+        /// Lock files (e.g. images/cairn.lock).
+        #[arg(required = true)]
+        locks: Vec<PathBuf>,
+        /// The directory to write the repository into.
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CacheCommand {
+    /// Remove everything the given locks do not need, and say what was freed.
+    ///
+    /// Keeps the stored packages of LOCK... and the root trees built from one of them;
+    /// removes other packages and trees, leftovers of killed builds and older Cairns' caches.
+    /// Waits for running builds to finish first. With no lock, empties the cache.
+    Prune {
+        /// Lock files whose packages and trees to keep.
+        locks: Vec<PathBuf>,
+    },
+}
+
+fn package_sources(args: &[String]) -> Result<Vec<crate::definition::PackageSource>> {
+    args.iter()
+        .map(|a| crate::definition::PackageSource::from_arg(a).map_err(|e| anyhow::anyhow!("--package-source: {e}")))
+        .collect()
 }
 
 /// Run the CLI with `argv` (including the program name). Returns the exit code.
@@ -215,6 +280,8 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
             overlay,
             image_version,
             cmdline,
+            locked,
+            package_source,
         } => {
             let mut def = Definition::load(&definition)?;
             if let Some(v) = image_version {
@@ -242,7 +309,10 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
                 key,
                 source_date_epoch: std::env::var("SOURCE_DATE_EPOCH").ok(),
                 dev_key: build::dev_key_path(),
-                lock_mode: LockMode::Use,
+                lock_mode: if locked { LockMode::Locked } else { LockMode::Follow },
+                packages: debian::PackageOptions {
+                    sources: package_sources(&package_source)?,
+                },
             };
             if plan {
                 return print_plan(&def, &opts, out);
@@ -401,7 +471,11 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
             }
             Ok(())
         }
-        Command::Lock { definition, update } => {
+        Command::Lock {
+            definition,
+            update,
+            locked,
+        } => {
             let def = Definition::load(&definition)?;
             let RootSource::Debian(spec) = &def.root else {
                 bail!(
@@ -415,12 +489,16 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
                 drivers: &def.initrd_drivers,
                 epoch,
             };
-            let mode = if update { LockMode::Update } else { LockMode::Use };
-            let p = debian::prepare(spec, &def.file, &inputs, mode, &mut |line| {
+            let mode = match (update, locked) {
+                (true, _) => LockMode::Update,
+                (_, true) => LockMode::Locked,
+                _ => LockMode::Follow,
+            };
+            let p = debian::prepare(spec, &def.file, &inputs, mode, &Default::default(), &mut |line| {
                 let _ = writeln!(err, "==> {line}");
             })?;
-            let state = match p.lock_written {
-                Some(why) => format!("written ({why})"),
+            let state = match &p.lock_written {
+                Some(why) => format!("written ({why}; {} package(s) moved)", p.moves.len()),
                 None => "unchanged".into(),
             };
             writeln!(
@@ -435,6 +513,107 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
                 "tree cache key {} ({})",
                 p.key,
                 if p.cache_hit { "already cached" } else { "built now" }
+            )?;
+            Ok(())
+        }
+        Command::Store(StoreCommand::Export { locks, to }) => {
+            let mut loaded = Vec::new();
+            for l in &locks {
+                match Lock::load(l)? {
+                    Some(lock) => loaded.push((l.clone(), lock)),
+                    None => bail!("{}: no such lock file", l.display()),
+                }
+            }
+            let cache = crate::cache::Cache::open();
+            let mut log = |line: &str| {
+                let _ = writeln!(err, "==> {line}");
+            };
+            let _shared = cache.lock_shared(&mut log)?;
+            let store = cache.store();
+            let mut missing = Vec::new();
+            for (path, lock) in &loaded {
+                let sources = crate::store::Sources {
+                    mirrors: Some(lock.mirrors.clone()),
+                    ..Default::default()
+                };
+                let (_, m) = store.fetch(&lock.package, &sources, &mut log)?;
+                missing.extend(m.into_iter().map(|m| format!("    {}: {m}", path.display())));
+            }
+            if !missing.is_empty() {
+                bail!(
+                    "{} locked package(s) are neither in the store nor served by their mirrors:\n{}\n  hint: export from the machine that built these locks, or re-resolve them (`cairn lock DEFINITION`)",
+                    missing.len(),
+                    missing.join("\n")
+                );
+            }
+            let e =
+                crate::store::export(&store, &loaded, &to).with_context(|| format!("exporting to {}", to.display()))?;
+            writeln!(
+                out,
+                "exported {} packages ({}) from {} lock(s) to {}{}",
+                e.packages,
+                Size(e.bytes),
+                loaded.len(),
+                to.display(),
+                if e.removed > 0 {
+                    format!(", removed {} file(s) no lock names", e.removed)
+                } else {
+                    String::new()
+                }
+            )?;
+            writeln!(
+                out,
+                "build from it with  cairn build DEFINITION --locked --package-source {}",
+                to.display()
+            )?;
+            Ok(())
+        }
+        Command::Cache { action: None } => {
+            let u = crate::cache::Cache::open().usage()?;
+            writeln!(out, "cache {}", u.root.display())?;
+            writeln!(
+                out,
+                "  packages  {:>10}  {} stored .deb files",
+                Size(u.packages.1).to_string(),
+                u.packages.0
+            )?;
+            for t in &u.trees {
+                let what = match (&t.lock, t.complete) {
+                    (_, false) => "incomplete".to_string(),
+                    (Some(l), true) => format!("{} packages, resolved {}", l.package.len(), l.resolved),
+                    (None, true) => "no readable lock".to_string(),
+                };
+                writeln!(out, "  tree      {:>10}  {} ({what})", Size(t.bytes).to_string(), t.key)?;
+            }
+            for (name, bytes, _) in &u.other {
+                writeln!(out, "  leftover  {:>10}  {name}", Size(*bytes).to_string())?;
+            }
+            writeln!(out, "  total     {:>10}", Size(u.total()).to_string())?;
+            Ok(())
+        }
+        Command::Cache {
+            action: Some(CacheCommand::Prune { locks }),
+        } => {
+            let mut keep = Vec::new();
+            for l in &locks {
+                match Lock::load(l)? {
+                    Some(lock) => keep.push(lock),
+                    None => bail!("{}: no such lock file", l.display()),
+                }
+            }
+            let cache = crate::cache::Cache::open();
+            let p = cache.prune(&keep, &mut |line| {
+                let _ = writeln!(err, "==> {line}");
+            })?;
+            writeln!(
+                out,
+                "pruned {}: freed {} ({} package(s), {} tree(s), {} leftover(s)); kept what {} lock(s) need",
+                cache.root().display(),
+                Size(p.bytes),
+                p.packages,
+                p.trees,
+                p.other,
+                keep.len()
             )?;
             Ok(())
         }
@@ -529,20 +708,54 @@ fn print_plan(def: &Definition, opts: &BuildOptions, out: &mut dyn Write) -> Res
     )?;
     writeln!(out, "  root         {}", def.root.describe())?;
     if let RootSource::Debian(d) = &def.root {
-        let lock = match Lock::load(&d.lock) {
-            Ok(Some(l)) if l.request == debian::request_hash(d) => {
-                format!("{} ({} packages pinned)", d.lock.display(), l.package.len())
-            }
-            Ok(Some(_)) => format!(
-                "{} (out of date: the package request changed; the build re-resolves)",
-                d.lock.display()
+        let lock = match debian::lock_state(d) {
+            Ok(debian::LockState::Current(l)) => format!(
+                "{} ({} packages pinned, resolved {}; {})",
+                d.lock.display(),
+                l.package.len(),
+                l.resolved,
+                match opts.lock_mode {
+                    LockMode::Locked => "--locked: a package no source serves fails the build",
+                    _ => "re-resolved if a source no longer serves them",
+                }
             ),
-            Ok(None) => format!("{} (none yet: the build resolves and writes it)", d.lock.display()),
+            Ok(debian::LockState::Stale(why, _)) => format!(
+                "{} ({why}; {})",
+                d.lock.display(),
+                match opts.lock_mode {
+                    LockMode::Locked => "--locked: the build fails",
+                    _ => "the build resolves and writes it",
+                }
+            ),
             Err(e) => format!("{} (unreadable: {e})", d.lock.display()),
         };
         writeln!(out, "  lock         {lock}")?;
-        writeln!(out, "  packages     {}", debian::include_list(d).join(" "))?;
-        writeln!(out, "  cache        {}", debian::cache_dir().display())?;
+        writeln!(out, "  packages     {}", crate::lock::include_list(d).join(" "))?;
+        let sources = if opts.packages.sources.is_empty() {
+            &d.package_sources
+        } else {
+            &opts.packages.sources
+        };
+        if sources.is_empty() {
+            writeln!(
+                out,
+                "  sources      {}",
+                crate::store::Sources {
+                    mirrors: Some(debian::effective_mirrors(d)),
+                    fallback: d.fallback_sources.clone(),
+                    ..Default::default()
+                }
+                .describe()
+            )?;
+        } else {
+            let list: Vec<String> = sources.iter().map(ToString::to_string).collect();
+            writeln!(
+                out,
+                "  sources      {} (package stores only; no mirror)",
+                list.join(", ")
+            )?;
+        }
+        writeln!(out, "  cache        {}", crate::cache::cache_dir().display())?;
     }
     for o in &def.overlays {
         writeln!(out, "  overlay      {}", o.display())?;
@@ -700,8 +913,13 @@ fn print_summary(r: &build::BuildReport, secs: f64, out: &mut dyn Write) -> Resu
             d.key,
             d.downloaded
         )?;
-        if let Some(why) = d.lock_written {
-            writeln!(out, "  lock         wrote {} ({why}); commit it", d.lock.display())?;
+        if let Some(why) = &d.lock_written {
+            writeln!(
+                out,
+                "  lock         wrote {} ({why}; {} package(s) moved); commit it",
+                d.lock.display(),
+                d.moved
+            )?;
         }
     }
     if !r.units.is_empty() {

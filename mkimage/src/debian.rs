@@ -1,22 +1,30 @@
-//! Debian roots: mirrors, the lock file, the content-addressed cache, and mmdebstrap.
+//! Debian roots: from a package request to a cached root tarball, through the lock and the
+//! package store.
 //!
-//! A Debian root is built by Debian's own tool, `mmdebstrap`, into a tarball (reproducible
-//! with `SOURCE_DATE_EPOCH`), with a customize hook (`rootfs/customize.sh`) that builds the
-//! initrd with dracut inside the tree. The result is pinned and cached:
+//! 1. **Lock** ([`crate::lock`]): `cairn.lock` beside the definition pins every package. A
+//!    build with a lock that answers the request gets exactly those packages; without one (or
+//!    when the request changed, or with `cairn lock --update`) apt resolves the request
+//!    ([`crate::resolve`]) and the lock is written.
+//! 2. **Packages** ([`crate::store`]): every locked `.deb` is fetched into the content-addressed
+//!    store by its archive path — from the package stores named with `--package-source` (then
+//!    from nothing else), else from the mirrors and the fallback sources — and checked against
+//!    the lock's size and sha256.
+//! 3. **Follow or refuse**: when some locked package can be had from no source (Debian's
+//!    archives drop superseded versions within days), a plain build re-resolves with the old
+//!    versions pinned where they are still served, rewrites the lock and lists what moved;
+//!    `--locked` refuses and names every package it could not get, writing nothing.
+//! 4. **Tree**: mmdebstrap installs from a flat repository made of exactly the locked files
+//!    (`deb [trusted=yes] copy://…`, the trust being the lock's sha256), `essential` variant
+//!    plus every locked package by name, so online and offline builds of one lock install the
+//!    same bytes the same way, byte-identical. A customize hook (`rootfs/customize.sh`) builds
+//!    the initrd with dracut inside the tree. The tarball (reproducible with
+//!    `SOURCE_DATE_EPOCH`), kernel and initrd are cached under `trees/<key>`, keyed by the
+//!    lock's packages, the hook, the dracut configuration and the epoch; a build whose key is
+//!    there runs nothing.
 //!
-//! * **Lock** (`cairn.lock` beside the definition): every installed package with its exact
-//!   version, architecture and the sha256 of its `.deb`, plus a hash of the request
-//!   (suite, components, packages) it answers. With a lock, mmdebstrap installs exactly
-//!   those versions (apt pins at priority 1001) and the result is checked against it.
-//!   Without one, or when the request changed, or with `cairn lock --update`, the newest
-//!   versions are resolved and the lock is (re)written.
-//! * **Cache** (`$CAIRN_CACHE_DIR`, else `$XDG_CACHE_HOME/cairn`, else `~/.cache/cairn`):
-//!   `debs/` keeps every downloaded package (synced into mmdebstrap's apt cache, so a
-//!   rebuild downloads nothing it has); `trees/<key>/` keeps the root tarball, kernel and
-//!   initrd, keyed by the sha256 of the lock, the customize hook, the dracut
-//!   configuration and the epoch. A build whose key is there does not run mmdebstrap.
+//! Everything runs in a scratch directory of the cache that is removed however the build
+//! ends; the lock file is written last, after the tree is in the cache.
 
-use crate::ioerr::{io_err, IoError};
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{BufRead, BufReader};
@@ -24,19 +32,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::definition::DebianSpec;
+use crate::cache::Cache;
+use crate::definition::{DebianSpec, PackageSource};
+use crate::ioerr::{io_err, IoError};
+use crate::lock::{self, Lock, LockError, Mirrors, Move, LOCK_VERSION};
+use crate::store::{self, Placement, Sources, Store, StoreError, Unobtainable};
 
 /// The customize hook, embedded so `cairn` works from any directory.
 pub const CUSTOMIZE_HOOK: &str = include_str!("../../rootfs/customize.sh");
-
-/// Packages every Debian root gets besides the requested ones: what builds the initrd.
-pub const IMPLIED_PACKAGES: &[&str] = &["dracut", "zstd"];
-
-/// The lock file format version.
-pub const LOCK_VERSION: u32 = 1;
 
 /// Problems preparing a Debian root.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +49,12 @@ pub enum DebianError {
     /// IO on a named file.
     #[error(transparent)]
     Io(#[from] IoError),
+    /// The lock file is unreadable or invalid.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    /// The package store.
+    #[error(transparent)]
+    Store(#[from] StoreError),
     /// A requested package is not in the archive.
     #[error("package '{package}' is not in Debian {suite} ({components}) at {mirror}\n  hint: check the name with `apt-cache policy {package}` and fix [root.debian] packages")]
     NoSuchPackage {
@@ -64,17 +75,30 @@ pub enum DebianError {
         /// What apt said.
         detail: String,
     },
-    /// A locked version is gone from the mirror, or a package changed under its version.
-    #[error("the mirror no longer serves what {lock} pins: {detail}\n  hint: run `cairn lock {definition} --update` to move to the mirror's current versions")]
-    LockDrift {
+    /// Locked packages no source serves, and the build may not (or cannot) re-resolve.
+    #[error("{lock} pins {count} package(s) that no source serves:\n{list}\n  hint: {hint}", count = missing.len(), list = missing.iter().map(|m| format!("    {m}")).collect::<Vec<_>>().join("\n"))]
+    Unobtainable {
         /// The lock file.
         lock: String,
-        /// The definition file.
-        definition: String,
-        /// What differs.
-        detail: String,
+        /// Every package that could not be had.
+        missing: Vec<Unobtainable>,
+        /// What to do.
+        hint: String,
     },
-    /// mmdebstrap failed for another reason.
+    /// `--locked` (or a build from package stores) without a lock that answers the request.
+    #[error("{lock}: {why}, and this build may not resolve packages\n  hint: {hint}")]
+    NotLocked {
+        /// The lock file.
+        lock: String,
+        /// What is wrong with it.
+        why: String,
+        /// What to do.
+        hint: String,
+    },
+    /// A tool (apt, dpkg-deb) failed or is missing.
+    #[error("{0}")]
+    Tool(String),
+    /// mmdebstrap failed.
     #[error("mmdebstrap failed ({status}):\n{tail}")]
     Mmdebstrap {
         /// Exit status.
@@ -82,27 +106,17 @@ pub enum DebianError {
         /// Its last lines of output.
         tail: String,
     },
-    /// The lock file does not parse.
-    #[error("{path}: {detail}\n  hint: regenerate it with `cairn lock DEFINITION --update`")]
-    BadLock {
+    /// The tree holds other packages than the lock.
+    #[error("the tree mmdebstrap built differs from {lock}: {detail}\n  hint: this is a bug in Cairn; `cairn lock DEFINITION --update` gets a fresh lock")]
+    TreeDiffers {
         /// The lock file.
-        path: PathBuf,
-        /// The parser's message.
+        lock: String,
+        /// What differs.
         detail: String,
     },
     /// The tree has no kernel.
     #[error("the root tree has no kernel in /boot; is [root.debian] kernel a kernel image package?")]
     NoKernel,
-}
-
-/// Archive URLs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct Mirrors {
-    /// The main archive (suite and suite-updates).
-    pub main: String,
-    /// The security archive (suite-security).
-    pub security: String,
 }
 
 /// Find the Debian mirrors the host's apt uses for `suite`, from one-line `.list` files and
@@ -170,112 +184,27 @@ pub fn host_mirrors(suite: &str, apt_dir: &Path) -> Mirrors {
     }
 }
 
-/// One pinned package.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct LockedPackage {
-    /// Package name.
-    pub name: String,
-    /// Exact version.
-    pub version: String,
-    /// `amd64` or `all`.
-    pub architecture: String,
-    /// sha256 of the `.deb`.
-    pub sha256: String,
-}
-
-/// `cairn.lock`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct Lock {
-    /// Format version ([`LOCK_VERSION`]).
-    pub version: u32,
-    /// The suite.
-    pub suite: String,
-    /// sha256 of the request this lock answers (see [`request_hash`]).
-    pub request: String,
-    /// The mirrors it was resolved against.
-    pub mirrors: Mirrors,
-    /// Every installed package, sorted by name.
-    pub package: Vec<LockedPackage>,
-}
-
-impl Lock {
-    /// Read a lock file; `Ok(None)` when it does not exist.
-    pub fn load(path: &Path) -> Result<Option<Lock>, DebianError> {
-        let text = match fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_err("reading", path)(e).into()),
-        };
-        let lock: Lock = toml::from_str(&text).map_err(|e| DebianError::BadLock {
-            path: path.to_owned(),
-            detail: e.to_string(),
-        })?;
-        if lock.version != LOCK_VERSION {
-            return Err(DebianError::BadLock {
-                path: path.to_owned(),
-                detail: format!(
-                    "lock version {} is not supported (this Cairn writes {LOCK_VERSION})",
-                    lock.version
-                ),
-            });
-        }
-        Ok(Some(lock))
+/// The mirrors a build uses: the definition's, else the host's apt sources, else
+/// deb.debian.org.
+pub fn effective_mirrors(spec: &DebianSpec) -> Mirrors {
+    let host = host_mirrors(&spec.suite, Path::new("/etc/apt"));
+    let pick = |own: &Option<String>, host: String, default: &str| {
+        own.clone().unwrap_or_else(|| {
+            if crate::definition::check_source_url(&host).is_ok() {
+                host
+            } else {
+                default.to_string()
+            }
+        })
+    };
+    Mirrors {
+        main: pick(&spec.mirror, host.main, "http://deb.debian.org/debian"),
+        security: pick(
+            &spec.security_mirror,
+            host.security,
+            "http://deb.debian.org/debian-security",
+        ),
     }
-
-    /// The file's text: a comment header, then TOML.
-    pub fn render(&self) -> String {
-        let body = toml::to_string(self).expect("a lock always serializes");
-        format!(
-            "# Generated by `cairn lock`: the exact Debian packages of this image.\n\
-             # Commit it next to the definition; refresh with `cairn lock DEFINITION --update`.\n\n{body}"
-        )
-    }
-
-    /// The `(name, version, arch)` triples, for comparing with a built tree.
-    pub fn triples(&self) -> BTreeMap<String, (String, String)> {
-        self.package
-            .iter()
-            .map(|p| (p.name.clone(), (p.version.clone(), p.architecture.clone())))
-            .collect()
-    }
-}
-
-/// sha256 of the package request: suite, components, kernel package, and the requested
-/// plus implied packages, sorted. A lock answers one request.
-pub fn request_hash(spec: &DebianSpec) -> String {
-    let mut pkgs: Vec<&str> = spec.packages.iter().map(String::as_str).collect();
-    pkgs.push(&spec.kernel_package);
-    pkgs.extend(IMPLIED_PACKAGES);
-    pkgs.sort();
-    pkgs.dedup();
-    let text = format!(
-        "suite={}\ncomponents={}\npackages={}\n",
-        spec.suite,
-        spec.components.join(","),
-        pkgs.join(",")
-    );
-    hex::encode(Sha256::digest(text.as_bytes()))
-}
-
-/// The packages to pass to mmdebstrap's `--include`.
-pub fn include_list(spec: &DebianSpec) -> Vec<String> {
-    let mut v: Vec<String> = spec.packages.clone();
-    v.push(spec.kernel_package.clone());
-    v.extend(IMPLIED_PACKAGES.iter().map(|s| s.to_string()));
-    v.sort();
-    v.dedup();
-    v
-}
-
-/// apt preferences that pin every locked package to its version.
-pub fn render_pins(lock: &Lock) -> String {
-    lock.package
-        .iter()
-        .map(|p| format!("Package: {}\nPin: version {}\nPin-Priority: 1001\n", p.name, p.version))
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// `/etc/dracut.conf.d/90-cairn.conf`.
@@ -289,32 +218,15 @@ pub fn render_dracut_conf(modules: &[String], drivers: &[String]) -> String {
     )
 }
 
-/// File name apt gives a downloaded package (the epoch's ':' is escaped).
-pub fn deb_file_name(p: &LockedPackage) -> String {
-    format!("{}_{}_{}.deb", p.name, p.version.replace(':', "%3a"), p.architecture)
-}
-
-/// Where Cairn caches package downloads and root trees.
-pub fn cache_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("CAIRN_CACHE_DIR").filter(|d| !d.is_empty()) {
-        return PathBuf::from(d);
-    }
-    if let Some(d) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
-        return PathBuf::from(d).join("cairn");
-    }
-    match std::env::var_os("HOME") {
-        Some(h) => PathBuf::from(h).join(".cache/cairn"),
-        None => PathBuf::from("/var/cache/cairn"),
-    }
-}
-
-/// How to treat an existing lock.
+/// How a build treats the lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LockMode {
-    /// Use the lock if it answers the request; resolve and write one otherwise.
+    /// Use the lock; when it is missing, stale or no longer served, re-resolve and rewrite it.
     #[default]
-    Use,
-    /// Resolve the newest versions and rewrite the lock.
+    Follow,
+    /// Use the lock as it is or fail (`--locked`); never resolve, never write it.
+    Locked,
+    /// Resolve the newest versions and rewrite the lock (`cairn lock --update`).
     Update,
 }
 
@@ -332,8 +244,10 @@ pub struct Prepared {
     /// Whether the tree came from the cache.
     pub cache_hit: bool,
     /// Why the lock file was written, if it was.
-    pub lock_written: Option<&'static str>,
-    /// Number of packages downloaded by this run.
+    pub lock_written: Option<String>,
+    /// What moved against the previous lock, when it was rewritten.
+    pub moves: Vec<Move>,
+    /// Number of packages fetched by this run.
     pub downloaded: usize,
     /// The cache key.
     pub key: String,
@@ -351,9 +265,10 @@ pub struct TreeInputs<'a> {
     pub epoch: u64,
 }
 
-fn tree_key(lock: &Lock, inputs: &TreeInputs) -> String {
+/// The cache key of the tree a lock and its inputs make.
+pub fn tree_key(lock: &Lock, inputs: &TreeInputs) -> String {
     let mut h = Sha256::new();
-    h.update(b"cairn tree v1\0");
+    h.update(b"cairn tree v2\0");
     for p in &lock.package {
         h.update(format!("{} {} {} {}\n", p.name, p.version, p.architecture, p.sha256));
     }
@@ -363,149 +278,296 @@ fn tree_key(lock: &Lock, inputs: &TreeInputs) -> String {
     hex::encode(&h.finalize()[..16])
 }
 
-fn sha256_file(path: &Path) -> Result<String, DebianError> {
-    let mut f = fs::File::open(path).map_err(io_err("opening", path))?;
-    let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h).map_err(io_err("reading", path))?;
-    Ok(hex::encode(h.finalize()))
+/// What the lock file says about the request, before anything is fetched.
+#[derive(Debug)]
+pub enum LockState {
+    /// It answers the request.
+    Current(Lock),
+    /// It must be resolved anew, and why; with the old lock when there is one to pin from.
+    Stale(String, Option<Lock>),
 }
 
-/// Prepare the root: from the cache when the lock's tree is there, else with mmdebstrap.
+/// Read `spec`'s lock and compare it with the request.
+pub fn lock_state(spec: &DebianSpec) -> Result<LockState, DebianError> {
+    match Lock::load(&spec.lock) {
+        Ok(Some(l)) if l.request == lock::request_hash(spec) => Ok(LockState::Current(l)),
+        Ok(Some(l)) => Ok(LockState::Stale("the package request changed".into(), Some(l))),
+        Ok(None) => Ok(LockState::Stale("there is no lock yet".into(), None)),
+        Err(LockError::Bad { detail, .. })
+            if detail.starts_with("lock format ") && detail.contains("does not record") =>
+        {
+            Ok(LockState::Stale(
+                "it is in an older format, which does not record where packages live".into(),
+                None,
+            ))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Where a build takes packages from.
+#[derive(Debug, Clone, Default)]
+pub struct PackageOptions {
+    /// Package stores from the command line; they replace the definition's.
+    pub sources: Vec<PackageSource>,
+}
+
+/// Prepare the root: the lock, the packages, then the tree (from the cache when it is there).
 pub fn prepare(
     spec: &DebianSpec,
     definition: &Path,
     inputs: &TreeInputs,
     mode: LockMode,
+    packages: &PackageOptions,
     log: &mut dyn FnMut(&str),
 ) -> Result<Prepared, DebianError> {
-    let cache = cache_dir();
-    let request = request_hash(spec);
-    let existing = Lock::load(&spec.lock)?;
-    let reason = match (&existing, mode) {
-        (_, LockMode::Update) => Some("--update"),
-        (None, _) => Some("there was no lock"),
-        (Some(l), _) if l.request != request => Some("the package request changed"),
-        _ => None,
+    let cache = Cache::open();
+    let _shared = cache.lock_shared(log)?;
+    let work = cache.work_dir()?;
+    let store = cache.store();
+    let lock_name = spec.lock.display().to_string();
+    let stores = if packages.sources.is_empty() {
+        spec.package_sources.clone()
+    } else {
+        packages.sources.clone()
+    };
+    let offline = !stores.is_empty();
+    let mirrors = effective_mirrors(spec);
+    let sources_for = |lock: &Lock| Sources {
+        stores: stores.clone(),
+        mirrors: (!offline).then(|| mirrors.clone()),
+        fallback: if offline {
+            Vec::new()
+        } else {
+            spec.fallback_sources
+                .iter()
+                .map(|s| match s {
+                    PackageSource::Url(u) => PackageSource::Url(u.replace("{resolved}", &lock.snapshot_stamp())),
+                    other => other.clone(),
+                })
+                .collect()
+        },
+    };
+    let update_hint = format!(
+        "run `cairn lock {} --update`, or build without --locked",
+        definition.display()
+    );
+
+    let state = match mode {
+        LockMode::Update => LockState::Stale("--update".into(), Lock::load(&spec.lock).ok().flatten()),
+        _ => lock_state(spec)?,
+    };
+    // The lock to build, why it was (re)written, and the lock it replaced.
+    let (lock, rewritten, old, downloaded) = match state {
+        LockState::Current(lock) => {
+            let key = tree_key(&lock, inputs);
+            if let Some(hit) = cached_tree(&cache, &key, &lock) {
+                log(&format!("debian: cached tree {key} matches {lock_name}"));
+                return Ok(hit);
+            }
+            let (n, missing) = store.fetch(&lock.package, &sources_for(&lock), log)?;
+            if missing.is_empty() {
+                (lock, None, None, n)
+            } else if mode == LockMode::Locked || offline {
+                return Err(DebianError::Unobtainable {
+                    lock: lock_name,
+                    missing,
+                    hint: if offline {
+                        format!(
+                            "export a store that holds this lock (`cairn store export {} --to DIR`) and build from it",
+                            spec.lock.display()
+                        )
+                    } else {
+                        update_hint
+                    },
+                });
+            } else {
+                let why = format!(
+                    "no source serves {} of its packages any more ({})",
+                    missing.len(),
+                    missing
+                        .iter()
+                        .map(|m| m.package.name.as_str())
+                        .take(6)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                        + if missing.len() > 6 { ", …" } else { "" }
+                );
+                log(&format!("debian: {lock_name} is stale: {why}; re-resolving"));
+                let new = resolve_lock(spec, &mirrors, Some(&lock), work.path(), log)?;
+                let (m, missing) = store.fetch(&new.package, &sources_for(&new), log)?;
+                fail_if_missing(&lock_name, missing)?;
+                (new, Some(why), Some(lock), n + m)
+            }
+        }
+        LockState::Stale(why, old) => {
+            if mode == LockMode::Locked || offline {
+                return Err(DebianError::NotLocked {
+                    lock: lock_name,
+                    why,
+                    hint: if offline {
+                        "a package store only serves the packages of a lock: resolve one online first (`cairn lock DEFINITION`)".into()
+                    } else {
+                        update_hint
+                    },
+                });
+            }
+            log(&format!("debian: resolving {lock_name} ({why})"));
+            let pins = if mode == LockMode::Update { None } else { old.as_ref() };
+            let new = resolve_lock(spec, &mirrors, pins, work.path(), log)?;
+            let (n, missing) = store.fetch(&new.package, &sources_for(&new), log)?;
+            fail_if_missing(&lock_name, missing)?;
+            (new, Some(why), old, n)
+        }
     };
 
-    if reason.is_none() {
-        let lock = existing.expect("checked");
-        let key = tree_key(&lock, inputs);
-        let dir = cache.join("trees").join(&key);
-        if dir.join("complete").exists() {
-            log(&format!("debian: cached tree {key} matches {}", spec.lock.display()));
-            let build_seconds = fs::read_to_string(dir.join("build-seconds"))
-                .ok()
-                .and_then(|t| t.trim().parse().ok())
-                .unwrap_or(0.0);
-            return Ok(Prepared {
-                tar: dir.join("root.tar"),
-                kernel: dir.join("vmlinuz"),
-                initrd: dir.join("initrd.img"),
-                lock,
-                cache_hit: true,
-                lock_written: None,
-                downloaded: 0,
-                key,
-                build_seconds,
-            });
+    let key = tree_key(&lock, inputs);
+    let mut prepared = match cached_tree(&cache, &key, &lock) {
+        Some(hit) => hit,
+        None => {
+            let built = run_mmdebstrap(spec, &lock, &store, inputs, work.path(), log)?;
+            built.check_against(&lock, &lock_name)?;
+            built.into_cache(&cache, &lock, &key)?
         }
-        let mirrors = lock.mirrors.clone();
-        let built = run_mmdebstrap(spec, definition, &mirrors, Some(&lock), inputs, &cache, log)?;
-        // The tree must be exactly the lock.
-        let got = built.lock_from_tree(&lock.suite, &lock.request, &mirrors, &cache)?;
-        if got.package != lock.package {
-            let want = lock.triples();
-            let have = got.triples();
-            let mut diffs = Vec::new();
-            for (n, v) in &want {
-                match have.get(n) {
-                    None => diffs.push(format!("{n} {} missing", v.0)),
-                    Some(h) if h != v => diffs.push(format!("{n}: locked {}, got {}", v.0, h.0)),
-                    _ => {}
+    };
+    prepared.downloaded = downloaded;
+    if let Some(why) = rewritten {
+        let moves = old.as_ref().map(|o| lock::diff(o, &lock)).unwrap_or_default();
+        // The same packages again (say, --update with nothing new): the file stays as it is.
+        let unchanged = old
+            .as_ref()
+            .is_some_and(|o| o.package == lock.package && o.request == lock.request && o.mirrors == lock.mirrors);
+        if unchanged {
+            log(&format!("debian: {lock_name} is up to date ({why}): no package moved"));
+        } else {
+            cairn_signing::write_file_atomic(&spec.lock, lock.render().as_bytes(), 0o644)
+                .map_err(io_err("writing", &spec.lock))?;
+            let mut block = format!("debian: wrote {lock_name} ({} packages; {why})", lock.package.len());
+            if !moves.is_empty() {
+                block.push_str(&format!(": {} moved", moves.len()));
+                for m in &moves {
+                    block.push_str(&format!("\n      {m}"));
                 }
             }
-            for (n, v) in &have {
-                if !want.contains_key(n) {
-                    diffs.push(format!("{n} {} not in the lock", v.0));
-                }
-            }
-            if diffs.is_empty() {
-                diffs.push("a package's sha256 differs from the lock".into());
-            }
-            diffs.truncate(8);
-            return Err(DebianError::LockDrift {
-                lock: spec.lock.display().to_string(),
-                definition: definition.display().to_string(),
-                detail: diffs.join("; "),
-            });
+            log(&block);
+            prepared.lock_written = Some(why);
+            prepared.moves = moves;
         }
-        return built.into_cache(&cache, lock, None, inputs);
     }
-
-    let reason = reason.expect("some");
-    let host = host_mirrors(&spec.suite, Path::new("/etc/apt"));
-    let mirrors = Mirrors {
-        main: spec.mirror.clone().unwrap_or(host.main),
-        security: spec.security_mirror.clone().unwrap_or(host.security),
-    };
-    log(&format!("debian: resolving the newest packages ({reason})"));
-    let built = run_mmdebstrap(spec, definition, &mirrors, None, inputs, &cache, log)?;
-    let lock = built.lock_from_tree(&spec.suite, &request, &mirrors, &cache)?;
-    let text = lock.render();
-    cairn_signing::write_file_atomic(&spec.lock, text.as_bytes(), 0o644).map_err(io_err("writing", &spec.lock))?;
-    log(&format!(
-        "debian: wrote {} ({} packages)",
-        spec.lock.display(),
-        lock.package.len()
-    ));
-    built.into_cache(&cache, lock, Some(reason), inputs)
+    Ok(prepared)
 }
 
-/// An mmdebstrap run's results in a work directory inside the cache.
+fn fail_if_missing(lock: &str, missing: Vec<Unobtainable>) -> Result<(), DebianError> {
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(DebianError::Unobtainable {
+        lock: lock.to_string(),
+        missing,
+        hint: "the mirror lists packages it does not serve (it may be updating): try again later, or set [root.debian] mirror to another".into(),
+    })
+}
+
+/// Resolve the request into a new lock.
+fn resolve_lock(
+    spec: &DebianSpec,
+    mirrors: &Mirrors,
+    pins: Option<&Lock>,
+    work: &Path,
+    log: &mut dyn FnMut(&str),
+) -> Result<Lock, DebianError> {
+    let package = crate::resolve::resolve(spec, mirrors, pins, work, log)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let lock = Lock {
+        version: LOCK_VERSION,
+        suite: spec.suite.clone(),
+        request: lock::request_hash(spec),
+        resolved: lock::format_utc(now),
+        mirrors: mirrors.clone(),
+        package,
+    };
+    // What apt's indexes said must make a valid lock too.
+    Lock::parse(&lock.render(), &spec.lock)?;
+    Ok(lock)
+}
+
+/// A complete cached tree for `key`, if there is one.
+fn cached_tree(cache: &Cache, key: &str, lock: &Lock) -> Option<Prepared> {
+    let dir = cache.trees().join(key);
+    if !dir.join("complete").exists() {
+        return None;
+    }
+    let build_seconds = fs::read_to_string(dir.join("build-seconds"))
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(0.0);
+    Some(Prepared {
+        tar: dir.join("root.tar"),
+        kernel: dir.join("vmlinuz"),
+        initrd: dir.join("initrd.img"),
+        lock: lock.clone(),
+        cache_hit: true,
+        lock_written: None,
+        moves: Vec::new(),
+        downloaded: 0,
+        key: key.to_string(),
+        build_seconds,
+    })
+}
+
+/// An mmdebstrap run's results in the build's work directory.
 struct Built {
     work: PathBuf,
     installed: Vec<(String, String, String)>,
-    downloaded: usize,
     seconds: f64,
 }
 
 impl Built {
-    fn lock_from_tree(&self, suite: &str, request: &str, mirrors: &Mirrors, cache: &Path) -> Result<Lock, DebianError> {
-        let debs = cache.join("debs");
-        let mut package = Vec::new();
-        for (name, version, architecture) in &self.installed {
-            let mut p = LockedPackage {
-                name: name.clone(),
-                version: version.clone(),
-                architecture: architecture.clone(),
-                sha256: String::new(),
-            };
-            let file = debs.join(deb_file_name(&p));
-            p.sha256 = sha256_file(&file)?;
-            package.push(p);
+    /// The tree must hold exactly the lock's packages.
+    fn check_against(&self, lock: &Lock, lock_name: &str) -> Result<(), DebianError> {
+        let want: BTreeMap<&str, (&str, &str)> = lock
+            .package
+            .iter()
+            .map(|p| (p.name.as_str(), (p.version.as_str(), p.architecture.as_str())))
+            .collect();
+        let have: BTreeMap<&str, (&str, &str)> = self
+            .installed
+            .iter()
+            .map(|(n, v, a)| (n.as_str(), (v.as_str(), a.as_str())))
+            .collect();
+        let mut diffs = Vec::new();
+        for (n, v) in &want {
+            match have.get(n) {
+                None => diffs.push(format!("{n} {} not installed", v.0)),
+                Some(h) if h != v => diffs.push(format!("{n}: locked {}, installed {}", v.0, h.0)),
+                _ => {}
+            }
         }
-        package.sort();
-        Ok(Lock {
-            version: LOCK_VERSION,
-            suite: suite.into(),
-            request: request.into(),
-            mirrors: mirrors.clone(),
-            package,
+        for (n, v) in &have {
+            if !want.contains_key(n) {
+                diffs.push(format!("{n} {} installed but not locked", v.0));
+            }
+        }
+        if diffs.is_empty() {
+            return Ok(());
+        }
+        diffs.truncate(8);
+        Err(DebianError::TreeDiffers {
+            lock: lock_name.to_string(),
+            detail: diffs.join("; "),
         })
     }
 
-    fn into_cache(
-        self,
-        cache: &Path,
-        lock: Lock,
-        lock_written: Option<&'static str>,
-        inputs: &TreeInputs,
-    ) -> Result<Prepared, DebianError> {
-        let key = tree_key(&lock, inputs);
-        let dir = cache.join("trees").join(&key);
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
+    /// Move the tree into `trees/<key>`: assembled beside it, renamed into place whole. When
+    /// another build got there first, its tree is used.
+    fn into_cache(self, cache: &Cache, lock: &Lock, key: &str) -> Result<Prepared, DebianError> {
+        let trees = cache.trees();
+        fs::create_dir_all(&trees).map_err(io_err("creating", &trees))?;
+        let staging = self.work.join("tree");
+        fs::create_dir(&staging).map_err(io_err("creating", &staging))?;
         let boot = self.work.join("boot");
         let mut kernel = None;
         let mut initrd = None;
@@ -525,27 +587,33 @@ impl Built {
             return Err(DebianError::NoKernel);
         };
         for (from, to) in [
-            (k, dir.join("vmlinuz")),
-            (i, dir.join("initrd.img")),
-            (self.work.join("root.tar"), dir.join("root.tar")),
+            (k, staging.join("vmlinuz")),
+            (i, staging.join("initrd.img")),
+            (self.work.join("root.tar"), staging.join("root.tar")),
         ] {
             fs::rename(&from, &to).map_err(io_err("moving into the cache", &to))?;
         }
-        fs::write(dir.join("cairn.lock"), lock.render()).map_err(io_err("writing", &dir))?;
-        fs::write(dir.join("build-seconds"), format!("{:.1}\n", self.seconds)).map_err(io_err("writing", &dir))?;
-        fs::write(dir.join("complete"), b"").map_err(io_err("writing", &dir))?;
-        let _ = fs::remove_dir_all(&self.work);
-        Ok(Prepared {
-            tar: dir.join("root.tar"),
-            kernel: dir.join("vmlinuz"),
-            initrd: dir.join("initrd.img"),
-            lock,
-            cache_hit: false,
-            lock_written,
-            downloaded: self.downloaded,
-            key,
-            build_seconds: self.seconds,
-        })
+        let write = |name: &str, data: String| {
+            let p = staging.join(name);
+            fs::write(&p, data).map_err(io_err("writing", &p))
+        };
+        write("cairn.lock", lock.render())?;
+        write("build-seconds", format!("{:.1}\n", self.seconds))?;
+        write("complete", String::new())?;
+        let dir = trees.join(key);
+        match fs::rename(&staging, &dir) {
+            Ok(()) => {}
+            Err(_) if dir.join("complete").exists() => {}
+            Err(e) => {
+                // An incomplete leftover (a killed older Cairn): replace it.
+                let _ = fs::remove_dir_all(&dir);
+                fs::rename(&staging, &dir).map_err(|_| io_err("moving into the cache", &dir)(e))?;
+            }
+        }
+        let mut p = cached_tree(cache, key, lock).ok_or(DebianError::NoKernel)?;
+        p.cache_hit = false;
+        p.build_seconds = self.seconds;
+        Ok(p)
     }
 }
 
@@ -553,69 +621,59 @@ fn shell_quote(p: &Path) -> String {
     format!("'{}'", p.display().to_string().replace('\'', "'\\''"))
 }
 
+/// A local path as a `copy://` URI for apt's sources (percent-encoded).
+fn copy_uri(p: &Path) -> String {
+    let mut s = String::from("copy://");
+    for b in p.display().to_string().bytes() {
+        if b.is_ascii_alphanumeric() || b"/._-".contains(&b) {
+            s.push(b as char);
+        } else {
+            s.push_str(&format!("%{b:02X}"));
+        }
+    }
+    s
+}
+
 fn run_mmdebstrap(
     spec: &DebianSpec,
-    definition: &Path,
-    mirrors: &Mirrors,
-    pinned: Option<&Lock>,
+    lock: &Lock,
+    store: &Store,
     inputs: &TreeInputs,
-    cache: &Path,
+    work: &Path,
     log: &mut dyn FnMut(&str),
 ) -> Result<Built, DebianError> {
-    let debs = cache.join("debs");
-    fs::create_dir_all(&debs).map_err(io_err("creating", &debs))?;
-    let work = cache.join(format!("work-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&work);
-    fs::create_dir_all(work.join("boot")).map_err(io_err("creating", &work))?;
+    let repo = work.join("repo");
+    store::write_repo(store, &lock.package, &lock.suite, &repo, Placement::Link)?;
+    fs::create_dir_all(work.join("boot")).map_err(io_err("creating", work))?;
     let hook = work.join("customize.sh");
     fs::write(&hook, CUSTOMIZE_HOOK).map_err(io_err("writing", &hook))?;
     let dracut = work.join("90-cairn.conf");
     fs::write(&dracut, render_dracut_conf(inputs.dracut_modules, inputs.drivers))
         .map_err(io_err("writing", &dracut))?;
-    let pins = work.join("cairn-lock.pref");
-    fs::write(&pins, pinned.map(render_pins).unwrap_or_default()).map_err(io_err("writing", &pins))?;
-    let before: std::collections::HashSet<_> = fs::read_dir(&debs)
-        .map_err(io_err("listing", &debs))?
-        .filter_map(|e| e.ok().map(|e| e.file_name()))
-        .collect();
 
-    let include = include_list(spec);
-    let components = spec.components.join(" ");
-    let sources = [
-        format!("deb {} {} {components}", mirrors.main, spec.suite),
-        format!("deb {} {}-updates {components}", mirrors.main, spec.suite),
-        format!("deb {} {}-security {components}", mirrors.security, spec.suite),
-    ];
+    let names: Vec<&str> = lock.package.iter().map(|p| p.name.as_str()).collect();
     let q = shell_quote;
     let mut cmd = Command::new("mmdebstrap");
     cmd.env("SOURCE_DATE_EPOCH", inputs.epoch.to_string())
-        .args(["--variant=minbase", "--mode=auto", "--architectures=amd64", "--format=tar"])
-        .arg(format!("--components={}", spec.components.join(",")))
-        .arg(format!("--include={}", include.join(",")))
-        .arg("--skip=essential/unlink")
-        .arg("--aptopt=Acquire::Retries \"3\"")
-        .arg("--setup-hook=mkdir -p \"$1/var/cache/apt/archives\" \"$1/etc/dracut.conf.d\" \"$1/etc/apt/preferences.d\"")
-        .arg(format!("--setup-hook=sync-in {} /var/cache/apt/archives/", q(&debs)))
+        .env("LC_ALL", "C.UTF-8")
+        .args(["--variant=essential", "--mode=auto", "--architectures=amd64", "--format=tar"])
+        .arg(format!("--include={}", names.join(",")))
+        .arg("--setup-hook=mkdir -p \"$1/etc/dracut.conf.d\"")
         .arg(format!("--setup-hook=upload {} /etc/dracut.conf.d/90-cairn.conf", q(&dracut)))
-        .arg(format!("--setup-hook=upload {} /etc/apt/preferences.d/cairn-lock", q(&pins)))
         .arg(format!("--customize-hook=sh {} \"$1\"", q(&hook)))
-        .arg(format!("--customize-hook=copy-out /boot {}", q(&work)))
+        .arg(format!("--customize-hook=copy-out /boot {}", q(work)))
         .arg(format!(
             "--customize-hook=chroot \"$1\" dpkg-query -W -f '${{db:Status-Abbrev}} ${{Package}} ${{Version}} ${{Architecture}}\\n' > {}",
             q(&work.join("installed.txt"))
         ))
-        .arg(format!("--customize-hook=sync-out /var/cache/apt/archives {}", q(&debs)))
         .arg(&spec.suite)
-        .arg(work.join("root.tar"));
-    for s in &sources {
-        cmd.arg(s);
-    }
+        .arg(work.join("root.tar"))
+        .arg(format!("deb [trusted=yes] {} ./", copy_uri(&repo)));
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     log(&format!(
-        "debian: mmdebstrap {} from {} ({} packages requested)",
+        "debian: mmdebstrap {} from the {} locked packages",
         spec.suite,
-        mirrors.main,
-        include.len()
+        names.len()
     ));
     let started = Instant::now();
     let mut child = cmd
@@ -649,11 +707,13 @@ fn run_mmdebstrap(
     let _ = (t1.join(), t2.join());
     let status = child.wait().map_err(io_err("waiting for", Path::new("mmdebstrap")))?;
     if !status.success() {
-        let _ = fs::remove_dir_all(&work);
-        let locked_by = pinned.map(|_| definition);
-        return Err(classify_failure(spec, mirrors, locked_by, &tail, status.to_string()));
+        let start = tail.len().saturating_sub(15);
+        return Err(DebianError::Mmdebstrap {
+            status: status.to_string(),
+            tail: tail[start..].join("\n"),
+        });
     }
-    let text = fs::read_to_string(work.join("installed.txt")).map_err(io_err("reading", &work))?;
+    let text = fs::read_to_string(work.join("installed.txt")).map_err(io_err("reading", work))?;
     let installed: Vec<(String, String, String)> = text
         .lines()
         .filter(|l| l.starts_with("ii "))
@@ -671,109 +731,21 @@ fn run_mmdebstrap(
             fs::rename(&p, boot.join(p.file_name().expect("a name"))).map_err(io_err("moving", &p))?;
         }
     }
-    let after = fs::read_dir(&debs)
-        .map_err(io_err("listing", &debs))?
-        .filter_map(|e| e.ok().map(|e| e.file_name()));
-    let downloaded = after
-        .filter(|n| !before.contains(n) && n.to_string_lossy().ends_with(".deb"))
-        .count();
+    let seconds = started.elapsed().as_secs_f64();
     log(&format!(
-        "debian: {} packages installed, {downloaded} downloaded, in {:.0}s",
-        installed.len(),
-        started.elapsed().as_secs_f64()
+        "debian: {} packages installed in {seconds:.0}s",
+        installed.len()
     ));
     Ok(Built {
-        work,
+        work: work.to_owned(),
         installed,
-        downloaded,
-        seconds: started.elapsed().as_secs_f64(),
+        seconds,
     })
-}
-
-/// Turn mmdebstrap's output into the error a user can act on.
-/// `locked_by` is the definition whose lock pinned the versions, if any.
-fn classify_failure(
-    spec: &DebianSpec,
-    mirrors: &Mirrors,
-    locked_by: Option<&Path>,
-    lines: &[String],
-    status: String,
-) -> DebianError {
-    for l in lines {
-        if let Some(rest) = l.split("Unable to locate package ").nth(1) {
-            return DebianError::NoSuchPackage {
-                package: rest.trim().to_string(),
-                suite: spec.suite.clone(),
-                components: spec.components.join(","),
-                mirror: mirrors.main.clone(),
-            };
-        }
-        if let Some(rest) = l
-            .split("Package '")
-            .nth(1)
-            .filter(|_| l.contains("has no installation candidate"))
-        {
-            return DebianError::NoSuchPackage {
-                package: rest.split('\'').next().unwrap_or(rest).to_string(),
-                suite: spec.suite.clone(),
-                components: spec.components.join(","),
-                mirror: mirrors.main.clone(),
-            };
-        }
-    }
-    let unreachable = [
-        "Could not resolve",
-        "Temporary failure resolving",
-        "Failed to fetch",
-        "Unable to connect",
-        "Connection refused",
-        "Connection failed",
-        "No route to host",
-    ];
-    if let Some(l) = lines.iter().find(|l| unreachable.iter().any(|u| l.contains(u))) {
-        let mirror = [&mirrors.main, &mirrors.security]
-            .into_iter()
-            .find(|m| l.contains(m.as_str()))
-            .unwrap_or(&mirrors.main);
-        return DebianError::MirrorUnreachable {
-            mirror: mirror.clone(),
-            detail: l.trim().to_string(),
-        };
-    }
-    if let Some(definition) = locked_by {
-        if let Some(l) = lines
-            .iter()
-            .find(|l| l.contains("but it is not going to be installed") || l.contains("was not found"))
-        {
-            return DebianError::LockDrift {
-                lock: spec.lock.display().to_string(),
-                definition: definition.display().to_string(),
-                detail: l.trim().to_string(),
-            };
-        }
-    }
-    let start = lines.len().saturating_sub(15);
-    DebianError::Mmdebstrap {
-        status,
-        tail: lines[start..].join("\n"),
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn spec() -> DebianSpec {
-        DebianSpec {
-            suite: "bookworm".into(),
-            mirror: None,
-            security_mirror: None,
-            components: vec!["main".into()],
-            packages: vec!["systemd".into(), "etcd-server".into(), "dracut".into()],
-            kernel_package: "linux-image-amd64".into(),
-            lock: PathBuf::from("cairn.lock"),
-        }
-    }
 
     #[test]
     fn mirrors_from_both_apt_formats() {
@@ -801,97 +773,61 @@ mod tests {
         );
     }
 
-    #[test]
-    fn request_hash_ignores_order_and_duplicates() {
-        let a = spec();
-        let mut b = spec();
-        b.packages.reverse();
-        b.packages.push("zstd".into());
-        assert_eq!(request_hash(&a), request_hash(&b));
-        b.packages.push("runc".into());
-        assert_ne!(request_hash(&a), request_hash(&b));
-        assert_eq!(
-            include_list(&a),
-            ["dracut", "etcd-server", "linux-image-amd64", "systemd", "zstd"]
-        );
+    fn built(cache: &Cache, tag: &str) -> (Built, crate::cache::WorkDir) {
+        let work = cache.work_dir().unwrap();
+        let w = work.path().to_owned();
+        fs::create_dir_all(w.join("boot")).unwrap();
+        fs::write(w.join("boot/vmlinuz-6.1.0-57-amd64"), format!("kernel {tag}")).unwrap();
+        fs::write(w.join("boot/initrd.img-6.1.0-57-amd64"), "initrd").unwrap();
+        fs::write(w.join("root.tar"), format!("root {tag}")).unwrap();
+        let b = Built {
+            work: w,
+            installed: Vec::new(),
+            seconds: 1.0,
+        };
+        (b, work)
     }
 
     #[test]
-    fn lock_round_trip_and_pins() {
-        let lock = Lock {
+    fn two_builds_of_one_tree_at_once_both_succeed_with_one_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::at(dir.path());
+        let lock = lock_sample();
+        let (a, wa) = built(&cache, "a");
+        let (b, wb) = built(&cache, "b");
+        let pa = a.into_cache(&cache, &lock, "k").unwrap();
+        let pb = b.into_cache(&cache, &lock, "k").unwrap();
+        assert_eq!(pa.tar, pb.tar);
+        assert_eq!(fs::read_to_string(&pb.tar).unwrap(), "root a", "the first tree stays");
+        assert!(cache.trees().join("k/complete").exists());
+        drop((wa, wb));
+        assert_eq!(fs::read_dir(dir.path().join("work")).unwrap().count(), 0);
+        // An incomplete leftover under the key is replaced.
+        fs::remove_file(cache.trees().join("k/complete")).unwrap();
+        let (c, _wc) = built(&cache, "c");
+        let pc = c.into_cache(&cache, &lock, "k").unwrap();
+        assert_eq!(fs::read_to_string(&pc.tar).unwrap(), "root c");
+    }
+
+    fn lock_sample() -> Lock {
+        Lock {
             version: LOCK_VERSION,
             suite: "bookworm".into(),
-            request: "ab".into(),
+            request: "ab".repeat(32),
+            resolved: "2026-12-02T07:40:12Z".into(),
             mirrors: Mirrors {
                 main: "http://m/debian".into(),
                 security: "http://m/debian-security".into(),
             },
-            package: vec![LockedPackage {
-                name: "base-files".into(),
-                version: "1:12.4+deb12u5".into(),
-                architecture: "amd64".into(),
-                sha256: "00".repeat(32),
-            }],
-        };
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("cairn.lock");
-        fs::write(&p, lock.render()).unwrap();
-        assert_eq!(Lock::load(&p).unwrap(), Some(lock.clone()));
-        assert_eq!(
-            render_pins(&lock),
-            "Package: base-files\nPin: version 1:12.4+deb12u5\nPin-Priority: 1001\n"
-        );
-        assert_eq!(deb_file_name(&lock.package[0]), "base-files_1%3a12.4+deb12u5_amd64.deb");
-        fs::write(&p, "version = 1\nsuite = 3\n").unwrap();
-        assert!(matches!(Lock::load(&p), Err(DebianError::BadLock { .. })));
-        assert_eq!(Lock::load(&dir.path().join("none")).unwrap(), None);
+            package: Vec::new(),
+        }
     }
 
     #[test]
-    fn failures_are_classified() {
-        let s = spec();
-        let m = Mirrors {
-            main: "http://m/debian".into(),
-            security: "http://s/debian-security".into(),
-        };
-        let e = classify_failure(
-            &s,
-            &m,
-            None,
-            &["E: Unable to locate package etcd-servr".into()],
-            "1".into(),
-        );
-        assert!(
-            e.to_string().contains("package 'etcd-servr' is not in Debian bookworm"),
-            "{e}"
-        );
-        let e = classify_failure(
-            &s,
-            &m,
-            None,
-            &[
-                "W: Failed to fetch http://s/debian-security/dists/bookworm-security/InRelease  Could not resolve 's'"
-                    .into(),
-            ],
-            "1".into(),
-        );
-        assert!(
-            e.to_string()
-                .contains("mirror http://s/debian-security does not answer"),
-            "{e}"
-        );
-        let e = classify_failure(&s, &m, None, &["boom".into()], "exit status: 1".into());
-        assert!(e.to_string().contains("boom"));
-        let e = classify_failure(
-            &s,
-            &m,
-            Some(Path::new("images/node.toml")),
-            &["E: Version '1.2' for 'etcd-server' was not found".into()],
-            "1".into(),
-        );
-        assert!(
-            e.to_string().contains("run `cairn lock images/node.toml --update`"),
-            "{e}"
+    fn copy_uris_are_encoded() {
+        assert_eq!(
+            copy_uri(Path::new("/var/cache/a b/r+1")),
+            "copy:///var/cache/a%20b/r%2B1"
         );
     }
 

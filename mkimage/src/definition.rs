@@ -178,6 +178,10 @@ struct RawDebian {
     kernel: Option<Spanned<String>>,
     #[serde(default)]
     lock: Option<Spanned<String>>,
+    #[serde(default)]
+    package_sources: Vec<Spanned<String>>,
+    #[serde(default)]
+    fallback_sources: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -295,6 +299,62 @@ pub struct DebianSpec {
     pub kernel_package: String,
     /// The lock file.
     pub lock: PathBuf,
+    /// Package stores (`cairn store export`) to take every package from, instead of the
+    /// mirrors: set, the build never asks a mirror (an air-gapped rebuild of a locked image).
+    pub package_sources: Vec<PackageSource>,
+    /// Sources tried after the mirrors for locked packages they no longer serve, e.g. a dated
+    /// snapshot archive; `{resolved}` becomes the lock's resolution time (`20261202T074012Z`).
+    pub fallback_sources: Vec<PackageSource>,
+}
+
+/// Where packages can be fetched by their archive path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PackageSource {
+    /// A local directory (a store export, or a mounted archive).
+    Dir(PathBuf),
+    /// An http(s) or file URL.
+    Url(String),
+}
+
+impl std::fmt::Display for PackageSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PackageSource::Dir(d) => write!(f, "{}", d.display()),
+            PackageSource::Url(u) => f.write_str(u),
+        }
+    }
+}
+
+impl PackageSource {
+    /// Parse a `--package-source` value: a URL, or a directory relative to the working directory.
+    pub fn from_arg(v: &str) -> Result<PackageSource, String> {
+        if v.contains("://") || v.starts_with("file:") {
+            check_source_url(v)?;
+            Ok(PackageSource::Url(v.trim_end_matches('/').to_string()))
+        } else if v.is_empty() || v.chars().any(char::is_control) {
+            Err(format!("package source {v:?} is not a directory"))
+        } else {
+            Ok(PackageSource::Dir(PathBuf::from(v)))
+        }
+    }
+}
+
+/// A mirror or package source URL: `http://`, `https://` or `file:/`, then printable ASCII
+/// without spaces, quotes or brackets (it lands in apt's sources and on command lines).
+pub fn check_source_url(u: &str) -> Result<(), String> {
+    let scheme_ok = ["http://", "https://", "file:/"].iter().any(|p| u.starts_with(p));
+    let rest_ok = u.len() <= 1024
+        && u.bytes()
+            .all(|b| b.is_ascii_graphic() && !b"\"'`<>[]{}|^\\".contains(&b));
+    if !scheme_ok {
+        Err(format!("mirror {u:?} is not an http(s) or file URL"))
+    } else if !rest_ok {
+        Err(format!(
+            "mirror {u:?} holds a space, a control character, a quote or a bracket"
+        ))
+    } else {
+        Ok(())
+    }
 }
 
 /// Where a pinned artifact comes from.
@@ -604,20 +664,49 @@ impl Ctx<'_> {
         let url = |s: &Option<Spanned<String>>| -> Result<Option<String>, DefinitionError> {
             match s {
                 None => Ok(None),
-                Some(u)
-                    if ["http://", "https://", "file:/"]
-                        .iter()
-                        .any(|p| u.get_ref().starts_with(p)) =>
-                {
-                    Ok(Some(u.get_ref().trim_end_matches('/').to_string()))
-                }
-                Some(u) => self.err(
-                    Some(u.span()),
-                    format!("mirror '{}' is not an http(s) or file URL", u.get_ref()),
-                    "e.g. mirror = \"http://deb.debian.org/debian\"",
-                ),
+                Some(u) => match check_source_url(u.get_ref()) {
+                    Ok(()) => Ok(Some(u.get_ref().trim_end_matches('/').to_string())),
+                    Err(why) => self.err(Some(u.span()), why, "e.g. mirror = \"http://deb.debian.org/debian\""),
+                },
             }
         };
+        // A package source is a directory (relative to the definition) or a URL.
+        let source = |s: &Spanned<String>, placeholder: bool| -> Result<PackageSource, DefinitionError> {
+            let v = s.get_ref();
+            if v.contains("://") || v.starts_with("file:") {
+                let checked = if placeholder {
+                    v.replace("{resolved}", "20000101T000000Z")
+                } else {
+                    v.clone()
+                };
+                match check_source_url(&checked) {
+                    Ok(()) => Ok(PackageSource::Url(v.trim_end_matches('/').to_string())),
+                    Err(why) => self.err(
+                        Some(s.span()),
+                        why,
+                        "a package source is a directory or an http(s)/file URL of a `cairn store export`",
+                    ),
+                }
+            } else if v.is_empty() || v.chars().any(char::is_control) {
+                self.err(
+                    Some(s.span()),
+                    format!("package source {v:?} is not a directory"),
+                    "name a directory written by `cairn store export`",
+                )
+            } else {
+                Ok(PackageSource::Dir(self.path(s)))
+            }
+        };
+        let package_sources = raw
+            .package_sources
+            .iter()
+            .map(|s| source(s, false))
+            .collect::<Result<Vec<_>, _>>()?;
+        let fallback_sources = raw
+            .fallback_sources
+            .iter()
+            .map(|s| source(s, true))
+            .collect::<Result<Vec<_>, _>>()?;
         let suite = word(&raw.suite, "suite", "e.g. suite = \"bookworm\"")?;
         let mut packages = Vec::new();
         for p in &raw.packages {
@@ -650,6 +739,8 @@ impl Ctx<'_> {
             packages,
             kernel_package,
             lock,
+            package_sources,
+            fallback_sources,
         })
     }
 

@@ -12,6 +12,7 @@
 pub use cairn_disk::{gpt, guid, verity};
 
 pub mod build;
+pub mod cache;
 pub mod cli;
 pub mod configdrive;
 pub mod customize;
@@ -21,11 +22,14 @@ pub mod ext4;
 pub mod fat;
 pub mod ioerr;
 pub mod kconfig;
+pub mod lock;
 pub mod modules;
 pub mod plan;
 pub mod publish;
+pub mod resolve;
 pub mod rootfs;
 pub mod squashfs;
+pub mod store;
 pub mod tarstream;
 pub mod tools;
 pub mod uki;
