@@ -333,21 +333,7 @@ pub fn prepare(
     };
     let offline = !stores.is_empty();
     let mirrors = effective_mirrors(spec);
-    let sources_for = |lock: &Lock| Sources {
-        stores: stores.clone(),
-        mirrors: (!offline).then(|| mirrors.clone()),
-        fallback: if offline {
-            Vec::new()
-        } else {
-            spec.fallback_sources
-                .iter()
-                .map(|s| match s {
-                    PackageSource::Url(u) => PackageSource::Url(u.replace("{resolved}", &lock.snapshot_stamp())),
-                    other => other.clone(),
-                })
-                .collect()
-        },
-    };
+    let sources_for = |lock: &Lock| sources(spec, &stores, &mirrors, lock);
     let update_hint = format!(
         "run `cairn lock {} --update`, or build without --locked",
         definition.display()
@@ -455,6 +441,32 @@ pub fn prepare(
         }
     }
     Ok(prepared)
+}
+
+/// Where a build takes `lock`'s packages from: the package stores alone when there are any;
+/// else the mirrors, then the fallback sources with `{resolved}` filled in from the lock.
+pub fn sources(spec: &DebianSpec, stores: &[PackageSource], mirrors: &Mirrors, lock: &Lock) -> Sources {
+    if !stores.is_empty() {
+        return Sources {
+            stores: stores.to_vec(),
+            mirrors: None,
+            fallback: Vec::new(),
+        };
+    }
+    Sources {
+        stores: Vec::new(),
+        mirrors: Some(mirrors.clone()),
+        fallback: spec
+            .fallback_sources
+            .iter()
+            .map(|s| match s {
+                PackageSource::Url(u) => PackageSource::Url(u.replace("{resolved}", &lock.snapshot_stamp())),
+                PackageSource::Dir(d) => PackageSource::Dir(PathBuf::from(
+                    d.display().to_string().replace("{resolved}", &lock.snapshot_stamp()),
+                )),
+            })
+            .collect(),
+    }
 }
 
 fn fail_if_missing(lock: &str, missing: Vec<Unobtainable>) -> Result<(), DebianError> {
@@ -821,6 +833,37 @@ mod tests {
             },
             package: Vec::new(),
         }
+    }
+
+    #[test]
+    fn stores_replace_mirrors_and_fallbacks_name_the_resolution_time() {
+        let spec = DebianSpec {
+            suite: "bookworm".into(),
+            mirror: None,
+            security_mirror: None,
+            components: vec!["main".into()],
+            packages: vec!["systemd".into()],
+            kernel_package: "linux-image-amd64".into(),
+            lock: PathBuf::from("cairn.lock"),
+            package_sources: Vec::new(),
+            fallback_sources: vec![
+                PackageSource::Url("https://snapshot.example/archive/debian/{resolved}".into()),
+                PackageSource::Dir("/srv/snapshots/{resolved}".into()),
+            ],
+        };
+        let m = lock_sample().mirrors;
+        let s = sources(&spec, &[], &m, &lock_sample());
+        assert_eq!(s.mirrors, Some(m.clone()));
+        assert_eq!(
+            s.fallback,
+            [
+                PackageSource::Url("https://snapshot.example/archive/debian/20261202T074012Z".into()),
+                PackageSource::Dir("/srv/snapshots/20261202T074012Z".into()),
+            ]
+        );
+        let usb = [PackageSource::Dir("/media/usb".into())];
+        let s = sources(&spec, &usb, &m, &lock_sample());
+        assert_eq!((s.stores.as_slice(), s.mirrors, s.fallback.len()), (&usb[..], None, 0));
     }
 
     #[test]

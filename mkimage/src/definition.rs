@@ -1308,6 +1308,49 @@ mod tests {
     }
 
     #[test]
+    fn package_sources_and_mirrors_admit_no_apt_syntax() {
+        let f = Fixture::new();
+        let path = f.dir.path().join("image.toml");
+        let base = "version = 1\n[image]\nname = \"n\"\nversion = \"1\"\n[root.debian]\nsuite = \"bookworm\"\npackages = [\"systemd\"]\n";
+        let d = Definition::parse(
+            &path,
+            &format!(
+                "{base}package-sources = [\"store\", \"https://cdn.example/store/\"]\n\
+                 fallback-sources = [\"https://snap.example/debian/{{resolved}}\"]\n"
+            ),
+        )
+        .unwrap();
+        let RootSource::Debian(spec) = d.root else {
+            panic!("a Debian root")
+        };
+        assert_eq!(
+            spec.package_sources,
+            [
+                PackageSource::Dir(f.dir.path().join("store")),
+                PackageSource::Url("https://cdn.example/store".into())
+            ]
+        );
+        assert_eq!(
+            spec.fallback_sources,
+            [PackageSource::Url("https://snap.example/debian/{resolved}".into())]
+        );
+        for (bad, why) in [
+            ("mirror = \"http://m/debian\\nbookworm main\"", "control character"),
+            ("mirror = \"http://m/debian [trusted=yes]\"", "a space"),
+            ("mirror = \"ftp://m/debian\"", "not an http(s) or file URL"),
+            ("package-sources = [\"https://m/x\\u0000\"]", "control character"),
+            ("package-sources = [\"\"]", "is not a directory"),
+            ("fallback-sources = [\"https://m/{{when}}\"]", "a quote or a bracket"),
+        ] {
+            let e = err(Definition::parse(&path, &format!("{base}{bad}\n")));
+            assert_eq!(e.at.map(|a| a.0), Some(8), "{bad}: {e}");
+            assert!(e.message.contains(why), "{bad}: {e}");
+        }
+        assert!(PackageSource::from_arg("/media/usb").is_ok());
+        assert!(PackageSource::from_arg("http://x/ y").is_err());
+    }
+
+    #[test]
     fn module_policy_defaults_to_every_class_and_checks_names() {
         let f = Fixture::new();
         let path = f.dir.path().join("image.toml");
