@@ -626,6 +626,8 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
             let text = std::fs::read_to_string(&node).with_context(|| format!("reading {}", node.display()))?;
             let config = cairn_node::config::NodeConfig::parse(&text, &node.display().to_string())
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
+            // What the node will render from it must be writable too (the second wall).
+            cairn_node::render::plan(&config, &text).map_err(|e| anyhow::anyhow!("{}: {e}", node.display()))?;
             let mut files = vec![("node.toml".to_string(), text.clone().into_bytes())];
             let signed = match &sign {
                 Some(k) => {

@@ -97,6 +97,9 @@ pub enum ApplyError {
     /// The owner a file needs does not exist in the image.
     #[error("user {0} does not exist in this image, so {1} cannot be given to it")]
     NoUser(&'static str, String),
+    /// A value the files cannot represent (refused before anything is written).
+    #[error(transparent)]
+    Render(#[from] render::RenderError),
 }
 
 /// Write every output of `plan` under `root`, removing WireGuard keys no longer in it.
@@ -148,7 +151,7 @@ fn running_as_root() -> bool {
 /// Apply: choose, render, write. Returns the log lines to print.
 pub fn apply(root: &Path) -> Result<Vec<String>, ApplyError> {
     let (config, text, source, mut log) = choose(root);
-    let outputs = render::plan(&config, &text);
+    let outputs = render::plan(&config, &text)?;
     write(root, &config, &outputs)?;
     let mut parts = vec![format!("role {}", config.role.as_str())];
     if let Some(e) = &config.etcd {

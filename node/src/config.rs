@@ -210,6 +210,64 @@ impl Url {
     }
 }
 
+/// An absolute path under a fixed directory of the state partition, of plain names only:
+/// each component letters, digits, `.`, `_` and `-`, never `.` or `..`, at most 255 bytes in
+/// all. Nothing else can be built, so such a path is safe in an environment file, a unit
+/// file or on a command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatePath(String);
+
+impl StatePath {
+    /// Check `path`, which must lie strictly below `root` (itself such a path).
+    pub fn under(root: &str, path: &str) -> Result<StatePath, String> {
+        let rest = path
+            .strip_prefix(root)
+            .and_then(|r| r.strip_prefix('/'))
+            .ok_or_else(|| format!("'{}' is not under {root}/", path.escape_debug()))?;
+        let plain = |c: &str| {
+            !c.is_empty()
+                && c != "."
+                && c != ".."
+                && c.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        };
+        if path.len() > 255 || !rest.split('/').all(plain) {
+            return Err(format!(
+                "'{}' is not a plain path: use letters, digits, '.', '_' and '-' between single slashes",
+                path.escape_debug()
+            ));
+        }
+        Ok(StatePath(path.to_string()))
+    }
+
+    /// The path.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for StatePath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A WireGuard endpoint: `HOST:PORT`, `IPv4:PORT` or `[IPv6]:PORT`, the port 1 to 65535 in
+/// plain digits.
+pub fn valid_endpoint(v: &str) -> bool {
+    let Some((host, port)) = v.rsplit_once(':') else {
+        return false;
+    };
+    let port_ok = !port.is_empty()
+        && port.len() <= 5
+        && port.bytes().all(|b| b.is_ascii_digit())
+        && port.parse::<u16>().is_ok_and(|p| p != 0);
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => !host.contains(':') && (host.parse::<std::net::Ipv4Addr>().is_ok() || valid_hostname(host)),
+    };
+    port_ok && host_ok
+}
+
 /// RFC 1123 host name: dot-separated labels of letters, digits and inner hyphens.
 pub fn valid_hostname(h: &str) -> bool {
     !h.is_empty()
@@ -229,7 +287,7 @@ pub struct Etcd {
     /// Member name.
     pub name: String,
     /// Data directory, under /var/lib/etcd (default `/var/lib/etcd/default`).
-    pub data_dir: String,
+    pub data_dir: StatePath,
     /// Client URLs: listened on and advertised.
     pub client_urls: Vec<Url>,
     /// Peer URLs: listened on and advertised.
@@ -246,11 +304,11 @@ pub struct Etcd {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EtcdTls {
     /// Server and peer certificate.
-    pub cert: String,
+    pub cert: StatePath,
     /// Its key.
-    pub key: String,
+    pub key: StatePath,
     /// CA that signs clients and peers.
-    pub ca: String,
+    pub ca: StatePath,
 }
 
 /// A WireGuard peer.
@@ -407,9 +465,11 @@ struct Raw {
     #[serde(default)]
     role: Option<Spanned<String>>,
     #[serde(default)]
-    etcd: Option<Spanned<RawEtcd>>,
+    // Tables are not `Spanned`: a table made implicitly by a `[etcd.tls]` header alone has
+    // no span, and the toml crate then fails with a message nobody can act on.
+    etcd: Option<RawEtcd>,
     #[serde(default)]
-    wireguard: Option<Spanned<RawWireguard>>,
+    wireguard: Option<RawWireguard>,
     #[serde(default)]
     kubelet: RawKubelet,
     #[serde(default)]
@@ -419,9 +479,9 @@ struct Raw {
     #[serde(default)]
     ssh: RawSsh,
     #[serde(default)]
-    key_agent: Option<Spanned<RawKeyAgent>>,
+    key_agent: Option<RawKeyAgent>,
     #[serde(default)]
-    update: Option<Spanned<RawUpdate>>,
+    update: Option<RawUpdate>,
 }
 
 #[derive(Deserialize)]
@@ -557,6 +617,21 @@ struct Cx<'a> {
 }
 
 impl Cx<'_> {
+    /// Where the first header of table `name` (`[name]` or `[name.…]`) is.
+    fn table(&self, name: &str) -> Option<Range<usize>> {
+        let mut at = 0;
+        for line in self.src.split_inclusive('\n') {
+            let t = line.trim_start().trim_start_matches('[');
+            if line.trim_start().starts_with('[')
+                && (t.starts_with(&format!("{name}]")) || t.starts_with(&format!("{name}.")))
+            {
+                return Some(at..at + line.len());
+            }
+            at += line.len();
+        }
+        None
+    }
+
     fn err<T>(&self, span: Option<Range<usize>>, message: impl Into<String>, hint: &str) -> Result<T, ConfigError> {
         Err(ConfigError {
             file: self.file.to_string(),
@@ -632,19 +707,19 @@ impl NodeConfig {
             }
         };
         let etcd = match (role, &raw.etcd) {
-            (Role::Worker, Some(e)) => {
+            (Role::Worker, Some(_)) => {
                 return cx.err(
-                    Some(e.span()),
+                    cx.table("etcd"),
                     "a worker does not run etcd",
                     "remove [etcd], or set role = \"control-plane\"",
                 )
             }
             (Role::Worker, None) => None,
-            (Role::ControlPlane, e) => Some(etcd(&cx, e.as_ref().map(Spanned::get_ref), &hostname)?),
+            (Role::ControlPlane, e) => Some(etcd(&cx, e.as_ref(), &hostname)?),
         };
         let wireguard = match &raw.wireguard {
             None => None,
-            Some(w) => Some(wireguard(&cx, w.get_ref())?),
+            Some(w) => Some(wireguard(&cx, w)?),
         };
         let kubelet = kubelet(&cx, &raw.kubelet)?;
         let mut health = BTreeMap::new();
@@ -673,6 +748,25 @@ impl NodeConfig {
             .iter()
             .map(|i| interface(&cx, i))
             .collect::<Result<Vec<_>, _>>()?;
+        // A wired interface's file must never claim the loopback or a WireGuard interface.
+        for (n, i) in network.iter().zip(&raw.network.interface) {
+            if let Match::Name(glob) = &n.matches {
+                let captured = if glob_matches(glob, "lo") {
+                    Some("lo".to_string())
+                } else if glob_may_match_prefix(glob, "wg") {
+                    Some(wireguard.as_ref().map_or("wg0".to_string(), |w| w.interface.clone()))
+                } else {
+                    None
+                };
+                if let Some(victim) = captured {
+                    return cx.err(
+                        Some(i.span()),
+                        format!("[[network.interface]] name '{glob}' would also match {victim}"),
+                        "name the wired interfaces more narrowly, e.g. \"en*\" or \"eth0\"; WireGuard interfaces (wg*) and lo are Cairn's",
+                    );
+                }
+            }
+        }
         let mut ssh_authorized_keys = Vec::new();
         for k in &raw.ssh.authorized_keys {
             match ssh_key(k.get_ref()) {
@@ -688,11 +782,11 @@ impl NodeConfig {
         }
         let key_agent = match &raw.key_agent {
             None => None,
-            Some(k) => Some(key_agent(&cx, k.get_ref())?),
+            Some(k) => Some(key_agent(&cx, k)?),
         };
         let update = match &raw.update {
             None => None,
-            Some(u) => Some(update(&cx, u.get_ref())?),
+            Some(u) => Some(update(&cx, u)?),
         };
         Ok(NodeConfig {
             generation,
@@ -748,34 +842,24 @@ fn etcd(cx: &Cx, raw: Option<&RawEtcd>, hostname: &str) -> Result<Etcd, ConfigEr
     let data_dir = match &raw.data_dir {
         // Not named after the member: a renamed node keeps its data (etcd keeps the member
         // its data directory records), and renames do not pile up directories.
-        None => format!("{ETCD_DATA_ROOT}/default"),
-        Some(d) => {
-            let v = d.get_ref();
-            let ok = v
-                .strip_prefix(ETCD_DATA_ROOT)
-                .and_then(|r| r.strip_prefix('/'))
-                .is_some_and(|r| !r.is_empty() && r.split('/').all(|c| !c.is_empty() && c != "." && c != ".."));
-            if !ok {
-                return cx.err(
-                    Some(d.span()),
-                    format!("[etcd] data-dir '{v}' is not under {ETCD_DATA_ROOT}/"),
-                    "etcd may only write under /var/lib/etcd on the state partition; leave it out for /var/lib/etcd/default",
-                );
-            }
-            v.clone()
-        }
+        None => StatePath::under(ETCD_DATA_ROOT, &format!("{ETCD_DATA_ROOT}/default")).expect("a plain path"),
+        Some(d) => StatePath::under(ETCD_DATA_ROOT, d.get_ref()).or_else(|why| {
+            cx.err(
+                Some(d.span()),
+                format!("[etcd] data-dir {why}"),
+                "etcd may only write under /var/lib/etcd on the state partition; leave it out for /var/lib/etcd/default",
+            )
+        })?,
     };
     let tls = raw.tls.as_ref().map(|t| -> Result<EtcdTls, ConfigError> {
         let file = |s: &Spanned<String>| {
-            if s.get_ref().starts_with("/var/lib/cairn/") && !s.get_ref().contains("..") {
-                Ok(s.get_ref().clone())
-            } else {
+            StatePath::under("/var/lib/cairn", s.get_ref()).or_else(|why| {
                 cx.err(
                     Some(s.span()),
-                    format!("[etcd.tls] '{}' is not under /var/lib/cairn/", s.get_ref()),
+                    format!("[etcd.tls] {why}"),
                     "certificates live on the state partition, e.g. /var/lib/cairn/pki/etcd.crt",
                 )
-            }
+            })
         };
         Ok(EtcdTls {
             cert: file(&t.cert)?,
@@ -912,11 +996,20 @@ fn wireguard(cx: &Cx, raw: &RawWireguard) -> Result<Wireguard, ConfigError> {
         None => "wg0".to_string(),
         Some(i) => {
             let v = i.get_ref();
-            if v.is_empty() || v.len() > 15 || !v.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            // Starting with "wg" keeps it from shadowing a wired interface (eth0, lo) whose
+            // networkd file would then configure the tunnel, and from "." and "..".
+            let ok = v.starts_with("wg")
+                && v.len() <= 15
+                && v.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_".contains(&b));
+            if !ok {
                 return cx.err(
                     Some(i.span()),
-                    format!("[wireguard] interface '{v}' is not an interface name"),
-                    "at most 15 letters, digits, '-', '_' or '.', e.g. wg0",
+                    format!(
+                        "[wireguard] interface '{}' is not a WireGuard interface name",
+                        v.escape_debug()
+                    ),
+                    "\"wg\" and up to 13 lower-case letters, digits, '-' or '_', e.g. wg0 or wg-mesh",
                 );
             }
             v.clone()
@@ -965,11 +1058,7 @@ fn wireguard(cx: &Cx, raw: &RawWireguard) -> Result<Wireguard, ConfigError> {
             None => None,
             Some(e) => {
                 let v = e.get_ref();
-                let ok = v.rsplit_once(':').is_some_and(|(h, port)| {
-                    let h = h.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(h);
-                    (valid_hostname(h) || h.parse::<IpAddr>().is_ok()) && port.parse::<u16>().is_ok_and(|p| p != 0)
-                });
-                if !ok {
+                if !valid_endpoint(v) {
                     return cx.err(
                         Some(e.span()),
                         format!("[wireguard] peer endpoint '{v}' is not HOST:PORT"),
@@ -1012,6 +1101,35 @@ pub fn valid_label_key(k: &str) -> bool {
         && !name.is_empty()
 }
 
+/// Whether a kubelet may register its node with label `key` (`--node-labels`): any key
+/// outside the `kubernetes.io` and `k8s.io` namespaces, and within them only the well-known
+/// node labels and the `kubelet.kubernetes.io` and `node.kubernetes.io` namespaces (what
+/// the kubelet itself and the API server's NodeRestriction admit).
+pub fn kubelet_may_set(key: &str) -> bool {
+    const WELL_KNOWN: [&str; 12] = [
+        "kubernetes.io/hostname",
+        "kubernetes.io/arch",
+        "kubernetes.io/os",
+        "beta.kubernetes.io/arch",
+        "beta.kubernetes.io/os",
+        "beta.kubernetes.io/instance-type",
+        "node.kubernetes.io/instance-type",
+        "failure-domain.beta.kubernetes.io/zone",
+        "failure-domain.beta.kubernetes.io/region",
+        "topology.kubernetes.io/zone",
+        "topology.kubernetes.io/region",
+        "node.kubernetes.io/windows-build",
+    ];
+    let Some((ns, _)) = key.split_once('/') else {
+        return true;
+    };
+    let within = |d: &str| ns == d || ns.ends_with(&format!(".{d}"));
+    if !within("kubernetes.io") && !within("k8s.io") {
+        return true;
+    }
+    WELL_KNOWN.contains(&key) || within("kubelet.kubernetes.io") || within("node.kubernetes.io")
+}
+
 /// A Kubernetes label value: empty, or at most 63 alphanumerics, `-`, `_` or `.` that
 /// starts and ends alphanumeric.
 pub fn valid_label_value(v: &str) -> bool {
@@ -1032,13 +1150,11 @@ fn kubelet(cx: &Cx, raw: &RawKubelet) -> Result<Kubelet, ConfigError> {
                 "e.g. \"topology.kubernetes.io/zone\" or \"tier\"",
             );
         }
-        if k.starts_with("node-role.kubernetes.io/")
-            || k.starts_with("kubernetes.io/") && !k.starts_with("kubernetes.io/arch")
-        {
+        if !kubelet_may_set(k) {
             return cx.err(
                 Some(v.span()),
                 format!("[kubelet] node-labels key '{k}' is reserved"),
-                "the API server refuses node-role.kubernetes.io/ labels from a kubelet; set them with kubectl",
+                "a kubelet may only set kubernetes.io and k8s.io labels of its own (kubernetes.io/arch, topology.kubernetes.io/zone, node.kubernetes.io/…); set others, like node-role.kubernetes.io/, with kubectl",
             );
         }
         if !valid_label_value(v.get_ref()) {
@@ -1124,6 +1240,9 @@ pub fn ssh_key(line: &str) -> Result<String, String> {
     if line.contains('\n') || line.contains('\r') {
         return Err("one key per list item".into());
     }
+    if line.contains('\0') {
+        return Err("the key holds a NUL character".into());
+    }
     let mut words = line.split_whitespace();
     let ty = words.next().ok_or("the key is empty")?;
     if !SSH_KEY_TYPES.contains(&ty) {
@@ -1135,13 +1254,83 @@ pub fn ssh_key(line: &str) -> Result<String, String> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(blob)
         .map_err(|_| "the key's base64 part does not decode".to_string())?;
-    // The blob starts with its own type as an SSH string: u32 length, then the name.
-    let named =
-        bytes.get(4..4 + ty.len()).is_some_and(|n| n == ty.as_bytes()) && bytes[..4] == (ty.len() as u32).to_be_bytes();
-    if !named {
+    // The blob is a sequence of SSH strings (u32 length, bytes): the type again, then the
+    // key's fields; a truncated or padded blob is refused.
+    let mut fields = Vec::new();
+    let mut rest = &bytes[..];
+    while !rest.is_empty() {
+        let len = rest
+            .get(..4)
+            .map(|l| u32::from_be_bytes(l.try_into().expect("4 bytes")) as usize)
+            .filter(|l| *l <= rest.len() - 4)
+            .ok_or_else(|| format!("the key's data is cut off (not a whole {ty} key)"))?;
+        fields.push(&rest[4..4 + len]);
+        rest = &rest[4 + len..];
+    }
+    if fields.first() != Some(&ty.as_bytes()) {
         return Err(format!("the key's data is not a {ty} key"));
     }
-    Ok(line.split_whitespace().collect::<Vec<_>>().join(" "))
+    let curve_point = |curve: &str, len: usize| {
+        fields.len() >= 3 && fields[1] == curve.as_bytes() && fields[2].len() == len && fields[2][0] == 4
+    };
+    let whole = match ty {
+        "ssh-ed25519" => fields.len() == 2 && fields[1].len() == 32,
+        "sk-ssh-ed25519@openssh.com" => fields.len() == 3 && fields[1].len() == 32,
+        "ssh-rsa" => fields.len() == 3 && fields[2].len() >= 128,
+        "ecdsa-sha2-nistp256" => fields.len() == 3 && curve_point("nistp256", 65),
+        "ecdsa-sha2-nistp384" => fields.len() == 3 && curve_point("nistp384", 97),
+        "ecdsa-sha2-nistp521" => fields.len() == 3 && curve_point("nistp521", 133),
+        "sk-ecdsa-sha2-nistp256@openssh.com" => fields.len() == 4 && curve_point("nistp256", 65),
+        "ssh-dss" => fields.len() == 5,
+        _ => false,
+    };
+    if !whole {
+        return Err(format!("the key's data is not a whole {ty} key (cut off or padded)"));
+    }
+    let comment: Vec<&str> = words.collect();
+    if comment.iter().any(|w| w.chars().any(|c| c.is_control())) {
+        return Err("the key's comment holds a control character".into());
+    }
+    let mut normalized = vec![ty, blob];
+    normalized.extend(comment);
+    Ok(normalized.join(" "))
+}
+
+/// Whether the shell-style glob `pattern` (`*` and `?`) matches all of `name`.
+pub fn glob_matches(pattern: &str, name: &str) -> bool {
+    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    // Classic two-pointer matching with backtracking to the last '*'.
+    let (mut i, mut j, mut star, mut mark) = (0, 0, None, 0);
+    while j < n.len() {
+        if i < p.len() && (p[i] == '?' || p[i] == n[j]) {
+            i += 1;
+            j += 1;
+        } else if i < p.len() && p[i] == '*' {
+            star = Some(i);
+            mark = j;
+            i += 1;
+        } else if let Some(s) = star {
+            i = s + 1;
+            mark += 1;
+            j = mark;
+        } else {
+            return false;
+        }
+    }
+    p[i..].iter().all(|c| *c == '*')
+}
+
+/// Whether `pattern` matches some name that starts with `prefix`.
+pub fn glob_may_match_prefix(pattern: &str, prefix: &str) -> bool {
+    let mut p = pattern.chars();
+    for want in prefix.chars() {
+        match p.next() {
+            Some('*') => return true,
+            Some(c) if c == '?' || c == want => {}
+            _ => return false,
+        }
+    }
+    true
 }
 
 /// A MAC address `aa:bb:cc:dd:ee:ff`, returned in lower case.
@@ -1169,7 +1358,11 @@ fn interface(cx: &Cx, raw: &Spanned<RawInterface>) -> Result<Interface, ConfigEr
     let matches = match (&i.name, &i.mac) {
         (Some(n), None) => {
             let v = n.get_ref();
-            if v.is_empty() || v.len() > 15 || !v.chars().all(|c| c.is_ascii_alphanumeric() || "-_.*".contains(c)) {
+            if v.is_empty()
+                || v.len() > 15
+                || !v.starts_with(|c: char| c.is_ascii_alphanumeric() || "*?".contains(c))
+                || !v.chars().all(|c| c.is_ascii_alphanumeric() || "-_.*?".contains(c))
+            {
                 return cx.err(
                     Some(n.span()),
                     format!("[[network.interface]] name '{v}' is not an interface name or glob"),
@@ -1248,8 +1441,8 @@ fn update(cx: &Cx, raw: &RawUpdate) -> Result<Update, ConfigError> {
                     ))
                 })
                 .is_ok()
-            && !rest.contains(char::is_whitespace)
-            && !rest.contains(['?', '#']);
+            && rest.bytes().all(|b| b.is_ascii_graphic())
+            && !rest.contains(['?', '#', '"', '\'', '\\', '`', '<', '>']);
         ok.then(|| {
             if src.ends_with('/') {
                 src.clone()
@@ -1261,7 +1454,10 @@ fn update(cx: &Cx, raw: &RawUpdate) -> Result<Update, ConfigError> {
     let Some(source) = base else {
         return cx.err(
             Some(raw.source.span()),
-            format!("[update] source '{src}' is not an http(s) URL of a directory"),
+            format!(
+                "[update] source '{}' is not an http(s) URL of a directory",
+                src.escape_debug()
+            ),
             "the directory `cairn publish` made for this image, e.g. \"https://updates.example.net/cairn/node/\"",
         );
     };

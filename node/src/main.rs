@@ -51,9 +51,12 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match NodeConfig::parse(&text, file) {
-                Ok(c) => {
-                    for o in render::plan(&c, &text) {
+            match NodeConfig::parse(&text, file)
+                .map_err(|e| e.to_string())
+                .and_then(|c| render::plan(&c, &text).map_err(|e| format!("{file}: {e}")))
+            {
+                Ok(outputs) => {
+                    for o in outputs {
                         println!("{} (mode {:o})", o.path, o.mode);
                     }
                     ExitCode::SUCCESS

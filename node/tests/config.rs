@@ -29,7 +29,7 @@ fn good_configs_render_their_golden_files() {
         let dir = fixtures().join(scenario);
         let text = std::fs::read_to_string(dir.join("node.toml")).unwrap();
         let config = NodeConfig::parse(&text, "node.toml").unwrap_or_else(|e| panic!("{scenario}: {e}"));
-        let outputs = render::plan(&config, &text);
+        let outputs = render::plan(&config, &text).unwrap();
         let expected = dir.join("expected");
         if bless {
             let _ = std::fs::remove_dir_all(&expected);
@@ -90,7 +90,7 @@ fn the_built_in_default_is_a_healthy_single_node() {
         (Role::ControlPlane, "cairn", 0)
     );
     let e = c.etcd.as_ref().unwrap();
-    assert_eq!(e.data_dir, "/var/lib/etcd/default");
+    assert_eq!(e.data_dir.as_str(), "/var/lib/etcd/default");
     assert_eq!(e.initial_cluster.len(), 1);
     assert!(c.wireguard.is_none());
     // The same as the shipped example of the smallest config.
@@ -153,4 +153,90 @@ fn update_source_and_reboot_policy() {
         assert!(e.to_string().contains("[update] source"), "{s}: {e}");
     }
     assert!(NodeConfig::single_node().update.is_none());
+}
+
+#[test]
+fn real_ssh_keys_of_every_type_are_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    for (ty, bits) in [
+        ("ed25519", ""),
+        ("rsa", "2048"),
+        ("ecdsa", "256"),
+        ("ecdsa", "384"),
+        ("ecdsa", "521"),
+    ] {
+        let key = dir.path().join(format!("{ty}{bits}"));
+        let mut c = std::process::Command::new("ssh-keygen");
+        c.args(["-q", "-N", "", "-C", "me@laptop", "-t", ty, "-f"]).arg(&key);
+        if !bits.is_empty() {
+            c.args(["-b", bits]);
+        }
+        assert!(c.status().unwrap().success());
+        let line = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+        let got = cairn_node::config::ssh_key(&line).unwrap_or_else(|e| panic!("{ty}{bits}: {e}"));
+        assert_eq!(got, line.trim());
+    }
+}
+
+#[test]
+fn labels_a_kubelet_may_set() {
+    use cairn_node::config::kubelet_may_set;
+    for ok in [
+        "tier",
+        "example.com/team",
+        "kubernetes.io/os",
+        "kubernetes.io/arch",
+        "topology.kubernetes.io/zone",
+        "node.kubernetes.io/pool",
+        "x.node.kubernetes.io/y",
+        "kubelet.kubernetes.io/z",
+    ] {
+        assert!(kubelet_may_set(ok), "{ok}");
+    }
+    for no in [
+        "k8s.io/team",
+        "kubernetes.io/archx",
+        "node-role.kubernetes.io/control-plane",
+        "node-restriction.kubernetes.io/x",
+        "x.k8s.io/y",
+    ] {
+        assert!(!kubelet_may_set(no), "{no}");
+    }
+}
+
+#[test]
+fn globs_and_endpoints() {
+    use cairn_node::config::{glob_matches, glob_may_match_prefix, valid_endpoint};
+    assert!(glob_matches("en*", "enp1s0") && glob_matches("*", "lo") && glob_matches("l?", "lo"));
+    assert!(!glob_matches("en*", "eth0") && !glob_matches("eth?", "eth10"));
+    assert!(
+        glob_may_match_prefix("*", "wg") && glob_may_match_prefix("w*", "wg") && glob_may_match_prefix("?g0", "wg")
+    );
+    assert!(!glob_may_match_prefix("en*", "wg") && !glob_may_match_prefix("eth0", "wg"));
+    for ok in ["192.0.2.2:51820", "[2001:db8::3]:51820", "peer.example.net:1"] {
+        assert!(valid_endpoint(ok), "{ok}");
+    }
+    for no in [
+        "2001:db8::1:51820",
+        "192.0.2.2:+51820",
+        "[1.2.3.4]:51820",
+        "h:0",
+        "h:65536",
+        ":51820",
+        "h:",
+    ] {
+        assert!(!valid_endpoint(no), "{no}");
+    }
+}
+
+#[test]
+fn a_tls_table_alone_means_etcd_with_tls() {
+    let text = "version = 1\ngeneration = 1\nhostname = \"cp-1\"\n[etcd.tls]\ncert = \"/var/lib/cairn/pki/etcd.crt\"\nkey = \"/var/lib/cairn/pki/etcd.key\"\nca = \"/var/lib/cairn/pki/ca.crt\"\n";
+    let c = NodeConfig::parse(text, "node.toml").unwrap();
+    let e = c.etcd.unwrap();
+    assert_eq!(e.client_urls[0].to_string(), "https://127.0.0.1:2379");
+    assert_eq!(e.tls.unwrap().cert.as_str(), "/var/lib/cairn/pki/etcd.crt");
+    let worker = "version = 1\ngeneration = 1\nhostname = \"w\"\nrole = \"worker\"\n\n[etcd.tls]\ncert = \"/var/lib/cairn/a\"\nkey = \"/var/lib/cairn/b\"\nca = \"/var/lib/cairn/c\"\n";
+    let e = NodeConfig::parse(worker, "node.toml").unwrap_err();
+    assert_eq!((e.line, e.message.as_str()), (Some(6), "a worker does not run etcd"));
 }
