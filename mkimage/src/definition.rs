@@ -795,13 +795,6 @@ impl Ctx<'_> {
     }
 }
 
-fn valid_name(s: &str) -> bool {
-    s.len() <= 64
-        && s.starts_with(|c: char| c.is_ascii_lowercase())
-        && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-}
-
 /// Check one kernel command line word.
 pub fn valid_cmdline_word(w: &str) -> Result<(), String> {
     if w.is_empty() {
@@ -862,7 +855,7 @@ impl Definition {
             );
         }
         let name = raw.image.name.get_ref().clone();
-        if !valid_name(&name) {
+        if !cairn_signing::bundle::valid_image_name(&name) {
             return cx.err(
                 Some(raw.image.name.span()),
                 format!("image name '{name}' is not allowed"),

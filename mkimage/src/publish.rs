@@ -9,7 +9,9 @@
 //! under a temporary name and renamed, and only then the index is replaced (also through a
 //! rename), so a client never sees an index that names a missing or partial bundle.
 //! Publishing the same release again changes nothing; a different bundle under a published
-//! version is refused (versions are immutable once nodes may have seen them).
+//! version is refused (versions are immutable once nodes may have seen them). Publishers
+//! running at once take turns on `DIR/<image>/.publish.lock`, so no index entry is lost
+//! between one's read and another's write.
 
 use std::fs::{self, File};
 use std::io;
@@ -66,6 +68,23 @@ fn sha256_file(path: &Path) -> io::Result<String> {
     Ok(hex::encode(h.finalize()))
 }
 
+/// Hold `dir/.publish.lock` exclusively until the returned file is dropped.
+fn lock_dir(dir: &Path) -> Result<File, PublishError> {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(".publish.lock");
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(io_err("opening", &path))?;
+    rustix::fs::flock(f.as_fd(), rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| io_err("locking", &path)(e.into()))?;
+    Ok(f)
+}
+
 /// Publish the bundle of the build in `out` (or a bundle file) into `to`.
 pub fn publish(out: &Path, to: &Path, key: &PublicKey) -> Result<Published, PublishError> {
     let src = if out.is_dir() {
@@ -74,8 +93,14 @@ pub fn publish(out: &Path, to: &Path, key: &PublicKey) -> Result<Published, Publ
         out.to_owned()
     };
     let (m, _) = verify::verify_bundle(&src, key)?;
+    // The bundle format admits only plain image names; check again where it becomes a path.
+    assert!(
+        bundle::valid_image_name(&m.name),
+        "a verified bundle has a plain image name"
+    );
     let dir = to.join(&m.name);
     fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
+    let _turn = lock_dir(&dir)?;
     let index_path = dir.join(bundle::INDEX_FILE);
     let mut index = match fs::read(&index_path) {
         Ok(b) => Index::parse(&b).map_err(|detail| PublishError::Index {
@@ -111,9 +136,15 @@ pub fn publish(out: &Path, to: &Path, key: &PublicKey) -> Result<Published, Publ
         None => false,
     };
     if !unchanged {
-        let tmp = dir.join(format!(".{file}.tmp{}", std::process::id()));
-        let copied = fs::copy(&src, &tmp)
-            .and_then(|_| File::open(&tmp)?.sync_all())
+        let tmp = dir.join(crate::store::unique(&format!(".{file}.tmp")));
+        let copied = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .and_then(|mut t| {
+                io::copy(&mut File::open(&src)?, &mut t)?;
+                t.sync_all()
+            })
             .and_then(|_| fs::rename(&tmp, &dest));
         if let Err(e) = copied {
             let _ = fs::remove_file(&tmp);

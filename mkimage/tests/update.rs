@@ -384,7 +384,7 @@ fn publish_lays_out_bundles_and_an_index_for_a_static_server() {
     names.sort();
     assert_eq!(
         names,
-        ["index.json", "test_0.1.0.cairn", "test_0.2.0.cairn"],
+        [".publish.lock", "index.json", "test_0.1.0.cairn", "test_0.2.0.cairn"],
         "no temporary files left"
     );
 
@@ -417,6 +417,35 @@ fn publish_lays_out_bundles_and_an_index_for_a_static_server() {
     let o = publish(&r.v1, "other.pub");
     assert!(!o.status.success());
     assert_eq!(fs::read(to.join("test/index.json")).unwrap(), before);
+}
+
+#[test]
+fn publishers_running_at_once_lose_no_release() {
+    let r = releases();
+    for round in 0..4 {
+        let to = r.f.path(&format!("www-{round}"));
+        let children: Vec<_> = [&r.v1, &r.v2, &r.v1, &r.v2]
+            .iter()
+            .map(|out| {
+                cairn()
+                    .arg("publish")
+                    .arg(out)
+                    .arg("--to")
+                    .arg(&to)
+                    .arg("--key")
+                    .arg(r.f.path("release.pub"))
+                    .stdout(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for mut c in children {
+            assert!(c.wait().unwrap().success());
+        }
+        let index = cairn_signing::bundle::Index::parse(&fs::read(to.join("test/index.json")).unwrap()).unwrap();
+        let versions: Vec<&str> = index.releases.iter().map(|r| r.version.as_str()).collect();
+        assert_eq!(versions, ["0.1.0", "0.2.0"], "round {round}: a release was lost");
+    }
 }
 
 #[test]

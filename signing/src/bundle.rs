@@ -116,6 +116,18 @@ fn is_hex(s: &str, len: usize) -> bool {
     s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// Whether `name` is a Cairn image name: 1–64 characters of `a`–`z`, `0`–`9` and `-`,
+/// starting with a letter. It names directories and files where releases are published and
+/// entries on the ESP, so nothing else may pass (no `/`, no `..`).
+pub fn valid_image_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
 /// Whether `v` is a Cairn image version: it names a UKI (`cairn_<v>+3.efi`) and is
 /// compared by systemd-boot. ASCII letters, digits, `.`, `~`, `_`, `-`, starting with a
 /// letter or digit, at most 64 bytes; `+` is reserved for boot counting.
@@ -172,8 +184,11 @@ impl BundleManifest {
                 self.bundle_format
             ));
         }
-        if self.name.is_empty() || self.name.len() > 64 {
-            return bad("name must be 1 to 64 bytes".into());
+        if !valid_image_name(&self.name) {
+            return bad(format!(
+                "name {:?} must be 1 to 64 characters of a-z, 0-9 and '-', starting with a letter",
+                self.name
+            ));
         }
         if !valid_version(&self.version) {
             return bad(format!(
@@ -266,6 +281,9 @@ impl Index {
                 "index-format {} is not supported (this Cairn reads {INDEX_FORMAT})",
                 i.index_format
             ));
+        }
+        if !valid_image_name(&i.name) {
+            return Err(format!("image name {:?} is not an image name", i.name));
         }
         for r in &i.releases {
             let plain = !r.file.is_empty() && !r.file.contains('/') && !r.file.starts_with('.');
@@ -610,6 +628,30 @@ mod tests {
         }
         r.finish()?;
         Ok(got)
+    }
+
+    #[test]
+    fn a_signed_bundle_with_a_path_for_a_name_is_refused() {
+        // A manifest the trusted key signed is still checked: its name becomes a path.
+        for name in [
+            "../../escape",
+            "a/b",
+            ".",
+            "..",
+            "Node",
+            "-x",
+            "",
+            &"n".repeat(65),
+            "x\ny",
+        ] {
+            let mut m = sample();
+            m.name = name.into();
+            let e = BundleManifest::parse(&m.to_bytes()).expect_err(name).to_string();
+            assert!(e.contains("must be 1 to 64 characters"), "{name:?}: {e}");
+        }
+        assert!(valid_image_name("node") && valid_image_name("edge-2"));
+        let index = br#"{"index-format":1,"name":"../x","latest":"1","releases":[{"version":"1","file":"x_1.cairn","size":1,"sha256":"00","root-hash":"00"}]}"#;
+        assert!(Index::parse(index).unwrap_err().contains("not an image name"));
     }
 
     #[test]
