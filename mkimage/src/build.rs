@@ -293,8 +293,9 @@ fn load_key(choice: KeyChoice) -> Result<(PrivateKey, KeyChoice), BuildError> {
             if p.exists() {
                 Ok((PrivateKey::read(&p)?, KeyChoice::Development(p, false)))
             } else {
+                // A public key left without its private half is useless: replace both.
                 let key = PrivateKey::generate();
-                key.write_pair(&p, &public_path_for(&p), false)?;
+                key.write_pair(&p, &public_path_for(&p), true)?;
                 Ok((key, KeyChoice::Development(p, true)))
             }
         }

@@ -221,3 +221,31 @@ fn kubelet_artifact_must_match_its_pin() {
     );
     assert!(e.contains("hint: fix [kubelet] sha256"), "{e}");
 }
+
+#[test]
+fn keys_are_never_overwritten_by_their_public_half() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    // `cairn keygen k.pub` would put the private key and then the public key in one file.
+    let o = cairn().current_dir(p).args(["keygen", "k.pub"]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("would hold both the private and the public key"),
+        "{err}"
+    );
+    assert!(!p.join("k.pub").exists());
+    // A development key whose private half is gone is made anew, not refused with a hint
+    // to a --force that `cairn build` does not have.
+    let f = Fixture::new();
+    let text = fs::read_to_string(f.path("image.toml"))
+        .unwrap()
+        .replace("[signing]\nkey = \"release.pem\"\n", "");
+    fs::write(f.path("image.toml"), text).unwrap();
+    fs::create_dir_all(f.path("xdg/cairn")).unwrap();
+    fs::write(f.path("xdg/cairn/dev-key.pub"), "stale").unwrap();
+    let out = f.build_ok("out");
+    assert!(out.join("disk.raw").is_file());
+    let public = cairn_signing::PublicKey::read(&f.path("xdg/cairn/dev-key.pub")).unwrap();
+    let private = cairn_signing::PrivateKey::read(&f.path("xdg/cairn/dev-key.pem")).unwrap();
+    assert_eq!(private.public(), public);
+}

@@ -46,6 +46,9 @@ pub enum KeyError {
     /// Refusing to replace an existing key.
     #[error("{0} already exists; pass --force to replace it (the old key is lost)")]
     Exists(PathBuf),
+    /// The private and the public key would be one file.
+    #[error("{0} would hold both the private and the public key\n  hint: name the private key, e.g. release.pem; its public key goes beside it as release.pub")]
+    SamePath(PathBuf),
     /// The signature does not match the data and key.
     #[error("signature does not match (key {fingerprint})")]
     BadSignature {
@@ -116,6 +119,9 @@ impl PrivateKey {
     /// Write the private key (mode 0600) and the public key next to it as `<path>.pub`
     /// unless `public_path` says otherwise. Refuses to overwrite unless `force`.
     pub fn write_pair(&self, private_path: &Path, public_path: &Path, force: bool) -> Result<(), KeyError> {
+        if private_path == public_path {
+            return Err(KeyError::SamePath(private_path.to_owned()));
+        }
         for p in [private_path, public_path] {
             if !force && p.exists() {
                 return Err(KeyError::Exists(p.to_owned()));
@@ -232,6 +238,11 @@ mod tests {
         ));
         key.write_pair(&private, &public, true).unwrap();
         assert_eq!(PrivateKey::read(&private).unwrap().public(), key.public());
+        // `cairn keygen k.pub`: the public key beside it is the same file. Refused, and the
+        // private key written before is not replaced by a public one.
+        let e = key.write_pair(&public, &public, true).unwrap_err();
+        assert!(matches!(e, KeyError::SamePath(_)), "{e}");
+        assert_eq!(PublicKey::read(&public).unwrap(), key.public());
         assert_eq!(PublicKey::read(&public).unwrap(), key.public());
     }
 
