@@ -4,8 +4,10 @@
 //! FAT (the default) is written by [`crate::fat`] as a whole-disk FAT32 volume (no partition
 //! table; Linux and blkid read it as a "superfloppy"): 34 MiB, sparse, so a few KiB on
 //! disk. ISO9660 (Rock Ridge + Joliet) is written by `xorriso`. Both are written to a
-//! temporary file beside the output and renamed into place, and the node config is
-//! validated first, so a bad node.toml never leaves a drive behind.
+//! temporary file beside the output (created exclusively, mode 0600: a drive carries a
+//! node's secrets) and renamed into place, and the node config is validated first, so a bad
+//! node.toml never leaves a drive behind. An output that exists and is not a regular file —
+//! a disk's device node above all — is refused, never replaced by a file.
 
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -41,6 +43,36 @@ pub enum DriveError {
     /// IO.
     #[error(transparent)]
     Io(#[from] IoError),
+    /// The output is a device, a directory or another special file.
+    #[error("{path} is {kind}, not a file: cairn config-drive writes drive images\n  hint: write an image file (--out node1.img), then put it on the stick, e.g. `dd if=node1.img of={path} bs=1M conv=fsync`")]
+    NotAFile {
+        /// The output path.
+        path: PathBuf,
+        /// What it is.
+        kind: &'static str,
+    },
+}
+
+/// What `path` is when it exists and is not a regular file.
+fn special(path: &Path) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    let t = std::fs::metadata(path).ok()?.file_type();
+    let link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+    Some(if t.is_block_device() {
+        "a block device"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if link {
+        "a symbolic link"
+    } else {
+        return None;
+    })
 }
 
 /// Write a config drive holding `files` (name, bytes) to `out`.
@@ -49,23 +81,31 @@ pub fn write(out: &Path, format: DriveFormat, files: &[(String, Vec<u8>)], epoch
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let tmp: PathBuf = dir.join(format!(
-        ".{}.cairn-tmp-{}",
-        out.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
-        std::process::id()
-    ));
+    if let Some(kind) = special(out) {
+        return Err(DriveError::NotAFile {
+            path: out.to_owned(),
+            kind,
+        });
+    }
+    let tmp: PathBuf = dir.join(crate::store::unique(&format!(
+        ".{}.cairn-tmp-",
+        out.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+    )));
     let result = match format {
         DriveFormat::Fat => write_fat(&tmp, files, epoch),
         DriveFormat::Iso => write_iso(&tmp, files, epoch),
-    };
-    match result {
-        Ok(()) => std::fs::rename(&tmp, out).map_err(|e| io_err("renaming into", out)(e).into()),
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            let _ = std::fs::remove_dir_all(tmp.with_extension("d"));
-            Err(e)
-        }
     }
+    .and_then(|()| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| io_err("protecting", &tmp)(e).into())
+    })
+    .and_then(|()| std::fs::rename(&tmp, out).map_err(|e| io_err("renaming into", out)(e).into()));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+        let _ = std::fs::remove_dir_all(tmp.with_extension("d"));
+    }
+    result
 }
 
 fn write_fat(path: &Path, files: &[(String, Vec<u8>)], epoch: u64) -> Result<(), DriveError> {
@@ -86,7 +126,15 @@ fn write_fat(path: &Path, files: &[(String, Vec<u8>)], epoch: u64) -> Result<(),
         files: files.to_vec(),
     }
     .build()?;
-    let mut f = std::fs::File::create(path).map_err(io_err("creating", path))?;
+    let mut f = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(io_err("creating", path))?
+    };
     f.set_len(image.size).map_err(io_err("sizing", path))?;
     for (offset, bytes) in &image.regions {
         f.seek(SeekFrom::Start(*offset))

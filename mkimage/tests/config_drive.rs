@@ -141,3 +141,54 @@ fn a_bad_node_config_is_refused_with_its_line_and_writes_nothing() {
     assert_eq!(fs::read_to_string(p.join("old.img")).unwrap(), "previous drive");
     assert_eq!(fs::read_dir(p).unwrap().count(), 2, "nothing else written");
 }
+
+#[test]
+fn a_device_node_is_never_replaced_and_drives_are_private() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    fs::write(p.join("node.toml"), NODE).unwrap();
+    // Drives hold a node's secrets (its WireGuard key here): only the owner reads them.
+    for format in ["fat", "iso"] {
+        let out = format!("cp-4.{format}");
+        run_ok(
+            cairn()
+                .current_dir(p)
+                .args(["config-drive", "node.toml", "--format", format, "--out", &out]),
+        );
+        let mode = fs::metadata(p.join(&out)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{format}");
+    }
+    // A device node of our own (a character device standing in for a USB stick; making one
+    // needs root), a link to it, a directory, a FIFO: each refused and left as it was.
+    let mut targets = vec![("a-dir", "a directory"), ("a-fifo", "a FIFO")];
+    if is_root() {
+        run_ok(Command::new("mknod").arg(p.join("stick")).args(["c", "1", "3"]));
+        std::os::unix::fs::symlink(p.join("stick"), p.join("stick-link")).unwrap();
+        targets.extend([("stick", "a character device"), ("stick-link", "a character device")]);
+    }
+    fs::create_dir(p.join("a-dir")).unwrap();
+    run_ok(Command::new("mkfifo").arg(p.join("a-fifo")));
+    for (target, kind) in targets {
+        let o = cairn()
+            .current_dir(p)
+            .args(["config-drive", "node.toml", "--out", target])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{target}");
+        assert!(err.contains(&format!("is {kind}, not a file")), "{target}: {err}");
+    }
+    if is_root() {
+        assert!(fs::symlink_metadata(p.join("stick"))
+            .unwrap()
+            .file_type()
+            .is_char_device());
+    }
+    let left: Vec<_> = fs::read_dir(p)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("cairn-tmp"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
