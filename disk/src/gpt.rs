@@ -318,6 +318,73 @@ pub fn read_numbered(head: &[u8], tail: &[u8], disk_bytes: u64) -> Result<(Guid,
     Ok((disk_guid, parts))
 }
 
+/// Make the two copies of a table agree again after a write was cut short, in memory:
+/// `head` and `tail` as for [`read`]. When both copies are sound but differ (the backup was
+/// written, the primary not: Cairn writes the backup first), the primary wins — it is what
+/// the kernel and the firmware use — and the backup is rebuilt from it; when only one copy
+/// is sound, the other is rebuilt from it. Returns what was mended (`None`: nothing to do);
+/// the caller writes `tail`, then `head`, back. Fails when neither copy is sound.
+pub fn mend(head: &mut [u8], tail: &mut [u8], disk_bytes: u64) -> Result<Option<String>, ReadError> {
+    let array_len = ENTRIES * ENTRY_SIZE;
+    if head.len() < 1024 + array_len || tail.len() < array_len + 512 || disk_bytes / SECTOR < 68 {
+        return Err(ReadError::Invalid("disk too small for a GPT".into()));
+    }
+    if read_numbered(head, tail, disk_bytes).is_ok() {
+        return Ok(None);
+    }
+    let last = disk_bytes / SECTOR - 1;
+    let sound = |h: &[u8], array: &[u8], my: u64| {
+        let mut copy = h[..92].to_vec();
+        let crc = u32::from_le_bytes(copy[16..20].try_into().expect("4"));
+        copy[16..20].fill(0);
+        &h[0..8] == b"EFI PART"
+            && crc32fast::hash(&copy) == crc
+            && u64::from_le_bytes(h[24..32].try_into().expect("8")) == my
+            && u32::from_le_bytes(h[88..92].try_into().expect("4")) == crc32fast::hash(array)
+    };
+    let primary_ok = sound(&head[512..1024], &head[1024..1024 + array_len], 1);
+    let backup_ok = sound(&tail[array_len..array_len + 512], &tail[..array_len], last);
+    // Copy one header over the other, pointing it at its own place and array.
+    let rebuild = |from: &[u8], to: &mut [u8], my: u64, alternate: u64, array_lba: u64| {
+        to[..512].copy_from_slice(&from[..512]);
+        to[24..32].copy_from_slice(&my.to_le_bytes());
+        to[32..40].copy_from_slice(&alternate.to_le_bytes());
+        to[72..80].copy_from_slice(&array_lba.to_le_bytes());
+        to[16..20].fill(0);
+        let crc = crc32fast::hash(&to[..92]);
+        to[16..20].copy_from_slice(&crc.to_le_bytes());
+    };
+    let what = if primary_ok {
+        let (h, rest) = head.split_at_mut(1024);
+        tail[..array_len].copy_from_slice(&rest[..array_len]);
+        let from = h[512..1024].to_vec();
+        rebuild(
+            &from,
+            &mut tail[array_len..array_len + 512],
+            last,
+            1,
+            last - ARRAY_SECTORS,
+        );
+        if backup_ok {
+            "the backup GPT differed from the primary (a write cut short); rewrote it from the primary"
+        } else {
+            "the backup GPT was damaged; rewrote it from the primary"
+        }
+    } else if backup_ok {
+        if head[510..512] != [0x55, 0xaa] || head[446 + 4] != 0xee {
+            return Err(ReadError::Invalid("no protective MBR".into()));
+        }
+        head[1024..1024 + array_len].copy_from_slice(&tail[..array_len]);
+        let from = tail[array_len..array_len + 512].to_vec();
+        rebuild(&from, &mut head[512..1024], 1, last, 2);
+        "the primary GPT was damaged; restored it from the backup"
+    } else {
+        return Err(ReadError::Invalid("both copies of the GPT are damaged".into()));
+    };
+    read_numbered(head, tail, disk_bytes)?;
+    Ok(Some(what.to_string()))
+}
+
 /// Change one entry's unique GUID and attributes in a table read with
 /// [`read_numbered`], in both copies, and recompute every CRC. Everything else (other
 /// entries, the headers' other fields, whoever wrote them) stays byte for byte. `head`
@@ -388,6 +455,40 @@ mod tests {
         assert_eq!(got[1].1.name, "other");
         assert!(set_entry(&mut head, &mut tail, 3, new, 0).is_err());
         assert!(set_entry(&mut head, &mut tail, 0, new, 0).is_err());
+    }
+
+    #[test]
+    fn a_table_written_halfway_is_mended_from_the_sound_copy() {
+        let disk = 4 << 20;
+        let gpt = Gpt::new(Guid::NIL, disk, one_partition(2048, 4095)).unwrap();
+        let [(_, head), (_, tail)] = gpt.render();
+        let new = guid("aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee");
+        let (mut new_head, mut new_tail) = (head.clone(), tail.clone());
+        set_entry(&mut new_head, &mut new_tail, 1, new, 0).unwrap();
+        // The power went after the backup was written: old primary, new backup.
+        let (mut h, mut t) = (head.clone(), new_tail.clone());
+        assert!(read(&h, &t, disk).unwrap_err().to_string().contains("differ"));
+        let what = mend(&mut h, &mut t, disk).unwrap().unwrap();
+        assert!(what.contains("rewrote it from the primary"), "{what}");
+        assert_eq!(
+            (h.as_slice(), t.as_slice()),
+            (head.as_slice(), tail.as_slice()),
+            "back to the old table"
+        );
+        // A damaged primary is restored from the backup, byte for byte as written.
+        let (mut h, mut t) = (new_head.clone(), new_tail.clone());
+        h[512 + 40] ^= 1;
+        assert!(mend(&mut h, &mut t, disk)
+            .unwrap()
+            .unwrap()
+            .contains("restored it from the backup"));
+        assert_eq!((h.as_slice(), t.as_slice()), (new_head.as_slice(), new_tail.as_slice()));
+        // Sound tables are left alone; two damaged copies are refused.
+        let (mut h, mut t) = (head.clone(), tail.clone());
+        assert_eq!(mend(&mut h, &mut t, disk).unwrap(), None);
+        h[1024] ^= 1;
+        t[0] ^= 1;
+        assert!(mend(&mut h, &mut t, disk).is_err());
     }
 
     #[test]

@@ -420,6 +420,83 @@ fn publish_lays_out_bundles_and_an_index_for_a_static_server() {
 }
 
 #[test]
+fn an_esp_it_cannot_read_whole_is_left_alone() {
+    let r = releases();
+    let key = key(&r);
+    let bundle = fs::read(r.v2.join("update.cairn")).unwrap();
+    let t = node(&r, &r.v1, "odd-esp");
+    let disk_before = sha(&t.disk);
+    let linux = t.esp.join("EFI/Linux");
+    // An entry whose root hash cannot be read might be the running one: never deleted.
+    fs::write(linux.join("cairn_0.0.9.efi"), b"MZ not really a UKI").unwrap();
+    let err = install(&t, &key, &bundle, false).unwrap_err().to_string();
+    assert!(
+        err.contains("cannot read which root EFI/Linux/cairn_0.0.9.efi boots"),
+        "{err}"
+    );
+    assert_eq!(esp_files(&t), ["cairn_0.0.9.efi", "cairn_0.1.0.efi"]);
+    fs::remove_file(linux.join("cairn_0.0.9.efi")).unwrap();
+    // Two entries booting the running root: which one is running cannot be told.
+    fs::copy(linux.join("cairn_0.1.0.efi"), linux.join("cairn_0.1.0~copy.efi")).unwrap();
+    let err = install(&t, &key, &bundle, false).unwrap_err().to_string();
+    assert!(err.contains("2 entries in EFI/Linux boot the running root"), "{err}");
+    assert_eq!(esp_files(&t), ["cairn_0.1.0.efi", "cairn_0.1.0~copy.efi"]);
+    assert_eq!(sha(&t.disk), disk_before, "nothing was written");
+}
+
+#[test]
+fn a_partition_table_written_halfway_is_mended_and_the_update_goes_on() {
+    require(&["sgdisk"]);
+    let r = releases();
+    let key = key(&r);
+    let bundle = fs::read(r.v2.join("update.cairn")).unwrap();
+    let t = node(&r, &r.v1, "halfway");
+    // Power lost while the table was written: the backup copy changed, the primary not.
+    use std::os::unix::fs::FileExt;
+    let disk = fs::OpenOptions::new().read(true).write(true).open(&t.disk).unwrap();
+    let size = disk.metadata().unwrap().len();
+    let (mut head, mut tail) = (vec![0u8; 34 * 512], vec![0u8; 33 * 512]);
+    disk.read_exact_at(&mut head, 0).unwrap();
+    disk.read_exact_at(&mut tail, size - 33 * 512).unwrap();
+    let mut new_head = head.clone();
+    let root_b = 4;
+    cairn_disk::gpt::set_entry(&mut new_head, &mut tail, root_b, cairn_disk::guid::Guid([9; 16]), 0).unwrap();
+    disk.write_all_at(&tail, size - 33 * 512).unwrap();
+    drop(disk);
+    let v = run_ok(Command::new("sgdisk").arg("-v").arg(&t.disk));
+    assert!(!v.contains("No problems found"), "the copies differ: {v}");
+    let mut lines = vec![];
+    update::install(&t, &key, &mut &bundle[..], &Options { force: false }, &mut |l| {
+        lines.push(l.to_string())
+    })
+    .unwrap();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("the backup GPT differed from the primary")),
+        "{lines:?}"
+    );
+    let v = run_ok(Command::new("sgdisk").arg("-v").arg(&t.disk));
+    assert!(v.contains("No problems found"), "{v}");
+}
+
+#[test]
+fn one_install_at_a_time() {
+    let r = releases();
+    let key = key(&r);
+    let bundle = fs::read(r.v2.join("update.cairn")).unwrap();
+    let t = node(&r, &r.v1, "busy");
+    let disk_before = sha(&t.disk);
+    // Another process (the timer's run) holds the lock: this one is refused at once.
+    let held = update::lock_updates(&t.state_dir).unwrap();
+    let err = install(&t, &key, &bundle, false).unwrap_err().to_string();
+    assert!(err.contains("another update is running"), "{err}");
+    assert_eq!(sha(&t.disk), disk_before);
+    drop(held);
+    install(&t, &key, &bundle, false).unwrap();
+}
+
+#[test]
 fn publishers_running_at_once_lose_no_release() {
     let r = releases();
     for round in 0..4 {

@@ -154,19 +154,11 @@ impl Entry {
     }
 }
 
-/// Read the `roothash=` of the UKI at `path` from its headers and `.cmdline` only.
+/// Read the `roothash=` of the UKI at `path` from its headers (as long as they declare
+/// themselves to be) and `.cmdline` only.
 pub fn uki_root_hash(path: &Path) -> Option<String> {
-    let mut f = File::open(path).ok()?;
-    let mut head = vec![0u8; 4096];
-    let n = f.read(&mut head).ok()?;
-    head.truncate(n);
-    let (off, len) = pe::section_location(&head, ".cmdline")?;
-    if len > 1 << 16 {
-        return None;
-    }
-    let mut cmd = vec![0u8; len as usize];
-    f.read_exact_at(&mut cmd, off).ok()?;
-    pe::cmdline_root_hash(&cmd)
+    let f = File::open(path).ok()?;
+    pe::cmdline_root_hash(&pe::read_section(&f, ".cmdline", 1 << 16)?)
 }
 
 /// The Cairn UKIs on the ESP mounted at `esp`, sorted by file name.
@@ -287,6 +279,17 @@ impl Target {
         file.read_exact_at(&mut head, 0).map_err(io_at("reading", &self.disk))?;
         file.read_exact_at(&mut tail, size - tail_len)
             .map_err(io_at("reading", &self.disk))?;
+        // A table written halfway (power lost between the backup and the primary) is mended
+        // first, or this node could never update again by itself.
+        let mended = gpt::mend(&mut head, &mut tail, size)
+            .map_err(|e| UpdateError::System(format!("{}: partition table: {e}", self.disk.display())))?;
+        if mended.is_some() && write {
+            file.write_all_at(&tail, size - tail_len)
+                .and_then(|_| file.sync_data())
+                .and_then(|_| file.write_all_at(&head, 0))
+                .and_then(|_| file.sync_data())
+                .map_err(io_at("mending the partition table of", &self.disk))?;
+        }
         let (guid, parts) = gpt::read_numbered(&head, &tail, size)
             .map_err(|e| UpdateError::System(format!("{}: partition table: {e}", self.disk.display())))?;
         let find = |label: &str| {
@@ -325,6 +328,7 @@ impl Target {
             disk_guid: guid,
             running,
             inactive,
+            mended,
         })
     }
 }
@@ -337,6 +341,8 @@ struct Table {
     disk_guid: Guid,
     running: SlotParts,
     inactive: SlotParts,
+    /// What was mended when the table was read, if anything.
+    mended: Option<String>,
 }
 
 impl Table {
@@ -451,13 +457,36 @@ pub fn install(
     opts: &Options,
     log: &mut dyn FnMut(&str),
 ) -> Result<Installed, UpdateError> {
+    // 0. One install at a time: a hand-run update and the timer's would both stream into the
+    // inactive slot and edit the GPT.
+    let _turn = lock_updates(&t.state_dir)?;
     // 1. Look.
     let mut table = t.table(true)?;
+    if let Some(what) = &table.mended {
+        log(&format!("cairn: update: {}: {what}", t.disk.display()));
+    }
     let entries = entries(&t.esp)?;
     let running_hex = t.running_hex();
-    let running_entry = entries
+    // Every entry must say what it boots, and exactly one must boot what runs: anything
+    // else and the ESP is not what this updater expects, so it touches nothing.
+    if let Some(e) = entries.iter().find(|e| e.root_hash.is_none()) {
+        return Err(UpdateError::Refused(format!(
+            "cannot read which root EFI/Linux/{} boots (no roothash= in its .cmdline): refusing to change the ESP; remove the file if it is not Cairn's",
+            e.file
+        )));
+    }
+    let running: Vec<&Entry> = entries
         .iter()
-        .find(|e| e.root_hash.as_deref() == Some(running_hex.as_str()));
+        .filter(|e| e.root_hash.as_deref() == Some(running_hex.as_str()))
+        .collect();
+    if running.len() != 1 {
+        return Err(UpdateError::Refused(format!(
+            "{} entries in EFI/Linux boot the running root {running_hex} ({}): expected exactly one; refusing to change the ESP",
+            running.len(),
+            running.iter().map(|e| e.file.as_str()).collect::<Vec<_>>().join(", ")
+        )));
+    }
+    let running_entry = running.first().copied();
     if let Some(e) = running_entry {
         if !e.blessed() {
             return Err(UpdateError::Refused(format!(
@@ -598,6 +627,30 @@ pub fn install(
     })
 }
 
+/// Hold `state_dir/update.lock` for as long as the returned file lives; refuse when another
+/// process holds it.
+pub fn lock_updates(state_dir: &Path) -> Result<File, UpdateError> {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::create_dir_all(state_dir).map_err(io_at("creating", state_dir))?;
+    let path = state_dir.join("update.lock");
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(io_at("opening", &path))?;
+    rustix::fs::flock(f.as_fd(), rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(|_| {
+        UpdateError::Refused(format!(
+            "another update is running (it holds {}); wait for it to finish",
+            path.display()
+        ))
+    })?;
+    Ok(f)
+}
+
 /// Stream the payloads into the stale slot, check them, name the slot, install the UKI.
 fn write_slot(
     table: &mut Table,
@@ -727,12 +780,24 @@ fn check_written(table: &Table, slot: &SlotParts, m: &BundleManifest, uki: &Path
     Ok(())
 }
 
+/// How long fetching a whole bundle may take (a server that trickles a byte a minute
+/// would otherwise hold the update, and the lock, forever).
+pub const BUNDLE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+/// How long fetching an index may take.
+pub const INDEX_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// A readable source: `http://…`/`https://…` streamed, or a file.
 pub fn open_source(source: &str) -> Result<Box<dyn Read>, UpdateError> {
+    open_source_within(source, BUNDLE_DEADLINE)
+}
+
+/// [`open_source`], with the whole transfer (connecting, every read) bounded by `deadline`.
+pub fn open_source_within(source: &str, deadline: std::time::Duration) -> Result<Box<dyn Read>, UpdateError> {
     if source.starts_with("http://") || source.starts_with("https://") {
         let resp = ureq::AgentBuilder::new()
-            .timeout_connect(std::time::Duration::from_secs(30))
-            .timeout_read(std::time::Duration::from_secs(120))
+            .timeout_connect(std::time::Duration::from_secs(30).min(deadline))
+            .timeout_read(std::time::Duration::from_secs(120).min(deadline))
+            .timeout(deadline)
             .build()
             .get(source)
             .call()
@@ -751,7 +816,7 @@ pub fn open_source(source: &str) -> Result<Box<dyn Read>, UpdateError> {
 /// Read a small document (an index) from a URL or file, at most 1 MiB.
 pub fn fetch_small(source: &str) -> Result<Vec<u8>, UpdateError> {
     let mut buf = Vec::new();
-    open_source(source)?
+    open_source_within(source, INDEX_DEADLINE)?
         .take(1 << 20)
         .read_to_end(&mut buf)
         .map_err(|e| UpdateError::Fetch {
