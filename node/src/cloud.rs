@@ -162,6 +162,21 @@ fn with_prefix(addr: &str, mask: Option<&str>) -> String {
     }
 }
 
+/// An instance identity is saved as one line and compared on every boot: printable ASCII
+/// without blanks, 1 to 255 bytes.
+fn check_instance_id(file: &str, key: &str, id: &str) -> Result<(), FileError> {
+    if id.is_empty() || id.len() > 255 || !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err((
+            file.to_string(),
+            format!(
+                "{key} {:?} is not 1 to 255 printable characters without blanks",
+                id.chars().take(64).collect::<String>()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Read a NoCloud drive's files.
 pub fn nocloud(files: &BTreeMap<String, Vec<u8>>) -> Result<CloudNode, FileError> {
     let meta = files.get("meta-data").ok_or((
@@ -173,6 +188,7 @@ pub fn nocloud(files: &BTreeMap<String, Vec<u8>>) -> Result<CloudNode, FileError
         .get("instance-id")
         .and_then(ystr)
         .ok_or(("meta-data".to_string(), "has no instance-id".to_string()))?;
+    check_instance_id("meta-data", "instance-id", &instance_id)?;
     let mut node = CloudNode {
         instance_id,
         hostname: meta.get("local-hostname").and_then(ystr),
@@ -317,6 +333,7 @@ pub fn config_drive(files: &BTreeMap<String, Vec<u8>>) -> Result<CloudNode, File
             .ok_or((META.to_string(), "is missing (a config-2 drive needs it)".to_string()))?,
     )?;
     let instance_id = jstr(meta.get("uuid")).ok_or((META.to_string(), "has no uuid".to_string()))?;
+    check_instance_id(META, "uuid", &instance_id)?;
     let mut node = CloudNode {
         instance_id,
         hostname: jstr(meta.get("hostname")).or_else(|| jstr(meta.get("name"))),

@@ -18,7 +18,7 @@
 //! `firstboot` write anything, atomically.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::config::{ConfigError, NodeConfig};
 
@@ -61,6 +61,8 @@ impl Format {
 pub struct DriveFiles {
     /// Path → bytes.
     pub files: BTreeMap<String, Vec<u8>>,
+    /// Some other names at the drive's top (escaped), for messages.
+    pub others: Vec<String>,
 }
 
 /// A drive that cannot be used: which file, what is wrong.
@@ -101,23 +103,69 @@ pub struct Candidate {
     pub instance_id: Option<String>,
 }
 
-/// Read every regular file (up to [`MAX_FILE`] bytes each, two levels deep) of a mounted drive.
-pub fn read_dir(dir: &Path) -> std::io::Result<DriveFiles> {
-    let mut out = DriveFiles::default();
-    let mut stack: Vec<(PathBuf, String, usize)> = vec![(dir.to_owned(), String::new(), 0)];
-    while let Some((d, prefix, depth)) = stack.pop() {
-        for e in std::fs::read_dir(&d)? {
-            let e = e?;
-            let name = e.file_name().to_string_lossy().into_owned();
-            let rel = format!("{prefix}{name}");
-            let meta = e.metadata()?;
-            if meta.is_dir() && depth < 3 {
-                stack.push((e.path(), format!("{rel}/"), depth + 1));
-            } else if meta.is_file() && meta.len() <= MAX_FILE {
-                out.files.insert(rel, std::fs::read(e.path())?);
-            }
+/// Most bytes read from one drive, all files together.
+pub const MAX_TOTAL: u64 = 2 << 20;
+
+/// Names listed when a drive lacks what its format needs.
+const LISTED: usize = 16;
+
+impl Format {
+    /// The files a drive of this format is read for; nothing else on it is opened.
+    pub fn files(self) -> &'static [&'static str] {
+        match self {
+            Format::Cairn => &["node.toml", "node.toml.sig"],
+            Format::NoCloud => &["meta-data", "user-data", "network-config"],
+            Format::ConfigDrive => &["openstack/latest/meta_data.json", "openstack/latest/network_data.json"],
         }
     }
+}
+
+/// Read the files `format` names from a mounted drive: regular files only (never through a
+/// link, never a device or FIFO), each up to [`MAX_FILE`] bytes and [`MAX_TOTAL`] in all, so
+/// a hostile drive costs a bounded amount of memory at first boot. `others` lists up to 16
+/// other names at its top, for the message when the expected file is missing.
+pub fn read_dir(dir: &Path, format: Format) -> std::io::Result<DriveFiles> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut out = DriveFiles::default();
+    let mut total = 0u64;
+    for name in format.files() {
+        let path = dir.join(name);
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if !meta.is_file() {
+            return Err(std::io::Error::other(format!("{name} is not a regular file")));
+        }
+        if meta.len() > MAX_FILE {
+            return Err(std::io::Error::other(format!(
+                "{name} is {} bytes, more than the {MAX_FILE} a drive's file may hold",
+                meta.len()
+            )));
+        }
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&path)?;
+        let mut bytes = Vec::new();
+        f.take(MAX_FILE + 1).read_to_end(&mut bytes)?;
+        total += bytes.len() as u64;
+        if bytes.len() as u64 > MAX_FILE || total > MAX_TOTAL {
+            return Err(std::io::Error::other(format!(
+                "{name} makes the drive larger than Cairn reads"
+            )));
+        }
+        out.files.insert(name.to_string(), bytes);
+    }
+    let mut others: Vec<String> = std::fs::read_dir(dir)?
+        .take(1024)
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().escape_debug().to_string())
+        .filter(|n| !format.files().contains(&n.as_str()))
+        .collect();
+    others.sort();
+    others.truncate(LISTED);
+    out.others = others;
     Ok(out)
 }
 
@@ -170,13 +218,12 @@ pub fn parse(
         Format::Cairn => {
             let Some(body) = text(files, "node.toml")? else {
                 return Err(DriveError {
-                    message: if files.files.is_empty() {
+                    message: if files.files.is_empty() && files.others.is_empty() {
                         "the drive is empty: it has no node.toml".into()
                     } else {
-                        format!(
-                            "the drive has no node.toml (it has {})",
-                            files.files.keys().cloned().collect::<Vec<_>>().join(", ")
-                        )
+                        let mut has: Vec<String> = files.files.keys().cloned().collect();
+                        has.extend(files.others.iter().cloned());
+                        format!("the drive has no node.toml (it has {})", has.join(", "))
                     },
                 });
             };

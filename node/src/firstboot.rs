@@ -42,7 +42,7 @@ pub fn find(root: &Path) -> Option<Found> {
 }
 
 /// Mount `device` read-only, read its files, unmount.
-pub fn read_device(device: &Path) -> Result<DriveFiles, String> {
+pub fn read_device(device: &Path, format: drive::Format) -> Result<DriveFiles, String> {
     let dir = PathBuf::from(crate::render::RUN_DIR).join("drive");
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let out = Command::new("mount")
@@ -58,7 +58,7 @@ pub fn read_device(device: &Path) -> Result<DriveFiles, String> {
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
-    let files = drive::read_dir(&dir).map_err(|e| format!("reading {}: {e}", device.display()));
+    let files = drive::read_dir(&dir, format).map_err(|e| format!("reading {}: {e}", device.display()));
     let _ = Command::new("umount").arg(&dir).status();
     files
 }
@@ -151,7 +151,7 @@ pub fn firstboot() -> Result<Vec<String>, ApplyError> {
         None => log.push("cairn: no config drive attached".to_string()),
         Some(f) => {
             let what = format!("{} ({})", f.label, f.device.display());
-            match read_device(&f.device) {
+            match read_device(&f.device, f.format) {
                 Ok(files) => log.extend(import(root, &what, f.format, &files)?),
                 Err(e) => log.push(format!("cairn: config drive {what} refused: {e}")),
             }

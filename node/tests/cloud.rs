@@ -11,8 +11,12 @@ fn fixture(format: &str, scenario: &str) -> (DriveFiles, std::path::PathBuf) {
         .join("tests/fixtures")
         .join(format)
         .join(scenario);
-    let mut files = drive::read_dir(&dir).unwrap();
-    files.files.remove("expected.toml");
+    let f = if format == "nocloud" {
+        Format::NoCloud
+    } else {
+        Format::ConfigDrive
+    };
+    let files = drive::read_dir(&dir, f).unwrap();
     (files, dir)
 }
 

@@ -12,8 +12,8 @@ fn fixture(scenario: &str) -> DriveFiles {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/cairn")
         .join(scenario);
-    let mut files = drive::read_dir(&dir).unwrap();
-    files.files.remove(".keep");
+    let mut files = drive::read_dir(&dir, Format::Cairn).unwrap();
+    files.others.retain(|n| n != ".keep");
     files
 }
 
@@ -162,4 +162,57 @@ fn drives_are_found_by_label() {
     let f = firstboot::find(root.path()).unwrap();
     assert_eq!((f.label, f.format), ("CAIRN", Format::Cairn));
     assert_eq!(f.device, fs::canonicalize(dev.join("vdb")).unwrap());
+}
+
+#[test]
+fn a_hostile_drive_costs_little_and_hangs_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let good = fixture("good").files["node.toml"].clone();
+    fs::write(d.join("node.toml"), &good).unwrap();
+    // A hundred megabytes of other files and folders are never opened.
+    for i in 0..100 {
+        fs::write(d.join(format!("junk-{i:03}")), vec![0u8; 1 << 20]).unwrap();
+    }
+    fs::create_dir_all(d.join("deep/er/still")).unwrap();
+    let files = drive::read_dir(d, Format::Cairn).unwrap();
+    assert_eq!(files.files.keys().collect::<Vec<_>>(), ["node.toml"]);
+    assert_eq!(files.others.len(), 16, "names listed for messages are bounded");
+    // The files it reads: bounded, regular, not through links.
+    fs::write(d.join("node.toml"), vec![b'#'; (drive::MAX_FILE + 1) as usize]).unwrap();
+    let e = drive::read_dir(d, Format::Cairn).unwrap_err().to_string();
+    assert!(e.contains("node.toml is 1048577 bytes"), "{e}");
+    fs::remove_file(d.join("node.toml")).unwrap();
+    std::os::unix::fs::symlink("/etc/shadow", d.join("node.toml")).unwrap();
+    let e = drive::read_dir(d, Format::Cairn).unwrap_err().to_string();
+    assert!(e.contains("node.toml is not a regular file"), "{e}");
+    fs::remove_file(d.join("node.toml")).unwrap();
+    assert!(std::process::Command::new("mkfifo")
+        .arg(d.join("node.toml"))
+        .status()
+        .unwrap()
+        .success());
+    let e = drive::read_dir(d, Format::Cairn).unwrap_err().to_string();
+    assert!(e.contains("node.toml is not a regular file"), "{e}");
+}
+
+#[test]
+fn an_instance_id_is_one_printable_line() {
+    let mut files = DriveFiles::default();
+    for (id, ok) in [
+        ("iid-local01", true),
+        ("\"iid\\nsecond\"", false),
+        ("\"a\\u0007b\"", false),
+    ] {
+        files.files.insert(
+            "meta-data".into(),
+            format!("instance-id: {id}\nlocal-hostname: n1\n").into_bytes(),
+        );
+        let r = drive::parse(Format::NoCloud, &files, None, 1);
+        assert_eq!(r.is_ok(), ok, "{id}: {r:?}");
+        if !ok {
+            let e = r.unwrap_err().to_string();
+            assert!(e.starts_with("meta-data instance-id") && e.contains("printable"), "{e}");
+        }
+    }
 }
