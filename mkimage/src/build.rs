@@ -507,7 +507,22 @@ pub fn build(def: &Definition, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -
         _ => PathBuf::from("."),
     };
     fs::create_dir_all(&parent).map_err(io_err("creating", &parent))?;
-    let staging_dir = parent.join(format!(".{out_name}.cairn-staging-{}", std::process::id()));
+    // A build that was killed (Ctrl-C) left its staging directory: remove those whose
+    // process is gone.
+    let prefix = format!(".{out_name}.cairn-staging-");
+    if let Ok(rd) = fs::read_dir(&parent) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let dead = name
+                .strip_prefix(&prefix)
+                .and_then(|pid| pid.parse::<u32>().ok())
+                .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+            if dead {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    let staging_dir = parent.join(format!("{prefix}{}", std::process::id()));
     let _ = fs::remove_dir_all(&staging_dir);
     fs::create_dir(&staging_dir).map_err(io_err("creating", &staging_dir))?;
     let mut staging = Staging {

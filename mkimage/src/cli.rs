@@ -697,10 +697,27 @@ fn print_plan(def: &Definition, opts: &BuildOptions, out: &mut dyn Write) -> Res
     let layout = plan::layout(def);
     let Compression::Zstd(level) = def.compression;
     let epoch = build::effective_epoch(opts.source_date_epoch.as_deref())?;
+    // The plan checks the key as the build will: a plan that cannot be built says so.
+    let fingerprint = |p: &std::path::Path| -> Result<String> {
+        let k = cairn_signing::PrivateKey::read(p)?;
+        Ok(k.public().fingerprint())
+    };
     let key = match build::signing_key_source(def, opts) {
-        KeyChoice::Release(p) if opts.key.is_some() => format!("{} (from --key)", p.display()),
-        KeyChoice::Release(p) => format!("{} (from the definition)", p.display()),
-        KeyChoice::Development(p, _) => format!("development key {} (no key configured)", p.display()),
+        KeyChoice::Release(p) => format!(
+            "{} (from {}; {})",
+            p.display(),
+            if opts.key.is_some() { "--key" } else { "the definition" },
+            fingerprint(&p)?
+        ),
+        KeyChoice::Development(p, _) if p.exists() => format!(
+            "development key {} (no key configured; {})",
+            p.display(),
+            fingerprint(&p)?
+        ),
+        KeyChoice::Development(p, _) => format!(
+            "development key {} (no key configured; the build creates it)",
+            p.display()
+        ),
     };
     writeln!(out, "plan for {} (nothing is written)", def.file.display())?;
     writeln!(

@@ -101,16 +101,33 @@ impl fmt::Display for Size {
 
 impl<'de> Deserialize<'de> for Size {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            N(u64),
-            S(String),
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Size;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a size: a whole number of bytes or a string like \"512M\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Size, E> {
+                Ok(Size(n))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Size, E> {
+                u64::try_from(n)
+                    .map(Size)
+                    .map_err(|_| E::custom(format!("a size cannot be negative ({n})")))
+            }
+            fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<Size, E> {
+                Err(E::custom(format!(
+                    "sizes are whole numbers, not {n}; write e.g. \"1536M\" for 1.5G"
+                )))
+            }
+            fn visit_bool<E: serde::de::Error>(self, b: bool) -> Result<Size, E> {
+                Err(E::custom(format!("{b} is not a size; write e.g. \"512M\"")))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Size, E> {
+                Size::parse(s).map_err(E::custom)
+            }
         }
-        match Raw::deserialize(d)? {
-            Raw::N(n) => Ok(Size(n)),
-            Raw::S(s) => Size::parse(&s).map_err(serde::de::Error::custom),
-        }
+        d.deserialize_any(V)
     }
 }
 
@@ -805,7 +822,16 @@ pub fn valid_cmdline_word(w: &str) -> Result<(), String> {
             "'{w}' contains {c:?}; words are printable ASCII without spaces"
         ));
     }
-    for owned in ["roothash=", "usrhash=", "systemd.verity"] {
+    // What opens and checks the verified root is Cairn's: `rd.systemd.verity=0` or a
+    // `root=` would boot something else than the signed root.
+    for owned in [
+        "roothash=",
+        "usrhash=",
+        "systemd.verity",
+        "rd.systemd.verity",
+        "root=",
+        "mount.usr",
+    ] {
         if w.starts_with(owned) {
             return Err(format!("'{w}' is set by Cairn from the built root; remove it"));
         }
@@ -1027,9 +1053,19 @@ impl Definition {
             )?;
         }
 
-        let size = |s: &Option<Spanned<Size>>, default: u64, min: u64, key: &str| -> Result<Size, DefinitionError> {
+        let size = |s: &Option<Spanned<Size>>,
+                    default: u64,
+                    min: u64,
+                    max: u64,
+                    key: &str|
+         -> Result<Size, DefinitionError> {
             match s {
                 None => Ok(Size(default)),
+                Some(v) if v.get_ref().0 > max => cx.err(
+                    Some(v.span()),
+                    format!("{key} {} is more than the {} Cairn writes", v.get_ref(), Size(max)),
+                    "the image is a template: the state partition grows to fill the disk at first boot, so keep the image small",
+                ),
                 Some(v) if v.get_ref().0 < min || v.get_ref().0 % MIB != 0 => cx.err(
                     Some(v.span()),
                     format!(
@@ -1042,9 +1078,9 @@ impl Definition {
                 Some(v) => Ok(*v.get_ref()),
             }
         };
-        let esp_size = size(&raw.partitions.esp_size, 512 * MIB, 64 * MIB, "esp-size")?;
-        let root_size = size(&raw.partitions.root_size, 1024 * MIB, 16 * MIB, "root-size")?;
-        let state_size = size(&raw.partitions.state_size, 256 * MIB, 16 * MIB, "state-size")?;
+        let esp_size = size(&raw.partitions.esp_size, 512 * MIB, 64 * MIB, 4 << 30, "esp-size")?;
+        let root_size = size(&raw.partitions.root_size, 1024 * MIB, 16 * MIB, 64 << 30, "root-size")?;
+        let state_size = size(&raw.partitions.state_size, 256 * MIB, 16 * MIB, 64 << 30, "state-size")?;
         let root_size_line = raw
             .partitions
             .root_size
@@ -1204,6 +1240,52 @@ mod tests {
         assert_eq!(d.compression, Compression::Zstd(15));
         assert_eq!(d.signing, SigningKey::Development);
         assert_eq!(d.formats, vec![OutputFormat::Raw]);
+    }
+
+    #[test]
+    fn command_line_words_cannot_switch_off_or_replace_the_verified_root() {
+        for w in [
+            "rd.systemd.verity=0",
+            "systemd.verity=no",
+            "roothash=00",
+            "usrhash=00",
+            "root=/dev/sda2",
+            "mount.usr=/dev/sda3",
+            "systemd.verity_root_data=/dev/sda2",
+        ] {
+            let e = valid_cmdline_word(w).unwrap_err();
+            assert!(e.contains("is set by Cairn"), "{w}: {e}");
+        }
+        for w in [
+            "console=ttyS0,115200",
+            "panic=10",
+            "rd.shell=1",
+            "systemd.log_level=debug",
+        ] {
+            assert!(valid_cmdline_word(w).is_ok(), "{w}");
+        }
+        assert!(valid_cmdline_word("a\nb").is_err() && valid_cmdline_word("").is_err());
+    }
+
+    #[test]
+    fn sizes_out_of_range_or_of_the_wrong_type_name_the_line() {
+        let f = Fixture::new();
+        for (value, want) in [
+            (
+                "\"1000T\"",
+                "root-size 1024000 GiB is more than the 64 GiB Cairn writes",
+            ),
+            ("\"16000000T\"", "is more than the 64 GiB"),
+            ("\"99999999T\"", "too large"),
+            ("1.5", "sizes are whole numbers, not 1.5"),
+            ("-1", "a size cannot be negative (-1)"),
+            ("true", "true is not a size"),
+            ("[1]", "a size: a whole number of bytes or a string"),
+        ] {
+            let e = err(f.parse(&format!("[partitions]\nroot-size = {value}\n")));
+            assert_eq!(e.at.map(|a| a.0), Some(11), "{value}: {e}");
+            assert!(e.message.contains(want), "{value}: {e}");
+        }
     }
 
     #[test]

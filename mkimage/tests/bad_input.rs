@@ -176,11 +176,24 @@ fn plan_writes_nothing_and_shows_the_layout() {
         "verity-b",
         "state",
         "roothash=<root hash> rd.shell=0 rd.emergency=reboot rd.timeout=120 console=ttyS0 quiet",
-        "release.pem (from the definition)",
+        "release.pem (from the definition; sha256:",
     ] {
         assert!(text.contains(needle), "{needle} missing:\n{text}");
     }
     assert_eq!(listing(f.dir.path()), before, "--plan wrote something");
+    // A plan whose key the build could not read fails as the build would.
+    fs::write(f.path("release.pem"), "").unwrap();
+    let o = cairn()
+        .current_dir(f.dir.path())
+        .args(["build", "image.toml", "--plan"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("release.pem is not an ed25519 private key"),
+        "{err}"
+    );
+    assert!(err.contains("the file is empty"), "{err}");
 }
 
 #[test]
@@ -248,4 +261,18 @@ fn keys_are_never_overwritten_by_their_public_half() {
     let public = cairn_signing::PublicKey::read(&f.path("xdg/cairn/dev-key.pub")).unwrap();
     let private = cairn_signing::PrivateKey::read(&f.path("xdg/cairn/dev-key.pem")).unwrap();
     assert_eq!(private.public(), public);
+}
+
+#[test]
+fn a_killed_builds_staging_is_swept_by_the_next() {
+    let f = Fixture::new();
+    // What a build killed by Ctrl-C leaves (pid 0 is never a live process's).
+    fs::create_dir_all(f.path(".out.cairn-staging-0/depmod")).unwrap();
+    fs::write(f.path(".out.cairn-staging-0/root.sqfs"), vec![0u8; 4096]).unwrap();
+    f.build_ok("out");
+    let left: Vec<String> = listing(f.dir.path())
+        .into_iter()
+        .filter(|n| n.contains("staging"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }

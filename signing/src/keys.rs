@@ -67,6 +67,105 @@ pub struct PrivateKey(SigningKey);
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct PublicKey(VerifyingKey);
 
+/// The largest key file read (a PEM key is a few hundred bytes).
+const MAX_KEY_FILE: u64 = 64 << 10;
+
+/// Read a key file: a regular file (links followed) of at most 64 KiB. A FIFO or a device
+/// named as a key is refused instead of read forever.
+fn read_key_file(path: &Path, op: &'static str) -> Result<String, KeyError> {
+    let io = |source| KeyError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    };
+    let meta = fs::metadata(path).map_err(io)?;
+    if !meta.is_file() {
+        return Err(io(std::io::Error::other("not a regular file")));
+    }
+    if meta.len() > MAX_KEY_FILE {
+        return Err(io(std::io::Error::other(format!(
+            "{} bytes is too large for a key file",
+            meta.len()
+        ))));
+    }
+    let bytes = fs::read(path).map_err(io)?;
+    String::from_utf8(bytes).map_err(|_| io(std::io::Error::other("not text (a PEM key is text)")))
+}
+
+/// Say what a key file holds when it is not what was wanted (`want`: the PEM label), instead
+/// of the decoder's message: empty, not PEM, another PEM kind, another algorithm.
+fn diagnose(text: &str, want: &str, decoder: String) -> String {
+    let t = text.trim();
+    if t.is_empty() {
+        return "the file is empty".into();
+    }
+    let Some(begin) = t.lines().find_map(|l| l.trim().strip_prefix("-----BEGIN ")) else {
+        return "it is not PEM: there is no -----BEGIN line".into();
+    };
+    let label = begin.trim_end_matches('-');
+    if label != want {
+        return format!("it holds a PEM \"{label}\", not a \"{want}\"");
+    }
+    let Ok((_, der)) = ed25519_dalek::pkcs8::spki::der::pem::decode_vec(t.as_bytes()) else {
+        return "its PEM body is not valid base64".into();
+    };
+    match algorithm_oid(&der) {
+        Some(oid) if oid != ED25519_OID => {
+            let name = match oid {
+                [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01] => "an RSA",
+                [0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01] => "an ECDSA",
+                [0x2b, 0x65, 0x71] => "an Ed448",
+                [0x2b, 0x65, 0x6e] => "an X25519",
+                _ => "another kind of",
+            };
+            format!("it is {name} key, and Cairn's keys are ed25519")
+        }
+        _ => decoder,
+    }
+}
+
+/// DER bytes of 1.3.101.112 (Ed25519).
+const ED25519_OID: &[u8] = &[0x2b, 0x65, 0x70];
+
+/// The algorithm OID of a PKCS#8 private key or an SPKI public key, from its DER: the
+/// outer SEQUENCE, a version INTEGER (PKCS#8 only), then the AlgorithmIdentifier SEQUENCE
+/// whose first element is the OID.
+fn algorithm_oid(der: &[u8]) -> Option<&[u8]> {
+    // One TLV at `at`: (tag, content start, content end).
+    let tlv = |at: usize| -> Option<(u8, usize, usize)> {
+        let tag = *der.get(at)?;
+        let first = *der.get(at + 1)? as usize;
+        let (len, start) = if first < 0x80 {
+            (first, at + 2)
+        } else {
+            let n = first & 0x7f;
+            if n == 0 || n > 4 {
+                return None;
+            }
+            let mut len = 0usize;
+            for i in 0..n {
+                len = (len << 8) | *der.get(at + 2 + i)? as usize;
+            }
+            (len, at + 2 + n)
+        };
+        let end = start.checked_add(len)?;
+        (end <= der.len()).then_some((tag, start, end))
+    };
+    let (tag, mut at, _) = tlv(0)?;
+    if tag != 0x30 {
+        return None;
+    }
+    if let Some((0x02, _, version_end)) = tlv(at) {
+        at = version_end;
+    }
+    let (tag, inner, _) = tlv(at)?;
+    if tag != 0x30 {
+        return None;
+    }
+    let (tag, start, end) = tlv(inner)?;
+    (tag == 0x06).then(|| &der[start..end])
+}
+
 impl PrivateKey {
     /// Create a new random key from the operating system's generator.
     pub fn generate() -> Self {
@@ -80,17 +179,13 @@ impl PrivateKey {
 
     /// Read a PKCS#8 PEM private key (v1 or v2).
     pub fn read(path: &Path) -> Result<Self, KeyError> {
-        let text = fs::read_to_string(path).map_err(|source| KeyError::Io {
-            op: "reading private key",
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = read_key_file(path, "reading private key")?;
         SigningKey::from_pkcs8_pem(&text)
             .map(PrivateKey)
             .map_err(|e| KeyError::Parse {
                 path: path.to_owned(),
                 kind: "private key",
-                detail: e.to_string(),
+                detail: diagnose(&text, "PRIVATE KEY", e.to_string()),
             })
     }
 
@@ -144,15 +239,11 @@ impl PrivateKey {
 impl PublicKey {
     /// Read an SPKI PEM public key.
     pub fn read(path: &Path) -> Result<Self, KeyError> {
-        let text = fs::read_to_string(path).map_err(|source| KeyError::Io {
-            op: "reading public key",
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = read_key_file(path, "reading public key")?;
         Self::from_pem(&text).map_err(|detail| KeyError::Parse {
             path: path.to_owned(),
             kind: "public key",
-            detail,
+            detail: diagnose(&text, "PUBLIC KEY", detail),
         })
     }
 
@@ -244,6 +335,59 @@ mod tests {
         assert!(matches!(e, KeyError::SamePath(_)), "{e}");
         assert_eq!(PublicKey::read(&public).unwrap(), key.public());
         assert_eq!(PublicKey::read(&public).unwrap(), key.public());
+    }
+
+    #[test]
+    fn wrong_key_files_say_what_they_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let openssl = |args: &str, out: &str| {
+            let ok = std::process::Command::new("openssl")
+                .args(args.split_whitespace())
+                .arg("-out")
+                .arg(d.join(out))
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "openssl {args}");
+        };
+        openssl("genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:1024", "rsa.pem");
+        openssl("genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256", "ec.pem");
+        openssl("genpkey -algorithm ed448", "ed448.pem");
+        fs::write(d.join("empty.pem"), "").unwrap();
+        fs::write(d.join("junk.pem"), "not a key\n").unwrap();
+        fs::write(
+            d.join("cert.pem"),
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let key = PrivateKey::from_bytes([1; 32]);
+        fs::write(d.join("pub.pem"), key.public().to_pem()).unwrap();
+        fs::write(d.join("good.pem"), key.to_pem()).unwrap();
+        for (file, want) in [
+            ("rsa.pem", "it is an RSA key, and Cairn's keys are ed25519"),
+            ("ec.pem", "it is an ECDSA key"),
+            ("ed448.pem", "it is an Ed448 key"),
+            ("empty.pem", "the file is empty"),
+            ("junk.pem", "it is not PEM"),
+            ("cert.pem", "it holds a PEM \"CERTIFICATE\", not a \"PRIVATE KEY\""),
+            ("pub.pem", "it holds a PEM \"PUBLIC KEY\", not a \"PRIVATE KEY\""),
+        ] {
+            let e = PrivateKey::read(&d.join(file)).err().unwrap().to_string();
+            assert!(e.contains(want), "{file}: {e}");
+            assert!(!e.contains("NUL byte") && !e.contains("1.3.101.112"), "{file}: {e}");
+        }
+        let e = PublicKey::read(&d.join("good.pem")).unwrap_err().to_string();
+        assert!(e.contains("not a \"PUBLIC KEY\""), "{e}");
+        // A FIFO named as a key is refused, not read forever.
+        assert!(std::process::Command::new("mkfifo")
+            .arg(d.join("fifo"))
+            .status()
+            .unwrap()
+            .success());
+        let e = PrivateKey::read(&d.join("fifo")).err().unwrap().to_string();
+        assert!(e.contains("reading private key"), "{e}");
+        assert!(PrivateKey::read(&d.join("good.pem")).is_ok());
     }
 
     #[test]
