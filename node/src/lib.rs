@@ -18,6 +18,7 @@ pub mod config;
 pub mod drive;
 pub mod firstboot;
 pub mod grow;
+pub mod harness;
 pub mod health;
 pub mod hostkeys;
 pub mod mend;

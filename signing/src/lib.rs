@@ -13,6 +13,7 @@
 //!   inactive slot.
 
 pub mod bundle;
+pub mod harness;
 pub mod keys;
 pub mod manifest;
 
