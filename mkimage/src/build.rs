@@ -159,6 +159,9 @@ pub struct BuildOptions {
     pub lock_mode: LockMode,
     /// Where packages come from (`--package-source`).
     pub packages: debian::PackageOptions,
+    /// The public key the next releases will be signed with (`--next-key`), announced in the
+    /// bundle under this release's signature.
+    pub next_key: Option<PathBuf>,
 }
 
 /// What the Debian stage did, for the summary.
@@ -488,6 +491,10 @@ pub fn build(def: &Definition, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -
     )
     .map_err(BuildError::Gpt)?;
     let (key, key_choice) = load_key(signing_key_source(def, opts))?;
+    let next_key = match &opts.next_key {
+        None => None,
+        Some(p) => Some(cairn_signing::PublicKey::read(p)?),
+    };
     if let KeyChoice::Development(p, true) = &key_choice {
         log(&format!("created the development signing key {}", p.display()));
     }
@@ -885,7 +892,10 @@ pub fn build(def: &Definition, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -
     // 9. update bundle: the same payloads, signed for nodes to stream into a slot.
     log("bundle: update.cairn for running nodes");
     let bpath = staging_dir.join(bundle::FILE);
-    write_bundle(&manifest, &disk_path, &bpath, &key)?;
+    if let Some(k) = &next_key {
+        log(&format!("bundle: announces the next release key {}", k.fingerprint()));
+    }
+    write_bundle(&manifest, &disk_path, &bpath, &key, next_key.as_ref())?;
     lap("bundle", &mut stages, &mut t);
 
     // Commit.
@@ -931,7 +941,7 @@ pub fn build(def: &Definition, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -
 
 /// The bundle manifest for an image manifest: same identity, hashes and sizes; offsets
 /// are set when the bundle is written.
-pub fn bundle_manifest(m: &Manifest) -> BundleManifest {
+pub fn bundle_manifest(m: &Manifest, next_key: Option<&cairn_signing::PublicKey>) -> BundleManifest {
     BundleManifest {
         bundle_format: bundle::FORMAT,
         name: m.name.clone(),
@@ -949,11 +959,18 @@ pub fn bundle_manifest(m: &Manifest) -> BundleManifest {
                 Payload { offset: 0, ..p.clone() }
             })
             .collect(),
+        next_signing_key: next_key.map(cairn_signing::PublicKey::to_hex),
     }
 }
 
 /// Write `update.cairn` at `path` from the payload ranges of `disk`.
-fn write_bundle(m: &Manifest, disk: &Path, path: &Path, key: &PrivateKey) -> Result<BundleManifest, BuildError> {
+fn write_bundle(
+    m: &Manifest,
+    disk: &Path,
+    path: &Path,
+    key: &PrivateKey,
+    next_key: Option<&cairn_signing::PublicKey>,
+) -> Result<BundleManifest, BuildError> {
     let mut sources = Vec::new();
     for n in bundle::PAYLOADS {
         let p = m.payload(n).expect("a build manifest has every payload");
@@ -964,7 +981,7 @@ fn write_bundle(m: &Manifest, disk: &Path, path: &Path, key: &PrivateKey) -> Res
     let mut refs: Vec<&mut dyn Read> = sources.iter_mut().map(|s| s as &mut dyn Read).collect();
     let file = File::create(path).map_err(io_err("creating", path))?;
     let mut out = io::BufWriter::with_capacity(1 << 20, file);
-    let written = bundle::write(&mut out, bundle_manifest(m), key, &mut refs).map_err(|e| match e {
+    let written = bundle::write(&mut out, bundle_manifest(m, next_key), key, &mut refs).map_err(|e| match e {
         BundleError::Io(source) => BuildError::from(io_err("writing", path)(source)),
         other => BuildError::Bundle(other),
     })?;

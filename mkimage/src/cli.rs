@@ -67,6 +67,10 @@ enum Command {
         /// `[root.debian] package-sources`. Needs a lock that answers the definition.
         #[arg(long, value_name = "DIR|URL")]
         package_source: Vec<String>,
+        /// Announce the release key the next releases will be signed with (its public key,
+        /// as `cairn keygen` writes it): nodes that install this release trust it from then on.
+        #[arg(long, value_name = "PUBLIC_KEY")]
+        next_key: Option<PathBuf>,
     },
     /// Boot a built image under QEMU with UEFI firmware (OVMF).
     ///
@@ -126,10 +130,12 @@ enum Command {
     /// Publish a build's update bundle for nodes to fetch from a static web server.
     ///
     /// Verifies `update.cairn` with the release key, copies it to
-    /// `DIR/<image>/<image>_<version>.cairn` and updates `DIR/<image>/index.json` (latest
-    /// version and every release) last, so clients never see an index naming a missing
-    /// bundle. Serve DIR with any web server (`python3 -m http.server -d DIR`, nginx) and
-    /// point nodes at it with `[update] source = "http://HOST/<image>/"` in node.toml.
+    /// `DIR/<image>/<image>_<version>.cairn`, then writes `DIR/<image>/index.json` (latest
+    /// version, every release, and when the index expires) signed in `index.json.sig`.
+    /// Nodes refuse an index they cannot verify or whose time has passed: publish again
+    /// (the same build is fine) before it expires. Serve DIR with any web server
+    /// (`python3 -m http.server -d DIR`, nginx) and point nodes at it with
+    /// `[update] source = "http://HOST/<image>/"` in node.toml.
     Publish {
         /// A build output directory (holding update.cairn) or a bundle file.
         #[arg(value_name = "OUT|BUNDLE")]
@@ -137,9 +143,13 @@ enum Command {
         /// The directory a web server serves.
         #[arg(long, value_name = "DIR")]
         to: PathBuf,
-        /// Public key the bundle must be signed with.
-        #[arg(long, value_name = "PUBLIC_KEY")]
-        key: PathBuf,
+        /// The release private key that signed the bundle; it signs the index too. Give a
+        /// second --key during a key rotation, so nodes that trust either key take the index.
+        #[arg(long, value_name = "PRIVATE_KEY", required = true)]
+        key: Vec<PathBuf>,
+        /// How many days the index stays valid.
+        #[arg(long, value_name = "DAYS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3650))]
+        valid_days: u64,
     },
     /// Resolve a Debian root's packages and write its lock file.
     ///
@@ -282,6 +292,7 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
             cmdline,
             locked,
             package_source,
+            next_key,
         } => {
             let mut def = Definition::load(&definition)?;
             if let Some(v) = image_version {
@@ -313,6 +324,7 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
                 packages: debian::PackageOptions {
                     sources: package_sources(&package_source)?,
                 },
+                next_key,
             };
             if plan {
                 return print_plan(&def, &opts, out);
@@ -362,22 +374,38 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
             }
             Ok(())
         }
-        Command::Publish { out: src, to, key } => {
-            let public = cairn_signing::PublicKey::read(&key)?;
-            let p =
-                crate::publish::publish(&src, &to, &public).with_context(|| format!("publishing {}", src.display()))?;
+        Command::Publish {
+            out: src,
+            to,
+            key,
+            valid_days,
+        } => {
+            let keys = key
+                .iter()
+                .map(|k| {
+                    cairn_signing::PrivateKey::read(k)
+                        .with_context(|| format!("reading the release key {}", k.display()))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let p = crate::publish::publish(&src, &to, &keys, valid_days * 86400)
+                .with_context(|| format!("publishing {}", src.display()))?;
             let latest = p.index.release(&p.index.latest).expect("an index names its latest");
             if p.unchanged {
                 writeln!(
                     out,
-                    "already published: {} {} (nothing changed)",
+                    "already published: {} {} (the index is signed anew)",
                     p.index.name, latest.version
                 )?;
             }
             writeln!(
                 out,
-                "index    {}",
-                p.dir.join(cairn_signing::bundle::INDEX_FILE).display()
+                "index    {} (signed by {}; expires {})",
+                p.dir.join(cairn_signing::bundle::INDEX_FILE).display(),
+                keys.iter()
+                    .map(|k| k.public().fingerprint())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                p.index.expires
             )?;
             for r in &p.index.releases {
                 let mark = if r.version == p.index.latest { "  (latest)" } else { "" };

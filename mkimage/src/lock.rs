@@ -281,7 +281,7 @@ impl Lock {
         if self.request.len() != 64 || !self.request.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err("request is not a sha256".into());
         }
-        if parse_resolved(&self.resolved).is_none() {
+        if cairn_signing::time::parse_utc(&self.resolved).is_none() {
             return Err(format!(
                 "resolved {:?} is not a UTC time like 2026-12-02T07:40:12Z",
                 self.resolved
@@ -323,46 +323,8 @@ impl Lock {
     }
 }
 
-/// Check `YYYY-MM-DDTHH:MM:SSZ`; returns the parts.
-fn parse_resolved(s: &str) -> Option<[u32; 6]> {
-    let b = s.as_bytes();
-    if b.len() != 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' || b[19] != b'Z'
-    {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<u32>().ok();
-    let v = [
-        num(0..4)?,
-        num(5..7)?,
-        num(8..10)?,
-        num(11..13)?,
-        num(14..16)?,
-        num(17..19)?,
-    ];
-    ((1..=12).contains(&v[1]) && (1..=31).contains(&v[2]) && v[3] < 24 && v[4] < 60 && v[5] < 61).then_some(v)
-}
-
 /// Format a Unix time as `YYYY-MM-DDTHH:MM:SSZ`.
-pub fn format_utc(secs: u64) -> String {
-    let days = (secs / 86400) as i64;
-    let rem = secs % 86400;
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
+pub use cairn_signing::time::format_utc;
 
 /// sha256 of the package request: suite, components, kernel package, and the requested
 /// plus implied packages, sorted. A lock answers one request.
@@ -588,13 +550,5 @@ mod tests {
             ]
         );
         assert!(diff(&old, &old).is_empty());
-    }
-
-    #[test]
-    fn utc_format() {
-        assert_eq!(format_utc(0), "1970-01-01T00:00:00Z");
-        assert_eq!(format_utc(1_796_197_212), "2026-12-02T07:40:12Z");
-        assert_eq!(format_utc(951_782_400), "2000-02-29T00:00:00Z");
-        assert!(parse_resolved(&format_utc(1_796_197_212)).is_some());
     }
 }

@@ -1,15 +1,18 @@
 //! `cairn publish OUT --to DIR`: lay out a build's update bundle for a static web server.
 //!
 //! ```text
-//! DIR/<image>/index.json             what nodes poll: latest version and every release
+//! DIR/<image>/index.json             what nodes poll: latest version, every release, expiry
+//! DIR/<image>/index.json.sig         its signatures (64 bytes per release key)
 //! DIR/<image>/<image>_<version>.cairn the bundles, never rewritten once published
 //! ```
 //!
 //! The bundle is verified with the release key first (what a node will check), copied in
 //! under a temporary name and renamed, and only then the index is replaced (also through a
-//! rename), so a client never sees an index that names a missing or partial bundle.
-//! Publishing the same release again changes nothing; a different bundle under a published
-//! version is refused (versions are immutable once nodes may have seen them). Publishers
+//! rename), so a client never sees an index that names a missing or partial bundle. The
+//! index is signed by every given release key (`index.json.sig`) and expires after the
+//! given time: publishing the same release again only signs the index anew with a new
+//! expiry; a different bundle under a published version is refused (versions are immutable
+//! once nodes may have seen them). Publishers
 //! running at once take turns on `DIR/<image>/.publish.lock`, so no index entry is lost
 //! between one's read and another's write.
 
@@ -18,7 +21,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use cairn_signing::bundle::{self, compare_versions, Index, Release};
-use cairn_signing::PublicKey;
+use cairn_signing::PrivateKey;
 
 use crate::ioerr::io_err;
 use crate::verify::{self, VerifyError};
@@ -68,6 +71,20 @@ fn sha256_file(path: &Path) -> io::Result<String> {
     Ok(hex::encode(h.finalize()))
 }
 
+/// An index of format 1 (unsigned, no expiry; older Cairns) as format 2, so publishing
+/// into an older directory carries its releases on. Anything else is returned as it is.
+fn upgrade_index(bytes: &[u8]) -> Vec<u8> {
+    let Ok(serde_json::Value::Object(mut v)) = serde_json::from_slice::<serde_json::Value>(bytes) else {
+        return bytes.to_vec();
+    };
+    if v.get("index-format") != Some(&serde_json::Value::from(1)) {
+        return bytes.to_vec();
+    }
+    v.insert("index-format".into(), bundle::INDEX_FORMAT.into());
+    v.insert("expires".into(), "1970-01-01T00:00:00Z".into());
+    serde_json::to_vec(&v).unwrap_or_else(|_| bytes.to_vec())
+}
+
 /// Hold `dir/.publish.lock` exclusively until the returned file is dropped.
 fn lock_dir(dir: &Path) -> Result<File, PublishError> {
     use std::os::fd::AsFd;
@@ -85,14 +102,17 @@ fn lock_dir(dir: &Path) -> Result<File, PublishError> {
     Ok(f)
 }
 
-/// Publish the bundle of the build in `out` (or a bundle file) into `to`.
-pub fn publish(out: &Path, to: &Path, key: &PublicKey) -> Result<Published, PublishError> {
+/// Publish the bundle of the build in `out` (or a bundle file) into `to`, signing the index
+/// with `keys` (the bundle must be signed by one of them) and letting it expire in
+/// `valid_secs`.
+pub fn publish(out: &Path, to: &Path, keys: &[PrivateKey], valid_secs: u64) -> Result<Published, PublishError> {
     let src = if out.is_dir() {
         out.join(bundle::FILE)
     } else {
         out.to_owned()
     };
-    let (m, _) = verify::verify_bundle(&src, key)?;
+    let publics: Vec<_> = keys.iter().map(PrivateKey::public).collect();
+    let (m, _) = verify::verify_bundle_any(&src, &publics)?;
     // The bundle format admits only plain image names; check again where it becomes a path.
     assert!(
         bundle::valid_image_name(&m.name),
@@ -103,7 +123,7 @@ pub fn publish(out: &Path, to: &Path, key: &PublicKey) -> Result<Published, Publ
     let _turn = lock_dir(&dir)?;
     let index_path = dir.join(bundle::INDEX_FILE);
     let mut index = match fs::read(&index_path) {
-        Ok(b) => Index::parse(&b).map_err(|detail| PublishError::Index {
+        Ok(b) => Index::parse(&upgrade_index(&b)).map_err(|detail| PublishError::Index {
             path: index_path.clone(),
             detail,
         })?,
@@ -111,6 +131,7 @@ pub fn publish(out: &Path, to: &Path, key: &PublicKey) -> Result<Published, Publ
             index_format: bundle::INDEX_FORMAT,
             name: m.name.clone(),
             latest: m.version.clone(),
+            expires: String::new(),
             releases: vec![],
         },
         Err(e) => return Err(io_err("reading", &index_path)(e).into()),
@@ -159,8 +180,15 @@ pub fn publish(out: &Path, to: &Path, key: &PublicKey) -> Result<Published, Publ
         });
         index.releases.sort_by(|a, b| compare_versions(&a.version, &b.version));
         index.latest = index.releases.last().expect("just added one").version.clone();
-        cairn_signing::write_file_atomic(&index_path, &index.to_bytes(), 0o644)
-            .map_err(io_err("writing", &index_path))?;
     }
+    index.index_format = bundle::INDEX_FORMAT;
+    index.expires = cairn_signing::time::format_utc(cairn_signing::time::now() + valid_secs);
+    let refs: Vec<&PrivateKey> = keys.iter().collect();
+    let (bytes, sigs) = index.sign(&refs);
+    // Signatures first: a client that reads the new index with the old signatures in
+    // between retries at its next poll; one that never sees a new index never trusts it.
+    let sig_path = dir.join(bundle::INDEX_SIG_FILE);
+    cairn_signing::write_file_atomic(&sig_path, &sigs, 0o644).map_err(io_err("writing", &sig_path))?;
+    cairn_signing::write_file_atomic(&index_path, &bytes, 0o644).map_err(io_err("writing", &index_path))?;
     Ok(Published { index, dir, unchanged })
 }

@@ -252,14 +252,19 @@ fn check_verity(
 /// recomputed from the root payload, and the UKI's command line. Returns the manifest and
 /// a line per check that passed.
 pub fn verify_bundle(path: &Path, key: &PublicKey) -> Result<(BundleManifest, Vec<String>), VerifyError> {
+    verify_bundle_any(path, std::slice::from_ref(key))
+}
+
+/// [`verify_bundle`] with any of `keys`.
+pub fn verify_bundle_any(path: &Path, keys: &[PublicKey]) -> Result<(BundleManifest, Vec<String>), VerifyError> {
     let berr = |source| VerifyError::Bundle {
         path: path.to_owned(),
         source,
     };
     let file = File::open(path).map_err(io_err("opening", path))?;
     let size = file.metadata().map_err(io_err("reading", path))?.len();
-    let mut reader = BundleReader::open(io::BufReader::with_capacity(1 << 20, file), key).map_err(berr)?;
-    let mut ok = vec![format!("signature: good, key {}", key.fingerprint())];
+    let mut reader = BundleReader::open_any(io::BufReader::with_capacity(1 << 20, file), keys).map_err(berr)?;
+    let mut ok = vec![format!("signature: good, key {}", reader.manifest().signing_key)];
     let expected = reader.manifest().bundle_size();
     expect_eq("bundle size", expected, size)?;
     let mut root = tempfile::tempfile().map_err(io_err("creating", Path::new("a temporary file")))?;

@@ -81,7 +81,9 @@ fn node(r: &Releases, out: &Path, tag: &str) -> Target {
 fn install(t: &Target, key: &PublicKey, bundle: &[u8], force: bool) -> Result<update::Installed, UpdateError> {
     let mut src = bundle;
     let mut lines = vec![];
-    let r = update::install(t, key, &mut src, &Options { force }, &mut |l| lines.push(l.to_string()));
+    let r = update::install(t, std::slice::from_ref(key), &mut src, &Options { force }, &mut |l| {
+        lines.push(l.to_string())
+    });
     eprintln!("{}", lines.join("\n"));
     r
 }
@@ -362,7 +364,7 @@ fn publish_lays_out_bundles_and_an_index_for_a_static_server() {
     };
     // v2 first, then v1: latest is the newest version, not the last published.
     for out in [&r.v2, &r.v1] {
-        let o = publish(out, "release.pub");
+        let o = publish(out, "release.pem");
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
     let index = cairn_signing::bundle::Index::parse(&fs::read(to.join("test/index.json")).unwrap()).unwrap();
@@ -384,15 +386,38 @@ fn publish_lays_out_bundles_and_an_index_for_a_static_server() {
     names.sort();
     assert_eq!(
         names,
-        [".publish.lock", "index.json", "test_0.1.0.cairn", "test_0.2.0.cairn"],
+        [
+            ".publish.lock",
+            "index.json",
+            "index.json.sig",
+            "test_0.1.0.cairn",
+            "test_0.2.0.cairn"
+        ],
         "no temporary files left"
     );
 
-    // Again: nothing changes.
-    let before = fs::read(to.join("test/index.json")).unwrap();
-    let o = publish(&r.v2, "release.pub");
+    // The index is signed by the release key.
+    let signed = |what: &str| {
+        cairn_signing::bundle::Index::verify(
+            &fs::read(to.join("test/index.json")).unwrap(),
+            &fs::read(to.join("test/index.json.sig")).unwrap(),
+            &[key(&r)],
+        )
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
+    };
+    assert_eq!(signed("first"), index);
+    // Again: the releases stay, the index is signed anew.
+    let o = publish(&r.v2, "release.pem");
     assert!(String::from_utf8_lossy(&o.stdout).contains("already published"));
-    assert_eq!(fs::read(to.join("test/index.json")).unwrap(), before);
+    assert_eq!(signed("again").releases, index.releases);
+    // A public key cannot sign an index.
+    let o = publish(&r.v2, "release.pub");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("it holds a PEM \"PUBLIC KEY\", not a \"PRIVATE KEY\""),
+        "{err}"
+    );
+    let before = fs::read(to.join("test/index.json")).unwrap();
 
     // Another bundle under a published version, a tampered bundle, a wrong key: refused,
     // nothing written.
@@ -400,7 +425,7 @@ fn publish_lays_out_bundles_and_an_index_for_a_static_server() {
     let text = fs::read_to_string(r.f.path("image.toml")).unwrap();
     assert!(text.contains("0.2.0"));
     let v2b = r.f.build_ok("v2b");
-    let o = publish(&v2b, "release.pub");
+    let o = publish(&v2b, "release.pem");
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         !o.status.success() && err.contains("0.2.0 is already published with another bundle"),
@@ -410,11 +435,11 @@ fn publish_lays_out_bundles_and_an_index_for_a_static_server() {
     let at = bad.len() - 10;
     bad[at] ^= 1;
     fs::write(r.f.path("bad.cairn"), bad).unwrap();
-    let o = publish(&r.f.path("bad.cairn"), "release.pub");
+    let o = publish(&r.f.path("bad.cairn"), "release.pem");
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("payload uki: sha256"));
     run_ok(cairn().arg("keygen").arg(r.f.path("other.pem")));
-    let o = publish(&r.v1, "other.pub");
+    let o = publish(&r.v1, "other.pem");
     assert!(!o.status.success());
     assert_eq!(fs::read(to.join("test/index.json")).unwrap(), before);
 }
@@ -466,7 +491,7 @@ fn a_partition_table_written_halfway_is_mended_and_the_update_goes_on() {
     let v = run_ok(Command::new("sgdisk").arg("-v").arg(&t.disk));
     assert!(!v.contains("No problems found"), "the copies differ: {v}");
     let mut lines = vec![];
-    update::install(&t, &key, &mut &bundle[..], &Options { force: false }, &mut |l| {
+    update::install(&t, &[key], &mut &bundle[..], &Options { force: false }, &mut |l| {
         lines.push(l.to_string())
     })
     .unwrap();
@@ -478,6 +503,118 @@ fn a_partition_table_written_halfway_is_mended_and_the_update_goes_on() {
     );
     let v = run_ok(Command::new("sgdisk").arg("-v").arg(&t.disk));
     assert!(v.contains("No problems found"), "{v}");
+}
+
+fn publish_to(r: &Releases, out: &Path, to: &Path, keys: &[&str]) {
+    let mut c = cairn();
+    c.arg("publish").arg(out).arg("--to").arg(to);
+    for k in keys {
+        c.arg("--key").arg(r.f.path(k));
+    }
+    run_ok(&mut c);
+}
+
+#[test]
+fn an_index_that_expired_or_was_changed_is_refused() {
+    use cairn_signing::bundle::Index;
+    let r = releases();
+    let key = key(&r);
+    let www = r.f.path("www-signed");
+    publish_to(&r, &r.v1, &www, &["release.pem"]);
+    publish_to(&r, &r.v2, &www, &["release.pem"]);
+    let dir = www.join("test");
+    let source = format!("{}/", dir.display());
+    let t = node(&r, &r.v1, "signed-index");
+    let disk_before = sha(&t.disk);
+    let index = Index::parse(&fs::read(dir.join("index.json")).unwrap()).unwrap();
+    let auto = |now: u64| {
+        let mut lines = vec![];
+        let r = update::auto_at(&t, std::slice::from_ref(&key), &source, now, &mut |l| {
+            lines.push(l.to_string())
+        });
+        r.map(|o| format!("{o:?}")).map_err(|e| e.to_string())
+    };
+    // Past its expiry (a server frozen on an old index): refused, nothing written.
+    let err = auto(index.expires_at()).unwrap_err();
+    assert!(
+        err.contains(&format!("expired at {}", index.expires)) && err.contains("stale index"),
+        "{err}"
+    );
+    // Changed without the key: the latest pointed at the older release, a signature cut.
+    let good = fs::read(dir.join("index.json")).unwrap();
+    let forged = String::from_utf8(good.clone())
+        .unwrap()
+        .replace("\"latest\": \"0.2.0\"", "\"latest\": \"0.1.0\"");
+    assert_ne!(forged.as_bytes(), good.as_slice());
+    fs::write(dir.join("index.json"), &forged).unwrap();
+    let err = auto(cairn_signing::time::now()).unwrap_err();
+    assert!(err.contains("is not signed by a release key this node trusts"), "{err}");
+    fs::write(dir.join("index.json"), &good).unwrap();
+    let sig = fs::read(dir.join("index.json.sig")).unwrap();
+    fs::write(dir.join("index.json.sig"), &sig[..63]).unwrap();
+    let err = auto(cairn_signing::time::now()).unwrap_err();
+    assert!(err.contains("must hold 1 to 8 signatures"), "{err}");
+    assert_eq!(sha(&t.disk), disk_before);
+    // Whole and in time: v2 is installed.
+    fs::write(dir.join("index.json.sig"), &sig).unwrap();
+    let done = auto(cairn_signing::time::now()).unwrap();
+    assert!(done.contains("Installed"), "{done}");
+}
+
+#[test]
+fn a_release_key_rotates_across_two_releases() {
+    let r = releases();
+    let k1 = key(&r);
+    run_ok(cairn().arg("keygen").arg(r.f.path("next.pem")));
+    let k2 = PublicKey::read(&r.f.path("next.pub")).unwrap();
+    // 0.2.0 signed by the current key announces the next; 0.3.0 is signed by the next.
+    let text = fs::read_to_string(r.f.path("image.toml")).unwrap();
+    let build = |version: &str, out: &str, extra: &[&str]| {
+        fs::write(r.f.path("image.toml"), text.replace("0.2.0", version)).unwrap();
+        run_ok(
+            cairn()
+                .current_dir(r.f.dir.path())
+                .env("SOURCE_DATE_EPOCH", EPOCH.to_string())
+                .args(["build", "image.toml", "--out", out])
+                .args(extra),
+        );
+        fs::read(r.f.path(out).join("update.cairn")).unwrap()
+    };
+    let announcing = build("0.2.0", "v2-announce", &["--next-key", "next.pub"]);
+    let rotated = build("0.3.0", "v3-rotated", &["--key", "next.pem"]);
+    assert!(manifest(&r.f.path("v3-rotated"))["signing-key"] == k2.fingerprint().as_str());
+    let t = node(&r, &r.v1, "rotation");
+    let image_key = r.f.path("release.pub");
+    let trusted = || update::trusted_keys(&image_key, &t.state_dir).unwrap();
+    assert_eq!(trusted(), [k1]);
+    let install_with = |bundle: &[u8]| {
+        let mut lines = vec![];
+        let res = update::install(&t, &trusted(), &mut &bundle[..], &Options { force: false }, &mut |l| {
+            lines.push(l.to_string())
+        });
+        (res, lines)
+    };
+    // Not yet: the next key is not trusted before a release announced it.
+    let (res, _) = install_with(&rotated);
+    assert!(res
+        .unwrap_err()
+        .to_string()
+        .contains("not signed by the release key this node trusts"));
+    // The announcing release is taken, and its next key trusted from then on.
+    let (res, lines) = install_with(&announcing);
+    res.unwrap();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&format!("announces the next release key {}", k2.fingerprint()))),
+        "{lines:?}"
+    );
+    assert_eq!(trusted(), [k1, k2]);
+    let (res, _) = install_with(&rotated);
+    assert_eq!(res.unwrap().manifest.version, "0.3.0");
+    // A trust file that is not a key stops the node from guessing.
+    fs::write(update::trust_dir(&t.state_dir).join("zz.key"), "garbage\n").unwrap();
+    assert!(update::trusted_keys(&image_key, &t.state_dir).is_err());
 }
 
 #[test]
@@ -510,7 +647,7 @@ fn publishers_running_at_once_lose_no_release() {
                     .arg("--to")
                     .arg(&to)
                     .arg("--key")
-                    .arg(r.f.path("release.pub"))
+                    .arg(r.f.path("release.pem"))
                     .stdout(std::process::Stdio::null())
                     .spawn()
                     .unwrap()

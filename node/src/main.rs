@@ -165,10 +165,9 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             };
             let result = (|| {
-                let key = cairn_signing::PublicKey::read(Path::new(update::RELEASE_KEY))
-                    .map_err(|e| update::UpdateError::System(chain(&e)))?;
                 let target = update::Target::discover()?;
-                update::auto(&target, &key, &u.source, &mut |l| println!("{l}"))
+                let keys = update::trusted_keys(Path::new(update::RELEASE_KEY), &target.state_dir)?;
+                update::auto(&target, &keys, &u.source, &mut |l| println!("{l}"))
             })();
             match result {
                 Ok(update::AutoOutcome::Nothing(why)) => {
@@ -208,11 +207,10 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             };
             let result = (|| {
-                let key = cairn_signing::PublicKey::read(Path::new(update::RELEASE_KEY))
-                    .map_err(|e| update::UpdateError::System(chain(&e)))?;
                 let target = update::Target::discover()?;
+                let keys = update::trusted_keys(Path::new(update::RELEASE_KEY), &target.state_dir)?;
                 let mut input = update::open_source(source)?;
-                update::install(&target, &key, &mut input, &opts, &mut |l| println!("{l}"))
+                update::install(&target, &keys, &mut input, &opts, &mut |l| println!("{l}"))
             })();
             match result {
                 Ok(_) if then_reboot => {

@@ -452,7 +452,7 @@ pub fn record_failure(state_dir: &Path, version: &str, why: &str) -> io::Result<
 /// per step and progress.
 pub fn install(
     t: &Target,
-    key: &PublicKey,
+    keys: &[PublicKey],
     source: &mut dyn Read,
     opts: &Options,
     log: &mut dyn FnMut(&str),
@@ -508,7 +508,7 @@ pub fn install(
     ));
 
     // 2. The bundle's signature and identity, before writing anything.
-    let reader = BundleReader::open(source, key)?;
+    let reader = BundleReader::open_any(source, keys)?;
     let m = reader.manifest().clone();
     log(&format!(
         "cairn: update: bundle {} {} signed by {} (good signature), root hash {}",
@@ -619,12 +619,61 @@ pub fn install(
         let _ = fs::remove_file(&partial);
     }
     let (m, uki, bytes) = result?;
+    // A release signed by a trusted key announces the key of the releases after it.
+    if let Some(next) = &m.next_signing_key {
+        let key = PublicKey::from_hex(next).map_err(|why| UpdateError::Refused(format!("next-signing-key: {why}")))?;
+        if trust(&t.state_dir, &key)? {
+            log(&format!(
+                "cairn: update: {} announces the next release key {}: trusted from now on",
+                m.version,
+                key.fingerprint()
+            ));
+        }
+    }
     Ok(Installed {
         manifest: m,
         slot: inactive.slot,
         uki,
         bytes,
     })
+}
+
+/// Where a node keeps release keys announced by releases it installed.
+pub fn trust_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("trusted-keys")
+}
+
+/// The release keys this node trusts: the one its image carries (`image_key`), and every
+/// next key a release it installed announced (key rotation), oldest first.
+pub fn trusted_keys(image_key: &Path, state_dir: &Path) -> Result<Vec<PublicKey>, UpdateError> {
+    let mut keys = vec![PublicKey::read(image_key).map_err(|e| UpdateError::System(e.to_string()))?];
+    let dir = trust_dir(state_dir);
+    if let Ok(rd) = fs::read_dir(&dir) {
+        let mut names: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        names.sort();
+        for p in names.into_iter().filter(|p| p.extension().is_some_and(|e| e == "key")) {
+            let text = fs::read_to_string(&p).map_err(io_at("reading", &p))?;
+            match PublicKey::from_hex(text.trim()) {
+                Ok(k) if !keys.contains(&k) => keys.push(k),
+                Ok(_) => {}
+                Err(why) => return Err(UpdateError::System(format!("{}: {why}", p.display()))),
+            }
+        }
+    }
+    Ok(keys)
+}
+
+/// Trust `key` from now on (announced by a release this node installed).
+fn trust(state_dir: &Path, key: &PublicKey) -> Result<bool, UpdateError> {
+    let dir = trust_dir(state_dir);
+    let path = dir.join(format!("{}.key", &key.to_hex()[..16]));
+    if fs::read_to_string(&path).is_ok_and(|t| t.trim() == key.to_hex()) {
+        return Ok(false);
+    }
+    fs::create_dir_all(&dir).map_err(io_at("creating", &dir))?;
+    cairn_signing::write_file_atomic(&path, format!("{}\n", key.to_hex()).as_bytes(), 0o644)
+        .map_err(io_at("writing", &path))?;
+    Ok(true)
 }
 
 /// Hold `state_dir/update.lock` for as long as the returned file lives; refuse when another
@@ -832,17 +881,41 @@ pub enum AutoOutcome {
     /// Nothing to do, and why.
     Nothing(String),
     /// A release was installed.
-    Installed(Installed),
+    Installed(Box<Installed>),
 }
 
 /// `cairn-node update --auto`: poll `<source>index.json` and install its latest release
 /// when it is newer than the running one and has not failed here.
-pub fn auto(t: &Target, key: &PublicKey, source: &str, log: &mut dyn FnMut(&str)) -> Result<AutoOutcome, UpdateError> {
-    let url = format!("{source}{}", cairn_signing::bundle::INDEX_FILE);
-    let index = cairn_signing::bundle::Index::parse(&fetch_small(&url)?).map_err(|detail| UpdateError::Fetch {
-        url: url.clone(),
-        detail,
-    })?;
+pub fn auto(
+    t: &Target,
+    keys: &[PublicKey],
+    source: &str,
+    log: &mut dyn FnMut(&str),
+) -> Result<AutoOutcome, UpdateError> {
+    auto_at(t, keys, source, cairn_signing::time::now(), log)
+}
+
+/// [`auto`] at the time `now` (Unix seconds).
+pub fn auto_at(
+    t: &Target,
+    keys: &[PublicKey],
+    source: &str,
+    now: u64,
+    log: &mut dyn FnMut(&str),
+) -> Result<AutoOutcome, UpdateError> {
+    use cairn_signing::bundle::{Index, INDEX_FILE, INDEX_SIG_FILE};
+    let url = format!("{source}{INDEX_FILE}");
+    let sig_url = format!("{source}{INDEX_SIG_FILE}");
+    let (bytes, sigs) = (fetch_small(&url)?, fetch_small(&sig_url)?);
+    let index =
+        Index::verify(&bytes, &sigs, keys).map_err(|detail| UpdateError::Refused(format!("{url}: {detail}")))?;
+    if now >= index.expires_at() {
+        return Err(UpdateError::Refused(format!(
+            "{url} expired at {} (now {}): the update server serves a stale index, by mistake or to hold this node on an old release; publish it again",
+            index.expires,
+            cairn_signing::time::format_utc(now)
+        )));
+    }
     if index.name != t.image {
         return Err(UpdateError::Refused(format!(
             "{url} lists image {:?}, this node runs {:?}",
@@ -869,7 +942,7 @@ pub fn auto(t: &Target, key: &PublicKey, source: &str, log: &mut dyn FnMut(&str)
         latest.version, t.version
     ));
     let mut input = open_source(&bundle_url)?;
-    install(t, key, &mut input, &Options::default(), log).map(AutoOutcome::Installed)
+    install(t, keys, &mut input, &Options::default(), log).map(|i| AutoOutcome::Installed(Box::new(i)))
 }
 
 /// What `--status` reports.

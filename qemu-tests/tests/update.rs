@@ -224,7 +224,7 @@ fn an_update_survives_a_kill_boots_the_other_slot_and_is_blessed() {
 
 /// `cairn publish` with the key the test images are signed with.
 fn publish(out: &Path, to: &Path) {
-    let key = cairn_mkimage::build::public_path_for(&cairn_mkimage::build::dev_key_path());
+    let key = cairn_mkimage::build::dev_key_path();
     let o = std::process::Command::new(cairn_bin())
         .arg("publish")
         .arg(out)

@@ -106,6 +106,11 @@ pub struct BundleManifest {
     pub development_key: bool,
     /// `root`, `verity` and `uki`, with offsets in the bundle.
     pub payloads: Vec<Payload>,
+    /// The release key the next releases will be signed with (raw ed25519 public key, hex),
+    /// announced under the signature of the current one: a node that installs this release
+    /// trusts it from then on (key rotation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_signing_key: Option<String>,
 }
 
 fn align(v: u64) -> u64 {
@@ -199,6 +204,11 @@ impl BundleManifest {
         if !is_hex(&self.root_hash, 64) || !is_hex(&self.verity_salt, 64) {
             return bad("root-hash and verity-salt must be 64 lowercase hex digits".into());
         }
+        if let Some(k) = &self.next_signing_key {
+            if !is_hex(k, 64) || PublicKey::from_hex(k).is_err() {
+                return bad("next-signing-key must be an ed25519 public key in 64 lowercase hex digits".into());
+            }
+        }
         let names: Vec<&str> = self.payloads.iter().map(|p| p.name.as_str()).collect();
         if names != PAYLOADS {
             return bad(format!("payloads must be {PAYLOADS:?} in that order, found {names:?}"));
@@ -234,19 +244,21 @@ impl BundleManifest {
     }
 }
 
-/// `index.json` beside published bundles (`cairn publish`): what nodes poll. It is not
-/// signed: it only points at bundles, and a node checks each bundle's signature, refuses
-/// versions that are not newer and never installs a version that failed on it, so a
-/// forged index can at worst withhold an update.
+/// `index.json` beside published bundles (`cairn publish`): what nodes poll, signed by the
+/// release key(s) in `index.json.sig` and valid until `expires`. A node refuses an index it
+/// cannot verify, and one whose time has passed — a server that keeps serving an old
+/// index (by mistake, or to freeze nodes on a vulnerable release) is noticed and reported.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Index {
-    /// Index format (1).
+    /// Index format ([`INDEX_FORMAT`]).
     pub index_format: u32,
     /// Image name.
     pub name: String,
     /// The version nodes should run.
     pub latest: String,
+    /// When the index stops being valid (UTC, `YYYY-MM-DDTHH:MM:SSZ`); republishing renews it.
+    pub expires: String,
     /// Every published release, oldest first.
     pub releases: Vec<Release>,
 }
@@ -268,9 +280,13 @@ pub struct Release {
 }
 
 /// The index format this crate writes and reads.
-pub const INDEX_FORMAT: u32 = 1;
+pub const INDEX_FORMAT: u32 = 2;
 /// The index's file name.
 pub const INDEX_FILE: &str = "index.json";
+/// The index's signatures: one or more raw 64-byte ed25519 signatures over its exact bytes.
+pub const INDEX_SIG_FILE: &str = "index.json.sig";
+/// Most signatures an index carries (one per key during a rotation, a few at most).
+pub const MAX_INDEX_SIGNATURES: usize = 8;
 
 impl Index {
     /// Parse an index (from a web server: anything may arrive).
@@ -285,6 +301,9 @@ impl Index {
         if !valid_image_name(&i.name) {
             return Err(format!("image name {:?} is not an image name", i.name));
         }
+        if crate::time::parse_utc(&i.expires).is_none() {
+            return Err(format!("expires {:?} is not a UTC time", i.expires));
+        }
         for r in &i.releases {
             let plain = !r.file.is_empty() && !r.file.contains('/') && !r.file.starts_with('.');
             if !plain || !valid_version(&r.version) {
@@ -297,6 +316,38 @@ impl Index {
         i.release(&i.latest)
             .ok_or_else(|| format!("latest {} is not among the releases", i.latest))?;
         Ok(i)
+    }
+
+    /// Check `sigs` (the `index.json.sig` bytes) over `bytes` with any of `keys`, then parse.
+    pub fn verify(bytes: &[u8], sigs: &[u8], keys: &[PublicKey]) -> Result<Index, String> {
+        if sigs.is_empty() || sigs.len() % SIGNATURE_LEN != 0 || sigs.len() / SIGNATURE_LEN > MAX_INDEX_SIGNATURES {
+            return Err(format!(
+                "{INDEX_SIG_FILE} must hold 1 to {MAX_INDEX_SIGNATURES} signatures of {SIGNATURE_LEN} bytes, it has {} bytes",
+                sigs.len()
+            ));
+        }
+        let signed = sigs
+            .chunks_exact(SIGNATURE_LEN)
+            .any(|sig| keys.iter().any(|k| k.verify(bytes, sig).is_ok()));
+        if !signed {
+            return Err(format!(
+                "{INDEX_FILE} is not signed by a release key this node trusts ({})",
+                keys.iter().map(PublicKey::fingerprint).collect::<Vec<_>>().join(", ")
+            ));
+        }
+        Index::parse(bytes)
+    }
+
+    /// The bytes to publish and their signatures by every key in `keys`.
+    pub fn sign(&self, keys: &[&PrivateKey]) -> (Vec<u8>, Vec<u8>) {
+        let bytes = self.to_bytes();
+        let sigs = keys.iter().flat_map(|k| k.sign(&bytes)).collect();
+        (bytes, sigs)
+    }
+
+    /// When it expires, as a Unix time.
+    pub fn expires_at(&self) -> u64 {
+        crate::time::parse_utc(&self.expires).unwrap_or(0)
     }
 
     /// The release with `version`.
@@ -459,7 +510,13 @@ fn read_exact_or(r: &mut impl Read, buf: &mut [u8], what: &str) -> Result<(), Bu
 impl<R: Read> BundleReader<R> {
     /// Read the header, manifest and signature; check the signature with `key` and only
     /// then parse the manifest.
-    pub fn open(mut inner: R, key: &PublicKey) -> Result<Self, BundleError> {
+    pub fn open(inner: R, key: &PublicKey) -> Result<Self, BundleError> {
+        Self::open_any(inner, std::slice::from_ref(key))
+    }
+
+    /// [`BundleReader::open`] with any of several trusted keys (a node that was told of its
+    /// next release key trusts both).
+    pub fn open_any(mut inner: R, keys: &[PublicKey]) -> Result<Self, BundleError> {
         let mut h = [0u8; HEADER_LEN as usize];
         read_exact_or(&mut inner, &mut h, "header")?;
         let mlen = parse_header(&h)?;
@@ -467,7 +524,17 @@ impl<R: Read> BundleReader<R> {
         read_exact_or(&mut inner, &mut bytes, "manifest")?;
         let mut sig = [0u8; SIGNATURE_LEN];
         read_exact_or(&mut inner, &mut sig, "signature")?;
-        key.verify(&bytes, &sig).map_err(BundleError::Signature)?;
+        let mut last = None;
+        let trusted = keys.iter().any(|k| match k.verify(&bytes, &sig) {
+            Ok(()) => true,
+            Err(e) => {
+                last = Some(e);
+                false
+            }
+        });
+        if !trusted {
+            return Err(BundleError::Signature(last.unwrap_or(KeyError::SignatureLength(0))));
+        }
         let manifest = BundleManifest::parse(&bytes)?;
         Ok(BundleReader {
             inner,
@@ -594,6 +661,7 @@ mod tests {
             signing_key: "sha256:00".into(),
             development_key: true,
             payloads: vec![],
+            next_signing_key: None,
         }
     }
 
@@ -650,7 +718,7 @@ mod tests {
             assert!(e.contains("must be 1 to 64 characters"), "{name:?}: {e}");
         }
         assert!(valid_image_name("node") && valid_image_name("edge-2"));
-        let index = br#"{"index-format":1,"name":"../x","latest":"1","releases":[{"version":"1","file":"x_1.cairn","size":1,"sha256":"00","root-hash":"00"}]}"#;
+        let index = br#"{"index-format":2,"name":"../x","latest":"1","expires":"2030-01-01T00:00:00Z","releases":[{"version":"1","file":"x_1.cairn","size":1,"sha256":"00","root-hash":"00"}]}"#;
         assert!(Index::parse(index).unwrap_err().contains("not an image name"));
     }
 

@@ -247,6 +247,20 @@ impl PublicKey {
         })
     }
 
+    /// A raw 32-byte ed25519 public key in hex (how manifests announce a next key).
+    pub fn from_hex(text: &str) -> Result<Self, String> {
+        let mut raw = [0u8; 32];
+        hex::decode_to_slice(text, &mut raw).map_err(|_| "not 64 hex digits".to_string())?;
+        VerifyingKey::from_bytes(&raw)
+            .map(PublicKey)
+            .map_err(|_| "not an ed25519 public key".to_string())
+    }
+
+    /// The raw key bytes in hex.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0.as_bytes())
+    }
+
     /// Parse an SPKI PEM public key.
     pub fn from_pem(text: &str) -> Result<Self, String> {
         VerifyingKey::from_public_key_pem(text)

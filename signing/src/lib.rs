@@ -16,6 +16,7 @@ pub mod bundle;
 pub mod harness;
 pub mod keys;
 pub mod manifest;
+pub mod time;
 
 pub use keys::{KeyError, PrivateKey, PublicKey, SIGNATURE_LEN};
 pub use manifest::{Disk, Manifest, ManifestError, PartitionEntry, Payload};

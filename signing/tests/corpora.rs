@@ -30,6 +30,7 @@ fn seeds() -> Vec<Vec<u8>> {
                 sha256: hex::encode(Sha256::digest(d)),
             })
             .collect(),
+        next_signing_key: None,
     };
     let mut whole = Vec::new();
     let mut srcs: Vec<&[u8]> = parts.to_vec();
@@ -38,7 +39,7 @@ fn seeds() -> Vec<Vec<u8>> {
     let mut manifest_then_payloads = m.to_bytes();
     manifest_then_payloads.push(0);
     manifest_then_payloads.extend_from_slice(&whole[m.payload("root").offset as usize..]);
-    let index = br#"{"index-format":1,"name":"node","latest":"0.2.0","releases":[{"version":"0.2.0","file":"node_0.2.0.cairn","size":1,"sha256":"00","root-hash":"00"}]}"#.to_vec();
+    let index = br#"{"index-format":2,"name":"node","latest":"0.2.0","expires":"2030-01-01T00:00:00Z","releases":[{"version":"0.2.0","file":"node_0.2.0.cairn","size":1,"sha256":"00","root-hash":"00"}]}"#.to_vec();
     vec![whole, manifest_then_payloads, index]
 }
 
