@@ -44,7 +44,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 /// The health gates `[health]` can set time limits for.
-pub const HEALTH_GATES: [&str; 4] = ["etcd", "containerd", "wireguard", "kubelet"];
+pub const HEALTH_GATES: [&str; 5] = ["etcd", "containerd", "wireguard", "kubelet", "sshd"];
 
 /// The only `version` this agent reads.
 pub const VERSION: u32 = 1;
@@ -728,7 +728,7 @@ impl NodeConfig {
                 return cx.err(
                     Some(secs.span()),
                     format!("[health] '{gate}' is not a health gate"),
-                    "the gates are etcd, containerd, wireguard and kubelet",
+                    "the gates are etcd, containerd, wireguard, kubelet and sshd",
                 );
             }
             match u64::try_from(*secs.get_ref()) {

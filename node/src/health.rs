@@ -27,6 +27,8 @@ pub enum Gate {
     Wireguard,
     /// The kubelet answers `/healthz`.
     Kubelet,
+    /// sshd answers on port 22 with its SSH banner: the way an operator reaches the node.
+    Sshd,
 }
 
 impl Gate {
@@ -37,6 +39,7 @@ impl Gate {
             "containerd" => Gate::Containerd,
             "wireguard" => Gate::Wireguard,
             "kubelet" => Gate::Kubelet,
+            "sshd" => Gate::Sshd,
             _ => return None,
         })
     }
@@ -48,6 +51,7 @@ impl Gate {
             Gate::Containerd => "containerd",
             Gate::Wireguard => "wireguard",
             Gate::Kubelet => "kubelet",
+            Gate::Sshd => "sshd",
         }
     }
 
@@ -56,7 +60,7 @@ impl Gate {
         Duration::from_secs(match self {
             Gate::Etcd | Gate::Kubelet => 180,
             Gate::Containerd => 120,
-            Gate::Wireguard => 60,
+            Gate::Wireguard | Gate::Sshd => 60,
         })
     }
 }
@@ -91,6 +95,29 @@ pub fn http_get(url: &str, timeout: Duration) -> Result<(u16, String), String> {
         .and_then(|c| c.parse().ok())
         .ok_or("no HTTP status")?;
     Ok((code, body.trim().to_string()))
+}
+
+/// Connect to an SSH server at `addr` and read its identification line (`SSH-2.0-…`).
+pub fn ssh_banner(addr: &str, timeout: Duration) -> Result<String, String> {
+    let a: SocketAddr = addr.parse().map_err(|_| format!("{addr} is not ADDR:PORT"))?;
+    let mut s = TcpStream::connect_timeout(&a, timeout).map_err(|e| format!("connecting to {a}: {e}"))?;
+    s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 255];
+    let mut got = 0;
+    while got < buf.len() && !buf[..got].contains(&b'\n') {
+        match s.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) => return Err(format!("reading from {a}: {e}")),
+        }
+    }
+    let line = String::from_utf8_lossy(&buf[..got]);
+    let line = line.lines().next().unwrap_or("").trim();
+    if line.starts_with("SSH-2.0-") {
+        Ok(format!("sshd answers on {a}: {line}"))
+    } else {
+        Err(format!("{a} answered {line:?}, not an SSH-2.0 banner"))
+    }
 }
 
 /// How long one probe command may run before the gate counts it as no answer.
@@ -168,6 +195,7 @@ pub fn probe(gate: Gate, config: &NodeConfig, root: &Path) -> Probe {
                 Ok(format!("{} is up with public key {want}", w.interface))
             }))
         }
+        Gate::Sshd => Probe::Check(Box::new(|| ssh_banner("127.0.0.1:22", Duration::from_secs(5)))),
         Gate::Kubelet => {
             if !crate::apply::at(root, "/usr/bin/kubelet").exists() {
                 return Probe::Skip("this image has no kubelet: no [kubelet] artifact was pinned".into());
@@ -191,6 +219,7 @@ impl Gate {
             Gate::Etcd => Some("etcd.service"),
             Gate::Containerd => Some("containerd.service"),
             Gate::Kubelet => Some("kubelet.service"),
+            Gate::Sshd => Some("ssh.service"),
             Gate::Wireguard => None,
         }
     }

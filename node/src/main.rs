@@ -13,7 +13,7 @@ commands:
                                  (run by cairn-firstboot.service every boot)
   apply                          choose this boot's node config and write what it renders
   check FILE                     validate a node.toml and print what it would write
-  health GATE [--timeout SECS]   wait until GATE (etcd, containerd, wireguard, kubelet)
+  health GATE [--timeout SECS]   wait until GATE (etcd, containerd, wireguard, kubelet, sshd)
                                  passes (run by cairn-health-GATE.service)
   ssh-hostkeys                   make the node's SSH host keys, or mend them after a power
                                  loss (run by cairn-ssh-hostkeys.service every boot)

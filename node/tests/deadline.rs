@@ -38,3 +38,31 @@ fn a_trickling_server_cannot_hold_an_update() {
     assert!(took < Duration::from_secs(10), "the deadline held only after {took:?}");
     drop(server);
 }
+
+#[test]
+fn the_sshd_gate_reads_an_ssh_banner() {
+    use std::io::Write;
+    let gate = |banner: &'static [u8]| {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let _ = s.write_all(banner);
+        });
+        let r = cairn_node::health::ssh_banner(&addr, Duration::from_secs(5));
+        server.join().unwrap();
+        r
+    };
+    let ok = gate(b"SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3\r\n").unwrap();
+    assert!(ok.contains("SSH-2.0-OpenSSH_9.2p1"), "{ok}");
+    let e = gate(b"HTTP/1.1 400 Bad Request\r\n\r\n").unwrap_err();
+    assert!(e.contains("not an SSH-2.0 banner"), "{e}");
+    let e = gate(b"").unwrap_err();
+    assert!(e.contains("not an SSH-2.0 banner"), "{e}");
+    // Nothing listening: refused at once.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    assert!(cairn_node::health::ssh_banner(&port.to_string(), Duration::from_secs(2)).is_err());
+}
