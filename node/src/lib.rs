@@ -13,6 +13,7 @@
 //! - [`system`]: kernel command line, running slot, os-release.
 
 pub mod apply;
+pub mod cli;
 pub mod cloud;
 pub mod config;
 pub mod drive;

@@ -47,6 +47,16 @@ pub fn run(program: &str, args: &[&str]) -> Result<String, String> {
     }
 }
 
+/// Ask systemd for a reboot without waiting for it.
+pub fn reboot() {
+    if let Err(e) = std::process::Command::new("systemctl")
+        .args(["reboot", "--no-block"])
+        .status()
+    {
+        eprintln!("cairn: systemctl reboot: {e}");
+    }
+}
+
 /// The `roothash=` value of a kernel command line, if it is 64 hex digits.
 pub fn roothash_from_cmdline(cmdline: &str) -> Option<[u8; 32]> {
     let v = cmdline.split_whitespace().find_map(|w| w.strip_prefix("roothash="))?;

@@ -638,6 +638,99 @@ pub fn install(
     })
 }
 
+/// After `gate` failed (`cairn-node gate-failed`): take the gate's own FAILED line from this
+/// boot's journal as the reason; on a counted try of a new version, record it, say so, and
+/// reboot into the next try.
+pub fn gate_failed(root: &Path, gate: crate::health::Gate, log: &mut dyn FnMut(&str)) {
+    let unit = format!("cairn-health-{}.service", gate.name());
+    let reason = std::process::Command::new("journalctl")
+        .args(["-b", "-u", &unit, "-o", "cat", "--no-pager", "-n", "100"])
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .rfind(|l| l.contains("FAILED"))
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| format!("cairn: health gate {} FAILED ({unit} failed)", gate.name()));
+    let lines = on_gate_failure(root, &reason);
+    if lines.is_empty() {
+        log(&format!(
+            "cairn: health gate {} failed on a version that is not on a counted try: nothing to roll back to; fix the node and run `systemctl restart {unit}`",
+            gate.name()
+        ));
+        return;
+    }
+    lines.iter().for_each(|l| log(l));
+    crate::system::reboot();
+}
+
+/// `cairn-node boot-deadline`: on a counted try, wait for boot-complete.target and reboot
+/// into the next try when it is not reached within the command line's deadline. Returns
+/// whether the boot made it (or there was nothing to watch).
+pub fn watch_deadline(root: &Path, sys: &crate::system::Root, log: &mut dyn FnMut(&str)) -> bool {
+    let Some(file) = counted_boot(root) else {
+        log("cairn: boot deadline: not a counted boot; nothing to watch");
+        return true;
+    };
+    let Some(limit) = boot_deadline(&sys.cmdline().unwrap_or_default()) else {
+        log("cairn: boot deadline: off (cairn.boot_deadline=0)");
+        return true;
+    };
+    log(&format!(
+        "cairn: boot deadline: {file} must reach boot-complete.target within {}s of boot",
+        limit.as_secs()
+    ));
+    loop {
+        let reached = std::process::Command::new("systemctl")
+            .args(["is-active", "--quiet", "boot-complete.target"])
+            .status()
+            .is_ok_and(|s| s.success());
+        let up = sys.uptime().unwrap_or(0.0);
+        if reached {
+            log(&format!(
+                "cairn: boot deadline: boot-complete.target reached {up:.1}s after boot"
+            ));
+            return true;
+        }
+        if up >= limit.as_secs_f64() {
+            on_deadline(root, &file, limit).iter().for_each(|l| log(l));
+            crate::system::reboot();
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
+}
+
+/// Reboot into `version` as the node config says: now, at a time of day, or not at all;
+/// saying so first.
+pub fn reboot_by_policy(policy: crate::config::RebootPolicy, version: &str, log: &mut dyn FnMut(&str)) {
+    use crate::config::RebootPolicy;
+    match policy {
+        RebootPolicy::Now => {
+            log(&format!(
+                "cairn: update: rebooting into {version} now ([update] reboot = \"now\")"
+            ));
+            crate::system::reboot();
+        }
+        RebootPolicy::Never => log(&format!(
+            "cairn: update: {version} is installed; reboot to run it ([update] reboot = \"never\")"
+        )),
+        RebootPolicy::At(h, m) => {
+            let when = format!("{h:02}:{m:02}");
+            match std::process::Command::new("shutdown").args(["-r", &when]).status() {
+                Ok(s) if s.success() => log(&format!(
+                    "cairn: update: {version} is installed; rebooting into it at {when} (the reboot window)"
+                )),
+                other => log(&format!(
+                    "cairn: update: could not schedule the reboot at {when}: {other:?}"
+                )),
+            }
+        }
+    }
+}
+
 /// Where a node keeps release keys announced by releases it installed.
 pub fn trust_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("trusted-keys")

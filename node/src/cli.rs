@@ -1,0 +1,344 @@
+//! The `cairn-node` command line: clap parses, [`run`] dispatches to the library. Every
+//! subcommand is a thin call; what a command decides (the gate's failure reason, the boot
+//! deadline's watch, the reboot policy) lives in the modules that own it.
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::{apply, config::NodeConfig, health, render, update};
+
+/// The node agent of a Cairn image: first boot, health gates, updates.
+#[derive(Debug, Parser)]
+#[command(name = "cairn-node", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The health gates, as the command line names them.
+const GATES: [&str; 5] = ["etcd", "containerd", "wireguard", "kubelet", "sshd"];
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Take a newer node config from a config drive, then apply (cairn-firstboot.service,
+    /// every boot).
+    Firstboot,
+    /// Choose this boot's node config and write what it renders.
+    Apply,
+    /// Validate a node.toml and print the files it would write.
+    Check {
+        /// The node config.
+        file: String,
+    },
+    /// Wait until a health gate passes (cairn-health-GATE.service).
+    Health {
+        /// The gate.
+        #[arg(value_parser = GATES)]
+        gate: String,
+        /// Time limit in seconds; default: the node config's [health], else the gate's own.
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<u64>,
+    },
+    /// After a gate failed: on a counted try of a new version, record why and reboot
+    /// (cairn-gate-failed@GATE.service).
+    GateFailed {
+        /// The gate.
+        #[arg(value_parser = GATES)]
+        gate: String,
+    },
+    /// On a counted try, reboot if boot-complete.target is not reached within
+    /// cairn.boot_deadline= seconds of boot (default 900; cairn-boot-deadline.service).
+    BootDeadline,
+    /// Make the node's SSH host keys, or mend them after a power loss
+    /// (cairn-ssh-hostkeys.service, every boot).
+    SshHostkeys,
+    /// Mend a component's state a power loss broke (containerd; run by its unit first).
+    Prestart {
+        /// The component.
+        component: String,
+    },
+    /// Print the ready line (cairn-ready.service).
+    Ready,
+    /// Install a signed bundle into the inactive slot, poll for one, or show the slots.
+    Update {
+        /// The bundle: https://, http:// or a file.
+        #[arg(required_unless_present_any = ["status", "auto"], conflicts_with_all = ["status", "auto"])]
+        source: Option<String>,
+        /// Allow a version that is not newer, or that failed here before.
+        #[arg(long)]
+        force: bool,
+        /// Reboot into the new version once it is installed.
+        #[arg(long)]
+        reboot: bool,
+        /// Which version runs, which is the fallback, which failed and why.
+        #[arg(long, conflicts_with = "auto")]
+        status: bool,
+        /// Poll the node config's [update] source and install a newer release; reboot as
+        /// [update] reboot says (cairn-update.timer).
+        #[arg(long)]
+        auto: bool,
+    },
+}
+
+/// Parse `argv` (with the program name) and run the command.
+pub fn run(argv: Vec<OsString>) -> ExitCode {
+    let cli = match Cli::try_parse_from(argv) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(e.exit_code().clamp(0, 255) as u8);
+        }
+    };
+    match cli.command {
+        Command::Firstboot => report(crate::firstboot::firstboot(), "first boot"),
+        Command::Apply => report(apply::apply(Path::new("/")), "applying the node config"),
+        Command::Check { file } => check(&file),
+        Command::Health { gate, timeout } => health_gate(&gate, timeout),
+        Command::GateFailed { gate } => {
+            let g = health::Gate::parse(&gate).expect("clap checked the gate");
+            update::gate_failed(Path::new("/"), g, &mut |l| println!("{l}"));
+            ExitCode::SUCCESS
+        }
+        Command::BootDeadline => {
+            let sys = crate::system::Root::default();
+            if update::watch_deadline(Path::new("/"), &sys, &mut |l| println!("{l}")) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Command::SshHostkeys => match crate::hostkeys::ensure(Path::new(crate::hostkeys::DIR)) {
+            Ok(reports) => {
+                reports.iter().for_each(|r| println!("{}", r.line()));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("cairn: SSH host keys: {}", chain(&e));
+                ExitCode::FAILURE
+            }
+        },
+        Command::Prestart { component } => match crate::mend::prestart(Path::new("/"), &component) {
+            Ok(lines) => {
+                lines.iter().for_each(|l| println!("{l}"));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("cairn: prestart {component}: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Ready => {
+            println!("{}", crate::ready::line(&crate::system::Root::default()));
+            ExitCode::SUCCESS
+        }
+        Command::Update { status: true, .. } => match update::Target::discover().and_then(|t| update::status(&t)) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("cairn: update status: {}", chain(&e));
+                ExitCode::FAILURE
+            }
+        },
+        Command::Update { auto: true, .. } => update_auto(),
+        Command::Update {
+            source, force, reboot, ..
+        } => update_from(&source.expect("clap requires a source"), force, reboot),
+    }
+}
+
+fn check(file: &str) -> ExitCode {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: reading {file}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match NodeConfig::parse(&text, file)
+        .map_err(|e| e.to_string())
+        .and_then(|c| render::plan(&c, &text).map_err(|e| format!("{file}: {e}")))
+    {
+        Ok(outputs) => {
+            for o in outputs {
+                println!("{} (mode {:o})", o.path, o.mode);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The applied node config (what firstboot wrote this boot).
+fn applied(what: &str) -> Result<NodeConfig, ExitCode> {
+    let text = std::fs::read_to_string(render::EFFECTIVE).unwrap_or_default();
+    NodeConfig::parse(&text, render::EFFECTIVE).map_err(|e| {
+        eprintln!("cairn: {what}: no applied node config ({e}); did cairn-firstboot.service run?");
+        ExitCode::FAILURE
+    })
+}
+
+fn health_gate(gate: &str, timeout: Option<u64>) -> ExitCode {
+    let g = health::Gate::parse(gate).expect("clap checked the gate");
+    let config = match applied(&format!("health gate {gate} FAILED")) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let limit = timeout.map(Duration::from_secs).unwrap_or_else(|| {
+        config
+            .health
+            .get(gate)
+            .map_or(g.default_limit(), |s| Duration::from_secs(*s))
+    });
+    let probe = health::probe(g, &config, Path::new("/"));
+    let mut gave_up = || g.unit().and_then(health::unit_failed);
+    match health::run_watching(g, probe, limit, &mut gave_up, &mut |l| println!("{l}")) {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(line) => {
+            eprintln!("{line}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn update_auto() -> ExitCode {
+    let config = match applied("update") {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let Some(u) = config.update else {
+        println!("cairn: update: no [update] source in the node config; nothing to poll");
+        return ExitCode::SUCCESS;
+    };
+    let result = (|| {
+        let target = update::Target::discover()?;
+        let keys = update::trusted_keys(Path::new(update::RELEASE_KEY), &target.state_dir)?;
+        update::auto(&target, &keys, &u.source, &mut |l| println!("{l}"))
+    })();
+    match result {
+        Ok(update::AutoOutcome::Nothing(why)) => {
+            println!("cairn: update: {why}");
+            ExitCode::SUCCESS
+        }
+        Ok(update::AutoOutcome::Installed(i)) => {
+            update::reboot_by_policy(u.reboot, &i.manifest.version, &mut |l| println!("{l}"));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!(
+                "cairn: update from {} FAILED: {}; the running version stays the default",
+                u.source,
+                chain(&e)
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn update_from(source: &str, force: bool, then_reboot: bool) -> ExitCode {
+    let opts = update::Options { force };
+    let result = (|| {
+        let target = update::Target::discover()?;
+        let keys = update::trusted_keys(Path::new(update::RELEASE_KEY), &target.state_dir)?;
+        let mut input = update::open_source(source)?;
+        update::install(&target, &keys, &mut input, &opts, &mut |l| println!("{l}"))
+    })();
+    match result {
+        Ok(_) if then_reboot => {
+            println!("cairn: update: rebooting into the new version");
+            crate::system::reboot();
+            ExitCode::SUCCESS
+        }
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!(
+                "cairn: update from {source} FAILED: {}; the running version stays the default",
+                chain(&e)
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Print a step's log lines, or its failure with every cause.
+fn report(result: Result<Vec<String>, apply::ApplyError>, what: &str) -> ExitCode {
+    match result {
+        Ok(lines) => {
+            lines.iter().for_each(|l| println!("{l}"));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cairn: {what} failed: {}", chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error and its causes on one line.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(&format!(": {c}"));
+        cur = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("cairn-node").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn every_command_the_units_run_parses() {
+        Cli::command().debug_assert();
+        // The command lines in units/*.service.
+        for args in [
+            &["firstboot"][..],
+            &["health", "etcd"],
+            &["health", "sshd", "--timeout", "30"],
+            &["gate-failed", "containerd"],
+            &["boot-deadline"],
+            &["ssh-hostkeys"],
+            &["prestart", "containerd"],
+            &["ready"],
+            &["update", "--auto"],
+            &["update", "--status"],
+            &["update", "http://10.0.0.5/node_0.2.0.cairn", "--force", "--reboot"],
+        ] {
+            parse(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        }
+        for bad in [
+            &["health", "sshdd"][..],
+            &["health", "etcd", "--timeout", "soon"],
+            &["update"],
+            &["update", "--status", "--auto"],
+            &["update", "x.cairn", "--auto"],
+            &["frobnicate"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+        // Every command has its own --help.
+        let help = parse(&["update", "--help"]).unwrap_err().to_string();
+        assert!(
+            help.contains("--reboot") && help.contains("Reboot into the new version"),
+            "{help}"
+        );
+    }
+}
