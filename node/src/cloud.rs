@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde_json::Value as Json;
-use serde_yaml::Value as Yaml;
+use serde_yaml_ng::Value as Yaml;
 
 /// What a cloud drive says about the node, before validation.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -118,7 +118,7 @@ fn yaml(file: &str, bytes: &[u8]) -> Result<Yaml, FileError> {
     if text.trim().is_empty() {
         return Ok(Yaml::Null);
     }
-    serde_yaml::from_str(text).map_err(|e| (file.to_string(), format!("is not valid YAML: {e}")))
+    serde_yaml_ng::from_str(text).map_err(|e| (file.to_string(), format!("is not valid YAML: {e}")))
 }
 
 fn ystr(v: &Yaml) -> Option<String> {
