@@ -202,10 +202,8 @@ impl Store {
         let failed = Mutex::new(Vec::new());
         let fetched = AtomicUsize::new(0);
         let io_failure: Mutex<Option<StoreError>> = Mutex::new(None);
-        let agent = ureq::AgentBuilder::new()
-            .timeout_connect(std::time::Duration::from_secs(20))
-            .timeout_read(std::time::Duration::from_secs(60))
-            .build();
+        // A package of a few hundred MiB over a slow link, not an endless trickle.
+        let agent = cairn_node::update::http_agent(std::time::Duration::from_secs(30 * 60));
         let started = std::time::Instant::now();
         std::thread::scope(|s| {
             for _ in 0..4 {
@@ -260,8 +258,8 @@ impl Store {
     fn fetch_one(&self, p: &LockedPackage, loc: &str, agent: &ureq::Agent) -> Result<(), FetchError> {
         let mut reader: Box<dyn Read> = if loc.starts_with("http://") || loc.starts_with("https://") {
             match agent.get(loc).call() {
-                Ok(r) => Box::new(r.into_reader()),
-                Err(ureq::Error::Status(code, _)) => return Err(FetchError::Source(format!("HTTP {code}"))),
+                Ok(r) => Box::new(r.into_body().into_reader()),
+                Err(ureq::Error::StatusCode(code)) => return Err(FetchError::Source(format!("HTTP {code}"))),
                 Err(e) => return Err(FetchError::Source(e.to_string())),
             }
         } else {

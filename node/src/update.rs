@@ -933,21 +933,32 @@ pub fn open_source(source: &str) -> Result<Box<dyn Read>, UpdateError> {
     open_source_within(source, BUNDLE_DEADLINE)
 }
 
+/// An HTTP(S) client whose whole transfer ends by `deadline`, verifying servers with the
+/// system's trust store.
+pub fn http_agent(deadline: std::time::Duration) -> ureq::Agent {
+    use ureq::tls::{RootCerts, TlsConfig};
+    ureq::Agent::config_builder()
+        .timeout_connect(Some(std::time::Duration::from_secs(30).min(deadline)))
+        .timeout_global(Some(deadline))
+        .tls_config(TlsConfig::builder().root_certs(RootCerts::PlatformVerifier).build())
+        .build()
+        .into()
+}
+
 /// [`open_source`], with the whole transfer (connecting, every read) bounded by `deadline`.
 pub fn open_source_within(source: &str, deadline: std::time::Duration) -> Result<Box<dyn Read>, UpdateError> {
     if source.starts_with("http://") || source.starts_with("https://") {
-        let resp = ureq::AgentBuilder::new()
-            .timeout_connect(std::time::Duration::from_secs(30).min(deadline))
-            .timeout_read(std::time::Duration::from_secs(120).min(deadline))
-            .timeout(deadline)
-            .build()
+        let resp = http_agent(deadline)
             .get(source)
             .call()
             .map_err(|e| UpdateError::Fetch {
                 url: source.to_string(),
                 detail: e.to_string(),
             })?;
-        Ok(Box::new(io::BufReader::with_capacity(1 << 20, resp.into_reader())))
+        Ok(Box::new(io::BufReader::with_capacity(
+            1 << 20,
+            resp.into_body().into_reader(),
+        )))
     } else {
         let path = Path::new(source);
         let f = File::open(path).map_err(io_at("opening", path))?;
