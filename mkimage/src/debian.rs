@@ -856,17 +856,7 @@ mod tests {
     }
 
     fn lock_sample() -> Lock {
-        Lock {
-            version: LOCK_VERSION,
-            suite: "bookworm".into(),
-            request: "ab".repeat(32),
-            resolved: "2026-12-02T07:40:12Z".into(),
-            mirrors: Mirrors {
-                main: "http://m/debian".into(),
-                security: "http://m/debian-security".into(),
-            },
-            package: Vec::new(),
-        }
+        crate::lock::tests::sample()
     }
 
     #[test]

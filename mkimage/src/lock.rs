@@ -426,7 +426,7 @@ fn move_name(m: &Move) -> &str {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn sample() -> Lock {
