@@ -426,7 +426,13 @@ impl Vm {
         let begin = self.wait_inner(from, &format!("CAIRN{m}BEGIN"), timeout, false)?;
         let end = self.wait_inner(begin, &format!("CAIRN{m}END="), timeout, false)?;
         let lines = self.lines();
-        let out: Vec<&str> = lines[begin + 1..end].iter().map(|l| l.1.as_str()).collect();
+        // Kernel and journal messages reach the same console while the command runs; they
+        // carry the kernel's timestamp and are not the command's output.
+        let out: Vec<&str> = lines[begin + 1..end]
+            .iter()
+            .map(|l| l.1.as_str())
+            .filter(|l| !is_kernel_message(l))
+            .collect();
         let code = lines[end]
             .1
             .split(&format!("CAIRN{m}END="))
@@ -559,9 +565,43 @@ pub fn render_budget(p: &BootPhases, accel: Accel) -> String {
     s
 }
 
+/// A console line the kernel printed (`[   51.074887] …`), as opposed to a program's output.
+pub fn is_kernel_message(line: &str) -> bool {
+    let Some(rest) = line.trim_start().strip_prefix('[') else {
+        return false;
+    };
+    let Some((stamp, _)) = rest.split_once("] ") else {
+        return false;
+    };
+    let stamp = stamp.trim_start();
+    stamp.split_once('.').is_some_and(|(s, us)| {
+        !s.is_empty()
+            && s.bytes().all(|b| b.is_ascii_digit())
+            && us.len() == 6
+            && us.bytes().all(|b| b.is_ascii_digit())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_messages_are_told_from_command_output() {
+        assert!(is_kernel_message(
+            "[   51.074887] cairn-node[282]: cairn: boot deadline: reached"
+        ));
+        assert!(is_kernel_message("[12345.000001] rcu: stall"));
+        for out in [
+            "good",
+            "[x] item",
+            "[   51.07] short",
+            "0123456789abcdef0123456789abcdef",
+            "[ 1.123456]no-space",
+        ] {
+            assert!(!is_kernel_message(out), "{out}");
+        }
+    }
 
     #[test]
     fn ansi_is_stripped() {
