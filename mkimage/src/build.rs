@@ -523,7 +523,7 @@ pub fn build(def: &Definition, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -
             let dead = name
                 .strip_prefix(&prefix)
                 .and_then(|pid| pid.parse::<u32>().ok())
-                .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+                .is_some_and(|pid| !crate::cache::process_alive(pid));
             if dead {
                 let _ = fs::remove_dir_all(e.path());
             }

@@ -37,6 +37,11 @@ pub fn cache_dir() -> PathBuf {
     }
 }
 
+/// Whether process `pid` still runs (what a leftover named after its process is judged by).
+pub fn process_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
 /// The cache.
 #[derive(Debug, Clone)]
 pub struct Cache {

@@ -293,14 +293,10 @@ pub fn lock_state(spec: &DebianSpec) -> Result<LockState, DebianError> {
         Ok(Some(l)) if l.request == lock::request_hash(spec) => Ok(LockState::Current(l)),
         Ok(Some(l)) => Ok(LockState::Stale("the package request changed".into(), Some(l))),
         Ok(None) => Ok(LockState::Stale("there is no lock yet".into(), None)),
-        Err(LockError::Bad { detail, .. })
-            if detail.starts_with("lock format ") && detail.contains("does not record") =>
-        {
-            Ok(LockState::Stale(
-                "it is in an older format, which does not record where packages live".into(),
-                None,
-            ))
-        }
+        Err(LockError::OldFormat { .. }) => Ok(LockState::Stale(
+            "it is in an older format, which does not record where packages live".into(),
+            None,
+        )),
         Err(e) => Err(e.into()),
     }
 }
@@ -635,15 +631,7 @@ fn shell_quote(p: &Path) -> String {
 
 /// A local path as a `copy://` URI for apt's sources (percent-encoded).
 fn copy_uri(p: &Path) -> String {
-    let mut s = String::from("copy://");
-    for b in p.display().to_string().bytes() {
-        if b.is_ascii_alphanumeric() || b"/._-".contains(&b) {
-            s.push(b as char);
-        } else {
-            s.push_str(&format!("%{b:02X}"));
-        }
-    }
-    s
+    format!("copy://{}", store::url_path(&p.display().to_string()))
 }
 
 fn run_mmdebstrap(
@@ -825,9 +813,8 @@ mod tests {
         crate::lock::tests::sample()
     }
 
-    #[test]
-    fn stores_replace_mirrors_and_fallbacks_name_the_resolution_time() {
-        let spec = DebianSpec {
+    fn sources_spec() -> DebianSpec {
+        DebianSpec {
             suite: "bookworm".into(),
             mirror: None,
             security_mirror: None,
@@ -840,7 +827,12 @@ mod tests {
                 PackageSource::Url("https://snapshot.example/archive/debian/{resolved}".into()),
                 PackageSource::Dir("/srv/snapshots/{resolved}".into()),
             ],
-        };
+        }
+    }
+
+    #[test]
+    fn stores_replace_mirrors_and_fallbacks_name_the_resolution_time() {
+        let spec = sources_spec();
         let m = lock_sample().mirrors;
         let s = sources(&spec, &[], &m, &lock_sample());
         assert_eq!(s.mirrors, Some(m.clone()));
@@ -854,6 +846,19 @@ mod tests {
         let usb = [PackageSource::Dir("/media/usb".into())];
         let s = sources(&spec, &usb, &m, &lock_sample());
         assert_eq!((s.stores.as_slice(), s.mirrors, s.fallback.len()), (&usb[..], None, 0));
+    }
+
+    #[test]
+    fn an_old_lock_is_stale_and_a_broken_one_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spec = sources_spec();
+        spec.lock = dir.path().join("cairn.lock");
+        std::fs::write(&spec.lock, "version = 1\nsuite = \"bookworm\"\n").unwrap();
+        assert!(matches!(lock_state(&spec), Ok(LockState::Stale(why, None)) if why.contains("older format")));
+        std::fs::write(&spec.lock, "version = 2\nsuite = 3\n").unwrap();
+        assert!(lock_state(&spec).is_err());
+        std::fs::remove_file(&spec.lock).unwrap();
+        assert!(matches!(lock_state(&spec), Ok(LockState::Stale(why, None)) if why.contains("no lock")));
     }
 
     #[test]

@@ -63,6 +63,14 @@ pub enum LockError {
         /// How to fix it.
         hint: &'static str,
     },
+    /// A lock of an older format (it records no archive paths): a plain build re-resolves it.
+    #[error("{path}: lock format {version} does not record where each package lives (this Cairn reads format {LOCK_VERSION})\n  hint: a plain `cairn build` re-resolves and rewrites it; or run `cairn lock DEFINITION --update`")]
+    OldFormat {
+        /// The lock file.
+        path: PathBuf,
+        /// Its format.
+        version: u32,
+    },
 }
 
 /// Archive URLs.
@@ -252,12 +260,10 @@ impl Lock {
                 version: Some(LOCK_VERSION),
             }) => {}
             Ok(Version { version: Some(v) }) if v < LOCK_VERSION => {
-                return Err(bad(
-                    format!(
-                    "lock format {v} does not record where each package lives (this Cairn reads format {LOCK_VERSION})"
-                ),
-                    "a plain `cairn build` re-resolves and rewrites it; or run `cairn lock DEFINITION --update`",
-                ))
+                return Err(LockError::OldFormat {
+                    path: path.to_owned(),
+                    version: v,
+                })
             }
             Ok(Version { version: Some(v) }) => {
                 return Err(bad(

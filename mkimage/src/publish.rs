@@ -64,13 +64,6 @@ pub struct Published {
     pub unchanged: bool,
 }
 
-fn sha256_file(path: &Path) -> io::Result<String> {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    io::copy(&mut File::open(path)?, &mut h)?;
-    Ok(hex::encode(h.finalize()))
-}
-
 /// An index of format 1 (unsigned, no expiry; older Cairns) as format 2, so publishing
 /// into an older directory carries its releases on. Anything else is returned as it is.
 fn upgrade_index(bytes: &[u8]) -> Vec<u8> {
@@ -144,7 +137,7 @@ pub fn publish(out: &Path, to: &Path, keys: &[PrivateKey], valid_secs: u64) -> R
     }
     let file = format!("{}_{}.cairn", m.name, m.version);
     let dest = dir.join(&file);
-    let sha = sha256_file(&src).map_err(io_err("reading", &src))?;
+    let sha = crate::store::sha256_file(&src)?;
     let size = fs::metadata(&src).map_err(io_err("reading", &src))?.len();
     let unchanged = match index.release(&m.version) {
         Some(r) if r.sha256 == sha && dest.is_file() => true,

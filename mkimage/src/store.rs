@@ -122,8 +122,9 @@ impl Sources {
     }
 }
 
-/// Percent-encode everything in a pool path but letters, digits and `/._-`.
-fn url_path(p: &str) -> String {
+/// Percent-encode everything in a path but letters, digits and `/._-` (for URLs and apt's
+/// `copy://` sources).
+pub fn url_path(p: &str) -> String {
     let mut s = String::with_capacity(p.len());
     for b in p.bytes() {
         if b.is_ascii_alphanumeric() || b"/._-".contains(&b) {
