@@ -309,7 +309,10 @@ fn a_release_whose_gate_fails_is_tried_three_times_then_rolled_back() {
     // The timer's next run does not take the failed version again.
     let out = run_ok(
         &mut vm,
-        "systemctl start cairn-update.service; journalctl -b -u cairn-update.service -o cat --no-pager | tail -1",
+        // Only the service's own lines (systemd's "Finished" line may be
+        // stored before them), after journald has stored all it was sent.
+        "systemctl start cairn-update.service; journalctl --sync; \
+         journalctl -b _SYSTEMD_UNIT=cairn-update.service -o cat --no-pager | tail -1",
     );
     assert!(
         out.contains("0.3.0 failed on this node before; waiting for a newer release"),
