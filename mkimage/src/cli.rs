@@ -12,11 +12,11 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::{CommandFactory, Parser, Subcommand};
 
-use crate::build::{self, BuildOptions, KeyChoice};
-use crate::debian::{self, LockMode};
-use crate::definition::{Compression, Definition, ModulePolicy, RootSource, SigningKey, Size};
-use crate::lock::Lock;
-use crate::plan::{self, Role};
+use crate::build::layout::Role;
+use crate::build::{self, Overrides, Plan};
+use crate::definition::{Definition, RootSource, Size};
+use crate::packages::debian::{self, LockMode};
+use crate::packages::lock::Lock;
 use crate::vm::{self, Accel, Vm, VmSpec};
 
 /// Build immutable, verity-protected OS images for Kubernetes nodes.
@@ -43,6 +43,10 @@ enum Command {
         /// Print the effective settings and partition layout, then stop without writing.
         #[arg(long)]
         plan: bool,
+        /// A development build: fast compression (zstd level 1) for an edit-build-boot
+        /// loop, marked as such in os-release and the manifest; `cairn publish` refuses it.
+        #[arg(long)]
+        dev: bool,
         /// Signing key (PKCS#8 PEM); overrides `[signing] key` in the definition.
         #[arg(long, value_name = "PRIVATE_KEY")]
         key: Option<PathBuf>,
@@ -113,8 +117,8 @@ enum Command {
     },
     /// Check a build output against its signed manifest, or an update bundle alone.
     ///
-    /// Verifies the signature first, then recomputes the disk's and every payload's
-    /// sha256, reads back the partition table, recomputes the dm-verity tree and checks
+    /// Verifies the signature first, then checks the disk's data ranges (each by its
+    /// sha256, every other byte zero) and every payload's sha256, reads back the partition table, recomputes the dm-verity tree and checks
     /// the UKI command line; then the same for `update.cairn` and that it carries the
     /// same release. Given a `.cairn` file, checks that bundle alone (what a node will
     /// accept). Exits non-zero on the first mismatch.
@@ -150,6 +154,10 @@ enum Command {
         /// How many days the index stays valid.
         #[arg(long, value_name = "DAYS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3650))]
         valid_days: u64,
+        /// Publish a development build (`cairn build --dev`), e.g. for a test fleet; refused
+        /// without it.
+        #[arg(long)]
+        allow_development: bool,
     },
     /// Resolve a Debian root's packages and write its lock file.
     ///
@@ -205,7 +213,7 @@ enum Command {
         out: PathBuf,
         /// File system of the drive.
         #[arg(long, value_enum, default_value = "fat")]
-        format: crate::configdrive::DriveFormat,
+        format: crate::release::configdrive::DriveFormat,
         /// Sign node.toml with this ed25519 key (PKCS#8 PEM, as `cairn keygen` writes);
         /// required by images built with a node-config key.
         #[arg(long, value_name = "KEY")]
@@ -285,7 +293,8 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
         Command::Build {
             definition,
             out: out_dir,
-            plan,
+            plan: print,
+            dev,
             key,
             overlay,
             image_version,
@@ -294,43 +303,27 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
             package_source,
             next_key,
         } => {
-            let mut def = Definition::load(&definition)?;
-            if let Some(v) = image_version {
-                if !cairn_signing::bundle::valid_version(&v) {
-                    bail!(
-                        "--image-version {v:?}: use letters, digits, '.', '~', '_' and '-', starting with a letter or digit ('+' is reserved for boot counting)"
-                    );
-                }
-                def.version = v;
-            }
-            for w in cmdline {
-                if let Err(why) = crate::definition::valid_cmdline_word(&w) {
-                    bail!("--cmdline: {why}");
-                }
-                def.cmdline.push(w);
-            }
-            for o in overlay {
-                if !o.is_dir() {
-                    bail!("--overlay {}: not a directory", o.display());
-                }
-                def.overlays.push(o);
-            }
-            let opts = BuildOptions {
+            let def = Definition::load(&definition)?;
+            let overrides = Overrides {
                 out: out_dir.unwrap_or_default(),
+                version: image_version,
+                cmdline,
+                overlays: overlay,
                 key,
-                source_date_epoch: std::env::var("SOURCE_DATE_EPOCH").ok(),
-                dev_key: build::dev_key_path(),
-                lock_mode: if locked { LockMode::Locked } else { LockMode::Follow },
-                packages: debian::PackageOptions {
-                    sources: package_sources(&package_source)?,
-                },
                 next_key,
+                source_date_epoch: std::env::var("SOURCE_DATE_EPOCH").ok(),
+                dev,
+                lock_mode: if locked { LockMode::Locked } else { LockMode::Follow },
+                package_sources: package_sources(&package_source)?,
+                dev_key: build::dev_key_path(),
             };
-            if plan {
-                return print_plan(&def, &opts, out);
+            let plan = Plan::new(def, &overrides).with_context(|| format!("planning {}", definition.display()))?;
+            if print {
+                write!(out, "{}", plan.render())?;
+                return Ok(());
             }
             let started = Instant::now();
-            let report = build::build(&def, &opts, &mut |line| {
+            let report = build::build(&plan, &mut |line| {
                 let _ = writeln!(err, "==> {line}");
             })
             .with_context(|| format!("building {}", definition.display()))?;
@@ -359,10 +352,10 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
             let public = cairn_signing::PublicKey::read(&key)?;
             let context = || format!("verifying {}", dir.display());
             let (name, version, root_hash, development_key, checks) = if dir.is_dir() {
-                let (m, checks) = crate::verify::verify_dir(&dir, &public).with_context(context)?;
+                let (m, checks) = crate::release::verify::verify_dir(&dir, &public).with_context(context)?;
                 (m.name, m.version, m.root_hash, m.development_key, checks)
             } else {
-                let (m, checks) = crate::verify::verify_bundle(&dir, &public).with_context(context)?;
+                let (m, checks) = crate::release::verify::verify_bundle(&dir, &public).with_context(context)?;
                 (m.name, m.version, m.root_hash, m.development_key, checks)
             };
             for c in checks {
@@ -379,6 +372,7 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
             to,
             key,
             valid_days,
+            allow_development,
         } => {
             let keys = key
                 .iter()
@@ -387,7 +381,7 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
                         .with_context(|| format!("reading the release key {}", k.display()))
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let p = crate::publish::publish(&src, &to, &keys, valid_days * 86400)
+            let p = crate::release::publish::publish(&src, &to, &keys, valid_days * 86400, allow_development)
                 .with_context(|| format!("publishing {}", src.display()))?;
             let latest = p.index.release(&p.index.latest).expect("an index names its latest");
             if p.unchanged {
@@ -511,7 +505,7 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
                     definition.display()
                 );
             };
-            let epoch = build::effective_epoch(std::env::var("SOURCE_DATE_EPOCH").ok().as_deref())?;
+            let epoch = build::plan::effective_epoch(std::env::var("SOURCE_DATE_EPOCH").ok().as_deref())?;
             let inputs = debian::TreeInputs {
                 dracut_modules: &def.dracut_modules,
                 drivers: &def.initrd_drivers,
@@ -552,7 +546,7 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
                     None => bail!("{}: no such lock file", l.display()),
                 }
             }
-            let cache = crate::cache::Cache::open();
+            let cache = crate::packages::cache::Cache::open();
             let mut log = |line: &str| {
                 let _ = writeln!(err, "==> {line}");
             };
@@ -560,7 +554,7 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
             let store = cache.store();
             let mut missing = Vec::new();
             for (path, lock) in &loaded {
-                let sources = crate::store::Sources {
+                let sources = crate::packages::store::Sources {
                     mirrors: Some(lock.mirrors.clone()),
                     ..Default::default()
                 };
@@ -574,8 +568,8 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
                     missing.join("\n")
                 );
             }
-            let e =
-                crate::store::export(&store, &loaded, &to).with_context(|| format!("exporting to {}", to.display()))?;
+            let e = crate::packages::store::export(&store, &loaded, &to)
+                .with_context(|| format!("exporting to {}", to.display()))?;
             writeln!(
                 out,
                 "exported {} packages ({}) from {} lock(s) to {}{}",
@@ -597,7 +591,7 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
             Ok(())
         }
         Command::Cache { action: None } => {
-            let u = crate::cache::Cache::open().usage()?;
+            let u = crate::packages::cache::Cache::open().usage()?;
             writeln!(out, "cache {}", u.root.display())?;
             writeln!(
                 out,
@@ -629,7 +623,7 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
                     None => bail!("{}: no such lock file", l.display()),
                 }
             }
-            let cache = crate::cache::Cache::open();
+            let cache = crate::packages::cache::Cache::open();
             let p = cache.prune(&keep, &mut |line| {
                 let _ = writeln!(err, "==> {line}");
             })?;
@@ -666,15 +660,15 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
                 }
                 None => "not signed".to_string(),
             };
-            let epoch = build::effective_epoch(std::env::var("SOURCE_DATE_EPOCH").ok().as_deref())?;
-            crate::configdrive::write(&drive, format, &files, epoch)
+            let epoch = build::plan::effective_epoch(std::env::var("SOURCE_DATE_EPOCH").ok().as_deref())?;
+            crate::release::configdrive::write(&drive, format, &files, epoch)
                 .with_context(|| format!("writing the config drive {}", drive.display()))?;
             writeln!(
                 out,
                 "wrote {} ({:?}, label {}): node {} generation {}, role {}, {signed}",
                 drive.display(),
                 format,
-                crate::configdrive::LABEL,
+                crate::release::configdrive::LABEL,
                 config.hostname,
                 config.generation,
                 config.role.as_str()
@@ -692,18 +686,18 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
         Command::CheckKernel { config, fragment } => {
             let frag = match &fragment {
                 Some(f) => std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
-                None => crate::kconfig::CAIRN_FRAGMENT.to_string(),
+                None => crate::tree::kconfig::CAIRN_FRAGMENT.to_string(),
             };
-            let reqs = crate::kconfig::parse_fragment(&frag)?;
+            let reqs = crate::tree::kconfig::parse_fragment(&frag)?;
             let text = std::fs::read_to_string(&config).with_context(|| format!("reading {}", config.display()))?;
-            let missing = crate::kconfig::check(&reqs, &crate::kconfig::parse_config(&text));
+            let missing = crate::tree::kconfig::check(&reqs, &crate::tree::kconfig::parse_config(&text));
             if !missing.is_empty() {
                 bail!(
                     "{} lacks {} of the {} options Cairn needs:\n{}",
                     config.display(),
                     missing.len(),
                     reqs.len(),
-                    crate::kconfig::render_missing(&missing)
+                    crate::tree::kconfig::render_missing(&missing)
                 );
             }
             writeln!(
@@ -721,186 +715,6 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
     }
 }
 
-fn print_plan(def: &Definition, opts: &BuildOptions, out: &mut dyn Write) -> Result<()> {
-    let layout = plan::layout(def);
-    let Compression::Zstd(level) = def.compression;
-    let epoch = build::effective_epoch(opts.source_date_epoch.as_deref())?;
-    // The plan checks the key as the build will: a plan that cannot be built says so.
-    let fingerprint = |p: &std::path::Path| -> Result<String> {
-        let k = cairn_signing::PrivateKey::read(p)?;
-        Ok(k.public().fingerprint())
-    };
-    let key = match build::signing_key_source(def, opts) {
-        KeyChoice::Release(p) => format!(
-            "{} (from {}; {})",
-            p.display(),
-            if opts.key.is_some() { "--key" } else { "the definition" },
-            fingerprint(&p)?
-        ),
-        KeyChoice::Development(p, _) if p.exists() => format!(
-            "development key {} (no key configured; {})",
-            p.display(),
-            fingerprint(&p)?
-        ),
-        KeyChoice::Development(p, _) => format!(
-            "development key {} (no key configured; the build creates it)",
-            p.display()
-        ),
-    };
-    writeln!(out, "plan for {} (nothing is written)", def.file.display())?;
-    writeln!(
-        out,
-        "  image        {} {} ({})",
-        def.name, def.version, def.architecture
-    )?;
-    writeln!(out, "  root         {}", def.root.describe())?;
-    if let RootSource::Debian(d) = &def.root {
-        let lock = match debian::lock_state(d) {
-            Ok(debian::LockState::Current(l)) => format!(
-                "{} ({} packages pinned, resolved {}; {})",
-                d.lock.display(),
-                l.package.len(),
-                l.resolved,
-                match opts.lock_mode {
-                    LockMode::Locked => "--locked: a package no source serves fails the build",
-                    _ => "re-resolved if a source no longer serves them",
-                }
-            ),
-            Ok(debian::LockState::Stale(why, _)) => format!(
-                "{} ({why}; {})",
-                d.lock.display(),
-                match opts.lock_mode {
-                    LockMode::Locked => "--locked: the build fails",
-                    _ => "the build resolves and writes it",
-                }
-            ),
-            Err(e) => format!("{} (unreadable: {e})", d.lock.display()),
-        };
-        writeln!(out, "  lock         {lock}")?;
-        writeln!(out, "  packages     {}", crate::lock::include_list(d).join(" "))?;
-        let sources = if opts.packages.sources.is_empty() {
-            &d.package_sources
-        } else {
-            &opts.packages.sources
-        };
-        if sources.is_empty() {
-            writeln!(
-                out,
-                "  sources      {}",
-                crate::store::Sources {
-                    mirrors: Some(debian::effective_mirrors(d)),
-                    fallback: d.fallback_sources.clone(),
-                    ..Default::default()
-                }
-                .describe()
-            )?;
-        } else {
-            let list: Vec<String> = sources.iter().map(ToString::to_string).collect();
-            writeln!(
-                out,
-                "  sources      {} (package stores only; no mirror)",
-                list.join(", ")
-            )?;
-        }
-        writeln!(out, "  cache        {}", crate::cache::cache_dir().display())?;
-    }
-    for o in &def.overlays {
-        writeln!(out, "  overlay      {}", o.display())?;
-    }
-    let from_tree = |p: &Option<PathBuf>, what: &str| match p {
-        Some(p) => p.display().to_string(),
-        None => format!("{what} from the Debian root"),
-    };
-    writeln!(
-        out,
-        "  kernel       {}",
-        from_tree(&def.kernel, "the kernel package's vmlinuz")
-    )?;
-    writeln!(out, "  initrd       {}", from_tree(&def.initrd, "dracut"))?;
-    writeln!(
-        out,
-        "  modules      {}",
-        match &def.modules {
-            ModulePolicy::All => "all the kernel package brings".to_string(),
-            ModulePolicy::Trim { classes, extra } => format!(
-                "trimmed to classes {}{}",
-                classes.join(" "),
-                if extra.is_empty() {
-                    String::new()
-                } else {
-                    format!(" + {}", extra.join(" "))
-                }
-            ),
-        }
-    )?;
-    writeln!(
-        out,
-        "  kubelet      {}",
-        match &def.kubelet {
-            Some(k) => format!("pinned, sha256 {}", hex::encode(k.sha256)),
-            None => "none pinned: the image will not run a kubelet".into(),
-        }
-    )?;
-    writeln!(
-        out,
-        "  cmdline      {}",
-        plan::render_cmdline("<root hash>", &def.cmdline)
-    )?;
-    writeln!(
-        out,
-        "  node config  {}",
-        match &def.node_config_key {
-            Some(pem) => format!(
-                "config drives must be signed by {}",
-                cairn_signing::PublicKey::from_pem(pem)
-                    .map(|k| k.fingerprint())
-                    .unwrap_or_default()
-            ),
-            None => "unsigned config drives accepted (no [signing] node-config-key)".into(),
-        }
-    )?;
-    writeln!(out, "  squashfs     zstd level {level}, {} blocks", def.block_size)?;
-    writeln!(
-        out,
-        "  timestamps   {epoch} ({})",
-        if opts.source_date_epoch.is_some() {
-            "SOURCE_DATE_EPOCH"
-        } else {
-            "default"
-        }
-    )?;
-    writeln!(out, "  signing      {key}")?;
-    writeln!(
-        out,
-        "  disk         {} ({} bytes)",
-        Size(layout.disk_size),
-        layout.disk_size
-    )?;
-    writeln!(out, "  #  label     offset       size         type")?;
-    for (i, p) in layout.partitions.iter().enumerate() {
-        writeln!(
-            out,
-            "  {}  {:<9} {:<12} {:<12} {}",
-            i + 1,
-            p.entry.name,
-            Size(p.entry.offset()),
-            Size(p.entry.size()),
-            p.entry.type_guid
-        )?;
-    }
-    writeln!(
-        out,
-        "  UUIDs of root-a/verity-a are the halves of the root hash; the rest derive from it."
-    )?;
-    if matches!(def.signing, SigningKey::Development) && opts.key.is_none() {
-        writeln!(
-            out,
-            "  note: without [signing] key the image is signed with the development key"
-        )?;
-    }
-    Ok(())
-}
-
 fn print_summary(r: &build::BuildReport, secs: f64, out: &mut dyn Write) -> Result<()> {
     let m = &r.manifest;
     writeln!(
@@ -911,12 +725,20 @@ fn print_summary(r: &build::BuildReport, secs: f64, out: &mut dyn Write) -> Resu
         secs,
         r.out.display()
     )?;
+    let data: u64 = m.disk.data.iter().map(|r| r.size).sum();
     writeln!(
         out,
-        "  disk.raw     {} (sparse), sha256 {}",
+        "  disk.raw     {} (sparse), {} of data in {} ranges",
         Size(m.disk.size),
-        &m.disk.sha256[..16]
+        Size(data),
+        m.disk.data.len()
     )?;
+    if m.build == cairn_signing::BuildKind::Development {
+        writeln!(
+            out,
+            "  build        DEVELOPMENT (--dev: fast compression; not for publishing)"
+        )?;
+    }
     writeln!(out, "  root hash    {}", m.root_hash)?;
     let root_slot = r.layout.get(Role::RootA).entry.size();
     writeln!(
@@ -1006,29 +828,25 @@ fn print_summary(r: &build::BuildReport, secs: f64, out: &mut dyn Write) -> Resu
     for s in &r.skipped {
         writeln!(out, "  skipped      {s}")?;
     }
-    match &r.key {
-        KeyChoice::Release(p) => writeln!(out, "  signed with  {} ({})", p.display(), m.signing_key)?,
-        KeyChoice::Development(p, created) => {
-            writeln!(out, "  signed with  {} ({})", p.display(), m.signing_key)?;
-            writeln!(out)?;
-            writeln!(
-                out,
-                "  !!! SIGNED WITH THE DEVELOPMENT KEY{} — NOT FOR PRODUCTION !!!",
-                if *created { " (created by this build)" } else { "" }
-            )?;
-            writeln!(
-                out,
-                "  !!! Create a release key with `cairn keygen keys/release.pem` and set [signing] key. !!!"
-            )?;
-        }
+    let key = r.key.choice.path();
+    writeln!(out, "  signed with  {} ({})", key.display(), m.signing_key)?;
+    if r.key.choice.is_development() {
+        writeln!(out)?;
+        writeln!(
+            out,
+            "  !!! SIGNED WITH THE DEVELOPMENT KEY{} — NOT FOR PRODUCTION !!!",
+            if r.key_created { " (created by this build)" } else { "" }
+        )?;
+        writeln!(
+            out,
+            "  !!! Create a release key with `cairn keygen keys/release.pem` and set [signing] key. !!!"
+        )?;
     }
     writeln!(
         out,
         "  verify with  cairn verify {} --key {}",
         r.out.display(),
-        match &r.key {
-            KeyChoice::Release(p) | KeyChoice::Development(p, _) => build::public_path_for(p).display().to_string(),
-        }
+        build::public_path_for(key).display()
     )?;
     Ok(())
 }

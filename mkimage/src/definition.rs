@@ -561,7 +561,7 @@ impl Ctx<'_> {
     }
 
     fn module_policy(&self, k: &RawKernel) -> Result<ModulePolicy, DefinitionError> {
-        let known = crate::kconfig::parse_keep(crate::kconfig::CAIRN_FRAGMENT)
+        let known = crate::tree::kconfig::parse_keep(crate::tree::kconfig::CAIRN_FRAGMENT)
             .expect("the shipped fragment parses (unit-tested)");
         let names = || known.iter().map(|(c, _)| c.as_str()).collect::<Vec<_>>().join(", ");
         let trim = match &k.modules {
@@ -612,7 +612,7 @@ impl Ctx<'_> {
         };
         let mut extra = Vec::new();
         for e in &k.extra_modules {
-            if let Err(why) = crate::kconfig::valid_keep_rule(e.get_ref()) {
+            if let Err(why) = crate::tree::kconfig::valid_keep_rule(e.get_ref()) {
                 return self.err(
                     Some(e.span()),
                     format!("extra-modules entry '{}': {why}", e.get_ref()),

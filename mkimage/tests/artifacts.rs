@@ -277,12 +277,28 @@ fn verify_catches_every_kind_of_tampering() {
     let o = verify(&out, &key);
     assert!(!o.status.success());
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains("MISMATCH: disk sha256"),
+        String::from_utf8_lossy(&o.stderr).contains("MISMATCH: disk data"),
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
     flip(&out.join("disk.raw"), r_off + r_len / 2);
     assert!(verify(&out, &key).status.success(), "flipping back restores the image");
+    // A byte where the manifest says the disk is zero (the empty B slot).
+    let b = m["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["label"] == "root-b")
+        .unwrap()["offset"]
+        .as_u64()
+        .unwrap();
+    flip(&out.join("disk.raw"), b + 12345);
+    let o = verify(&out, &key);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("MISMATCH: disk data"), "{err}");
+    assert!(err.contains("zeros elsewhere"), "{err}");
+    flip(&out.join("disk.raw"), b + 12345);
+    assert!(verify(&out, &key).status.success());
 
     // The manifest itself.
     flip(&out.join("manifest.json"), 40);
@@ -648,4 +664,88 @@ fn a_node_config_key_is_baked_in_and_reported() {
         err.contains("image.toml:23:19:") && err.contains("is not a readable ed25519 public key"),
         "{err}"
     );
+}
+
+#[test]
+fn a_dev_build_is_marked_reproducible_and_not_published_by_default() {
+    let f = Fixture::new();
+    let dev = |out: &str| {
+        let o = cairn()
+            .current_dir(f.dir.path())
+            .env("SOURCE_DATE_EPOCH", EPOCH.to_string())
+            .env("XDG_DATA_HOME", f.path("xdg"))
+            .args(["build", "image.toml", "--dev", "--out", out])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let summary = dev("dev-a");
+    assert!(summary.contains("build        DEVELOPMENT"), "{summary}");
+    dev("dev-b");
+    let (a, b) = (f.path("dev-a"), f.path("dev-b"));
+    for file in ["disk.raw", "manifest.json", "update.cairn"] {
+        assert!(
+            fs::read(a.join(file)).unwrap() == fs::read(b.join(file)).unwrap(),
+            "{file} differs between two --dev builds"
+        );
+    }
+    let m = manifest(&a);
+    assert_eq!(m["build"], "development");
+    let release = f.build_ok("release");
+    assert_eq!(manifest(&release)["build"], "release");
+    assert_ne!(m["root-hash"], manifest(&release)["root-hash"]);
+
+    // The mark is inside the image too: os-release in the root and in the UKI.
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root.sqfs");
+    extract_payload(&a, "root", &root);
+    let osr = run_ok(
+        Command::new("unsquashfs")
+            .args(["-cat"])
+            .arg(&root)
+            .arg("usr/lib/os-release"),
+    );
+    assert!(osr.contains("VARIANT_ID=development\n"), "{osr}");
+    assert!(
+        osr.contains("PRETTY_NAME=\"Cairn test 1.2.3 (development build)\""),
+        "{osr}"
+    );
+
+    let o = cairn()
+        .arg("verify")
+        .arg(&a)
+        .arg("--key")
+        .arg(f.path("release.pub"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && text.contains("a development build"), "{text}");
+
+    // Publishing it takes --allow-development.
+    let served = tmp.path().join("served");
+    let o = cairn()
+        .arg("publish")
+        .arg(&a)
+        .arg("--to")
+        .arg(&served)
+        .arg("--key")
+        .arg(f.path("release.pem"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("is a development build"), "{err}");
+    assert!(err.contains("--allow-development"), "{err}");
+    assert!(!served.join("test/index.json").exists());
+    run_ok(
+        cairn()
+            .arg("publish")
+            .arg(&a)
+            .arg("--to")
+            .arg(&served)
+            .arg("--key")
+            .arg(f.path("release.pem"))
+            .arg("--allow-development"),
+    );
+    assert!(served.join("test/index.json").exists());
 }

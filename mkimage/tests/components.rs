@@ -52,18 +52,21 @@ fn the_preset_enables_every_cairn_unit_that_can_be_enabled() {
             // Started by its timer, which is what the preset enables.
             let timer = format!("{}.timer", name.trim_end_matches(".service"));
             let ttext = std::fs::read_to_string(p.with_extension("timer")).unwrap();
-            assert!(!cairn_mkimage::customize::install_targets(&ttext).is_empty(), "{timer}");
+            assert!(
+                !cairn_mkimage::tree::customize::install_targets(&ttext).is_empty(),
+                "{timer}"
+            );
             assert_eq!(
-                cairn_mkimage::customize::preset_verdict(&preset, &timer),
+                cairn_mkimage::tree::customize::preset_verdict(&preset, &timer),
                 Some(true),
                 "{timer}"
             );
             continue;
         }
-        let installable = !cairn_mkimage::customize::install_targets(&text).is_empty();
+        let installable = !cairn_mkimage::tree::customize::install_targets(&text).is_empty();
         assert!(installable, "{name} has no [Install] section, so nothing enables it");
         assert_eq!(
-            cairn_mkimage::customize::preset_verdict(&preset, &name),
+            cairn_mkimage::tree::customize::preset_verdict(&preset, &name),
             Some(true),
             "{name} is not enabled by units/90-cairn.preset"
         );
@@ -74,7 +77,7 @@ fn the_preset_enables_every_cairn_unit_that_can_be_enabled() {
     for gate in ["etcd", "containerd", "wireguard", "kubelet", "sshd"] {
         let text = std::fs::read_to_string(repo(&format!("units/cairn-health-{gate}.service"))).unwrap();
         assert!(
-            cairn_mkimage::customize::install_targets(&text)
+            cairn_mkimage::tree::customize::install_targets(&text)
                 .contains(&("boot-complete.target".to_string(), "requires")),
             "{gate}"
         );

@@ -232,6 +232,7 @@ fn publish(out: &Path, to: &Path) {
         .arg(to)
         .arg("--key")
         .arg(&key)
+        .arg("--allow-development")
         .output()
         .expect("running cairn publish");
     assert!(

@@ -104,6 +104,10 @@ pub struct BundleManifest {
     pub signing_key: String,
     /// Whether that key is a per-machine development key.
     pub development_key: bool,
+    /// A development build (`cairn build --dev`): `cairn publish` refuses it unless told.
+    /// Written only when true, so release bundles read as before.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub development_build: bool,
     /// `root`, `verity` and `uki`, with offsets in the bundle.
     pub payloads: Vec<Payload>,
     /// The release key the next releases will be signed with (raw ed25519 public key, hex),
@@ -660,6 +664,7 @@ mod tests {
             verity_salt: "cd".repeat(32),
             signing_key: "sha256:00".into(),
             development_key: true,
+            development_build: false,
             payloads: vec![],
             next_signing_key: None,
         }

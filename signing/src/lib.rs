@@ -19,7 +19,7 @@ pub mod manifest;
 pub mod time;
 
 pub use keys::{KeyError, PrivateKey, PublicKey, SIGNATURE_LEN};
-pub use manifest::{Disk, Manifest, ManifestError, PartitionEntry, Payload};
+pub use manifest::{BuildKind, DataRange, Disk, Manifest, ManifestError, PartitionEntry, Payload};
 
 /// Write `data` to `path` through a temporary file in the same directory: write, fsync,
 /// set mode, rename, fsync the directory. Readers see the old file or the new one, never

@@ -1,8 +1,10 @@
 //! `manifest.json`: what one build produced, signed as exact bytes.
 //!
-//! The manifest names the image, its dm-verity root hash and salt, the partition table,
-//! and the sha256 of the disk image and of each payload inside it (root filesystem,
-//! verity tree, UKI) with its byte range in the disk. `manifest.json.sig` is the raw
+//! The manifest names the image, whether it is a release or a development build, its
+//! dm-verity root hash and salt, the partition table, the disk image's data (its non-zero
+//! ranges, each with a sha256; every other byte is zero: see `cairn_disk::extents`) and
+//! the sha256 of each payload inside it (root filesystem, verity tree, UKI) with its
+//! byte range in the disk. `manifest.json.sig` is the raw
 //! ed25519 signature over the manifest file's bytes, so a verifier checks the signature
 //! first and only then parses the JSON.
 //!
@@ -13,8 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::keys::{KeyError, PublicKey};
 
-/// The manifest format this crate writes and reads.
-pub const FORMAT: u32 = 1;
+/// The manifest format this crate writes and reads. Format 2 (Cairn 0.2) describes the
+/// disk by its data ranges instead of one whole-file sha256, and names the build kind.
+pub const FORMAT: u32 = 2;
 
 /// Errors reading a manifest.
 #[derive(Debug, thiserror::Error)]
@@ -26,7 +29,9 @@ pub enum ManifestError {
     #[error("manifest is signed but malformed")]
     Parse(#[source] serde_json::Error),
     /// A format from a newer (or older) Cairn.
-    #[error("manifest format {0} is not supported (this Cairn reads format {FORMAT})")]
+    #[error(
+        "manifest format {0} is not supported (this Cairn reads format {FORMAT}; rebuild the image with this Cairn)"
+    )]
     Format(u32),
 }
 
@@ -42,6 +47,8 @@ pub struct Manifest {
     pub version: String,
     /// CPU architecture (`x86-64`).
     pub architecture: String,
+    /// A release build, or a development build (`cairn build --dev`) never to be published.
+    pub build: BuildKind,
     /// The timestamp every file and filesystem in the image carries (seconds since 1970).
     pub source_date_epoch: u64,
     /// dm-verity root hash of the active slot (hex).
@@ -68,10 +75,42 @@ pub struct Disk {
     pub file: String,
     /// Size in bytes.
     pub size: u64,
-    /// sha256 of the whole file (hex).
-    pub sha256: String,
     /// The GPT disk GUID.
     pub guid: String,
+    /// Where the file holds data, in increasing order; every byte outside is zero.
+    pub data: Vec<DataRange>,
+}
+
+/// A range of the disk image that holds data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct DataRange {
+    /// Byte offset.
+    pub offset: u64,
+    /// Length in bytes.
+    pub size: u64,
+    /// sha256 of the range (hex).
+    pub sha256: String,
+}
+
+/// What kind of build made an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BuildKind {
+    /// The definition's compression; what gets published.
+    Release,
+    /// `cairn build --dev`: fast compression for an edit-build-boot loop.
+    Development,
+}
+
+impl BuildKind {
+    /// `release` or `development`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BuildKind::Release => "release",
+            BuildKind::Development => "development",
+        }
+    }
 }
 
 /// One GPT partition.
@@ -120,11 +159,16 @@ impl Manifest {
     /// the signature holds.
     pub fn from_signed(bytes: &[u8], signature: &[u8], key: &PublicKey) -> Result<Self, ManifestError> {
         key.verify(bytes, signature).map_err(ManifestError::Signature)?;
-        let manifest: Manifest = serde_json::from_slice(bytes).map_err(ManifestError::Parse)?;
-        if manifest.format != FORMAT {
-            return Err(ManifestError::Format(manifest.format));
+        // The format first, so an older manifest is named as such, not as malformed.
+        #[derive(Deserialize)]
+        struct Format {
+            format: u32,
         }
-        Ok(manifest)
+        let f: Format = serde_json::from_slice(bytes).map_err(ManifestError::Parse)?;
+        if f.format != FORMAT {
+            return Err(ManifestError::Format(f.format));
+        }
+        serde_json::from_slice(bytes).map_err(ManifestError::Parse)
     }
 
     /// The payload called `name`, if any.
@@ -144,6 +188,7 @@ mod tests {
             name: "node".into(),
             version: "1.0.0".into(),
             architecture: "x86-64".into(),
+            build: BuildKind::Release,
             source_date_epoch: 1_700_000_000,
             root_hash: "ab".repeat(32),
             verity_salt: "cd".repeat(32),
@@ -152,8 +197,12 @@ mod tests {
             disk: Disk {
                 file: "disk.raw".into(),
                 size: 1 << 30,
-                sha256: "ef".repeat(32),
                 guid: "00000000-0000-0000-0000-000000000000".into(),
+                data: vec![DataRange {
+                    offset: 0,
+                    size: 4096,
+                    sha256: "ef".repeat(32),
+                }],
             },
             partitions: vec![],
             payloads: vec![Payload {
@@ -193,5 +242,18 @@ mod tests {
         let bytes = m.to_bytes();
         let err = Manifest::from_signed(&bytes, &key.sign(&bytes), &key.public()).unwrap_err();
         assert!(matches!(err, ManifestError::Format(99)));
+        // A format-1 manifest (whole-disk sha256, no build kind) is named by its format.
+        let old = br#"{"format": 1, "name": "node", "disk": {"sha256": "00"}}"#;
+        let err = Manifest::from_signed(old, &key.sign(old), &key.public()).unwrap_err();
+        assert!(matches!(err, ManifestError::Format(1)), "{err:?}");
+        let dev = String::from_utf8(sample_dev().to_bytes()).unwrap();
+        assert!(dev.contains(r#""build": "development""#), "{dev}");
+    }
+
+    fn sample_dev() -> Manifest {
+        Manifest {
+            build: BuildKind::Development,
+            ..sample()
+        }
     }
 }

@@ -20,6 +20,7 @@ fn seeds() -> Vec<Vec<u8>> {
         verity_salt: "cd".repeat(32),
         signing_key: key.public().fingerprint(),
         development_key: false,
+        development_build: false,
         payloads: PAYLOADS
             .iter()
             .zip(parts)

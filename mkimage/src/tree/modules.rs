@@ -3,7 +3,7 @@
 //! A distribution kernel carries thousands of modules (Debian 12's: 4 023 files, 384 MiB,
 //! half of the root tree), and udev loads every one that matches a device at boot. Cairn
 //! keeps the modules named by the `# keep:` lines of the kernel-config classes an image
-//! asks for (see [`crate::kconfig::parse_keep`]) plus the definition's `extra-modules`,
+//! asks for (see [`crate::tree::kconfig::parse_keep`]) plus the definition's `extra-modules`,
 //! closes that set over `modules.dep` and the softdeps, drops everything else, and lets
 //! `depmod` rebuild the indexes for what is left.
 //!
@@ -12,13 +12,15 @@
 //! tries that only depmod writes) and puts the new `modules.*` files back into the tree.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
 use std::process::Command;
 
 use crate::ioerr::{io_err, IoError};
-use crate::rootfs::{Tree, TreeError};
-use crate::tarstream::Kind;
 use crate::tools::{self, ToolError};
+use crate::tree::rootfs::{Tree, TreeError};
+use crate::tree::tarstream::Kind;
 
 /// Where module trees live in a merged-/usr root.
 pub const MODULES_DIR: &str = "usr/lib/modules";
@@ -144,13 +146,116 @@ pub fn select(
     (keep, unmatched)
 }
 
+/// Where depmod's indexes for one module tree and one set of rules are kept between builds:
+/// `<tree cache>/depmod/<key>/<kernel version>/modules.*`. The key covers what the indexes
+/// depend on besides the module files (which the tree's own cache key fixes): the rules and
+/// depmod's version.
+pub fn reuse_dir(tree_cache: &Path, class_rules: &[String], extra_rules: &[String]) -> PathBuf {
+    let version = Command::new(tools::which("depmod").unwrap_or_else(|| "depmod".into()))
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let mut h = Sha256::new();
+    h.update(b"cairn depmod indexes v1\0");
+    h.update(version.as_bytes());
+    for r in class_rules {
+        h.update(b"\0class\0");
+        h.update(r.as_bytes());
+    }
+    for r in extra_rules {
+        h.update(b"\0extra\0");
+        h.update(r.as_bytes());
+    }
+    tree_cache.join("depmod").join(&hex::encode(h.finalize())[..32])
+}
+
+/// depmod's `modules.*` for one kernel: from `reuse` when an earlier build left them there,
+/// else made in `scratch` from the kept modules (and left in `reuse` for the next build).
+fn indexes(
+    tree: &Tree,
+    base: &str,
+    kver: &str,
+    keep: &BTreeSet<String>,
+    scratch: &Path,
+    reuse: Option<&Path>,
+) -> Result<Vec<(String, Vec<u8>)>, ModulesError> {
+    let read_dir = |dir: &Path| -> Result<Vec<(String, Vec<u8>)>, ModulesError> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .map_err(io_err("reading", dir))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n.starts_with("modules."))
+            .collect();
+        names.sort();
+        let mut out = Vec::new();
+        for name in names {
+            let from = dir.join(&name);
+            out.push((name, std::fs::read(&from).map_err(io_err("reading", &from))?));
+        }
+        Ok(out)
+    };
+    let cached = reuse.map(|r| r.join(kver));
+    if let Some(c) = cached.as_deref().filter(|c| c.join("complete").is_file()) {
+        return read_dir(c);
+    }
+
+    let dir = scratch.join("lib/modules").join(kver);
+    std::fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
+    for rel in keep {
+        let Some(bytes) = tree.read_file(&format!("{base}{rel}"))? else {
+            continue;
+        };
+        let to = dir.join(rel);
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent).map_err(io_err("creating", parent))?;
+        }
+        std::fs::write(&to, bytes).map_err(io_err("writing", &to))?;
+    }
+    let order = tree.read_file(&format!("{base}modules.order"))?.unwrap_or_default();
+    let order: String = String::from_utf8_lossy(&order)
+        .lines()
+        .filter(|l| keep.contains(*l))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(dir.join("modules.order"), order).map_err(io_err("writing", &dir))?;
+    for f in ["modules.builtin", "modules.builtin.modinfo"] {
+        if let Some(bytes) = tree.read_file(&format!("{base}{f}"))? {
+            std::fs::write(dir.join(f), bytes).map_err(io_err("writing", &dir))?;
+        }
+    }
+    let depmod = tools::which("depmod").unwrap_or_else(|| "depmod".into());
+    tools::run(Command::new(depmod).arg("-b").arg(scratch).arg(kver), "depmod")?;
+    let made = read_dir(&dir)?;
+    if let Some(c) = cached {
+        // Best effort, and whole or not at all: written beside, renamed into place, marked
+        // complete last. A build that loses a race to another keeps its own result.
+        let tmp = c.with_extension(format!("tmp-{}", std::process::id()));
+        let saved = (|| -> std::io::Result<()> {
+            std::fs::create_dir_all(&tmp)?;
+            for (name, bytes) in &made {
+                std::fs::write(tmp.join(name), bytes)?;
+            }
+            std::fs::write(tmp.join("complete"), b"")?;
+            std::fs::rename(&tmp, &c)
+        })();
+        if saved.is_err() {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+    }
+    Ok(made)
+}
+
 /// Trim every kernel's modules in `tree` to what `class_rules` and `extra_rules` select.
-/// `scratch` is an empty directory for depmod's work.
+/// `scratch` is an empty directory for depmod's work; `reuse` (see [`reuse_dir`]) keeps
+/// depmod's indexes between builds of the same module tree, which only a tree whose
+/// content a cache key fixes may use.
 pub fn trim(
     tree: &mut Tree,
     class_rules: &[String],
     extra_rules: &[String],
     scratch: &Path,
+    reuse: Option<&Path>,
     epoch: u64,
 ) -> Result<Vec<TrimReport>, ModulesError> {
     let prefix = format!("{MODULES_DIR}/");
@@ -189,32 +294,7 @@ pub fn trim(
             });
         }
 
-        let dir = scratch.join("lib/modules").join(&kver);
-        std::fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
-        for rel in &keep {
-            let Some(bytes) = tree.read_file(&format!("{base}{rel}"))? else {
-                continue;
-            };
-            let to = dir.join(rel);
-            if let Some(parent) = to.parent() {
-                std::fs::create_dir_all(parent).map_err(io_err("creating", parent))?;
-            }
-            std::fs::write(&to, bytes).map_err(io_err("writing", &to))?;
-        }
-        let order = tree.read_file(&format!("{base}modules.order"))?.unwrap_or_default();
-        let order: String = String::from_utf8_lossy(&order)
-            .lines()
-            .filter(|l| keep.contains(*l))
-            .map(|l| format!("{l}\n"))
-            .collect();
-        std::fs::write(dir.join("modules.order"), order).map_err(io_err("writing", &dir))?;
-        for f in ["modules.builtin", "modules.builtin.modinfo"] {
-            if let Some(bytes) = tree.read_file(&format!("{base}{f}"))? {
-                std::fs::write(dir.join(f), bytes).map_err(io_err("writing", &dir))?;
-            }
-        }
-        let depmod = tools::which("depmod").unwrap_or_else(|| "depmod".into());
-        tools::run(Command::new(depmod).arg("-b").arg(scratch).arg(&kver), "depmod")?;
+        let made = indexes(tree, &base, &kver, &keep, scratch, reuse)?;
 
         let before = modules.len();
         let before_bytes: u64 = modules.values().sum();
@@ -241,16 +321,7 @@ pub fn trim(
                 && p.strip_prefix(&base)
                     .is_some_and(|rel| rel.starts_with("kernel/") && !live.contains(rel))
         });
-        let mut indexes: Vec<String> = std::fs::read_dir(&dir)
-            .map_err(io_err("reading", &dir))?
-            .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| n.starts_with("modules."))
-            .collect();
-        indexes.sort();
-        for name in indexes {
-            let from = dir.join(&name);
-            let bytes = std::fs::read(&from).map_err(io_err("reading", &from))?;
+        for (name, bytes) in made {
             tree.add_file(&format!("{base}{name}"), 0o644, bytes, epoch)?;
         }
         reports.push(TrimReport {
@@ -268,6 +339,72 @@ pub fn trim(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A root with a kernel's modules (fake contents), as a tree.
+    fn module_root(dir: &Path) -> Tree {
+        let base = dir.join("root/usr/lib/modules/6.1.0-test");
+        for line in DEP.lines() {
+            let m = line.split(':').next().unwrap();
+            let p = base.join(m);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, format!("not really {m}")).unwrap();
+        }
+        std::fs::write(base.join("modules.dep"), DEP).unwrap();
+        Tree::from_dir(&dir.join("root")).unwrap()
+    }
+
+    fn index_files(t: &Tree) -> Vec<(String, Vec<u8>)> {
+        let paths: Vec<String> = t.paths().filter(|p| p.contains("/modules.")).cloned().collect();
+        paths
+            .into_iter()
+            .map(|p| (p.clone(), t.read_file(&p).unwrap().unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn depmod_indexes_are_reused_only_when_complete() {
+        if tools::which("depmod").is_none() {
+            panic!("depmod is missing; run .ci/run or apt-get install kmod");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let rules = vec!["kernel/drivers/md/dm-verity.ko".to_string()];
+        let reuse = reuse_dir(dir.path(), &rules, &[]);
+        assert_ne!(reuse, reuse_dir(dir.path(), &rules, &["kernel/fs/".into()]));
+        let trim_once = |scratch: &str| {
+            let mut t = module_root(&dir.path().join(scratch));
+            let r = trim(
+                &mut t,
+                &rules,
+                &[],
+                &dir.path().join(scratch).join("s"),
+                Some(&reuse),
+                7,
+            )
+            .unwrap();
+            (t, r)
+        };
+        let (first, r1) = trim_once("a");
+        let cached = reuse.join("6.1.0-test");
+        assert!(cached.join("complete").is_file());
+        let (second, r2) = trim_once("b");
+        assert_eq!(r1, r2);
+        assert_eq!(index_files(&first), index_files(&second));
+        assert!(second
+            .get("usr/lib/modules/6.1.0-test/kernel/sound/core/snd.ko")
+            .is_none());
+        // The second build read the kept indexes: a marked copy shows through.
+        std::fs::write(cached.join("modules.alias"), "# marked\n").unwrap();
+        let (third, _) = trim_once("c");
+        let alias = third
+            .read_file("usr/lib/modules/6.1.0-test/modules.alias")
+            .unwrap()
+            .unwrap();
+        assert_eq!(alias, b"# marked\n");
+        // Without its completion mark the kept copy is not trusted: made anew.
+        std::fs::remove_file(cached.join("complete")).unwrap();
+        let (fourth, _) = trim_once("d");
+        assert_eq!(index_files(&first), index_files(&fourth));
+    }
 
     const DEP: &str = "kernel/fs/squashfs/squashfs.ko:\n\
         kernel/drivers/md/dm-verity.ko: kernel/drivers/md/dm-bufio.ko kernel/drivers/md/dm-mod.ko\n\

@@ -23,7 +23,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::tarstream::{Header, Kind, TarWriter};
+use crate::tree::tarstream::{Header, Kind, TarWriter};
 
 /// Problems reading or combining trees.
 #[derive(Debug, thiserror::Error)]

@@ -16,10 +16,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::debian::DebianError;
 use crate::definition::DebianSpec;
 use crate::ioerr::io_err;
-use crate::lock::{include_list, Archive, Lock, LockedPackage, Mirrors};
+use crate::packages::debian::DebianError;
+use crate::packages::lock::{include_list, Archive, Lock, LockedPackage, Mirrors};
 
 /// Debian's archive keyring (package debian-archive-keyring).
 pub const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";

@@ -24,7 +24,7 @@ use cairn_signing::bundle::{self, compare_versions, Index, Release};
 use cairn_signing::PrivateKey;
 
 use crate::ioerr::io_err;
-use crate::verify::{self, VerifyError};
+use crate::release::verify::{self, VerifyError};
 
 /// What went wrong publishing.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +42,14 @@ pub enum PublishError {
         path: PathBuf,
         /// Why.
         detail: String,
+    },
+    /// A development build, and publishing one was not asked for.
+    #[error("{name} {version} is a development build (cairn build --dev)\n  hint: build without --dev to publish a release, or pass --allow-development for a test fleet")]
+    Development {
+        /// Image name.
+        name: String,
+        /// Its version.
+        version: String,
     },
     /// A version that is already published with other content.
     #[error("{version} is already published with another bundle ({path})\n  hint: published versions are immutable; build with a new --image-version")]
@@ -98,7 +106,13 @@ fn lock_dir(dir: &Path) -> Result<File, PublishError> {
 /// Publish the bundle of the build in `out` (or a bundle file) into `to`, signing the index
 /// with `keys` (the bundle must be signed by one of them) and letting it expire in
 /// `valid_secs`.
-pub fn publish(out: &Path, to: &Path, keys: &[PrivateKey], valid_secs: u64) -> Result<Published, PublishError> {
+pub fn publish(
+    out: &Path,
+    to: &Path,
+    keys: &[PrivateKey],
+    valid_secs: u64,
+    allow_development: bool,
+) -> Result<Published, PublishError> {
     let src = if out.is_dir() {
         out.join(bundle::FILE)
     } else {
@@ -106,6 +120,12 @@ pub fn publish(out: &Path, to: &Path, keys: &[PrivateKey], valid_secs: u64) -> R
     };
     let publics: Vec<_> = keys.iter().map(PrivateKey::public).collect();
     let (m, _) = verify::verify_bundle_any(&src, &publics)?;
+    if m.development_build && !allow_development {
+        return Err(PublishError::Development {
+            name: m.name,
+            version: m.version,
+        });
+    }
     // The bundle format admits only plain image names; check again where it becomes a path.
     assert!(
         bundle::valid_image_name(&m.name),
@@ -137,7 +157,7 @@ pub fn publish(out: &Path, to: &Path, keys: &[PrivateKey], valid_secs: u64) -> R
     }
     let file = format!("{}_{}.cairn", m.name, m.version);
     let dest = dir.join(&file);
-    let sha = crate::store::sha256_file(&src)?;
+    let sha = crate::packages::store::sha256_file(&src)?;
     let size = fs::metadata(&src).map_err(io_err("reading", &src))?.len();
     let unchanged = match index.release(&m.version) {
         Some(r) if r.sha256 == sha && dest.is_file() => true,
@@ -150,7 +170,7 @@ pub fn publish(out: &Path, to: &Path, keys: &[PrivateKey], valid_secs: u64) -> R
         None => false,
     };
     if !unchanged {
-        let tmp = dir.join(crate::store::unique(&format!(".{file}.tmp")));
+        let tmp = dir.join(crate::packages::store::unique(&format!(".{file}.tmp")));
         let copied = fs::OpenOptions::new()
             .write(true)
             .create_new(true)

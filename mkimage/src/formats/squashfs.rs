@@ -1,4 +1,4 @@
-//! The root filesystem: the canonical tar stream of [`crate::rootfs::Tree`] piped into
+//! The root filesystem: the canonical tar stream of [`crate::tree::rootfs::Tree`] piped into
 //! `tar2sqfs` (squashfs-tools-ng).
 //!
 //! Chosen by measurement (see `docs/architecture.md`): tar2sqfs reads a tar on stdin, so
@@ -12,8 +12,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use crate::ioerr::io_err;
-use crate::rootfs::{Tree, TreeError};
 use crate::tools::{tail, ToolError};
+use crate::tree::rootfs::{Tree, TreeError};
 
 /// How to pack.
 pub struct SquashfsSpec<'a> {
@@ -65,6 +65,9 @@ pub fn pack(tree: &Tree, spec: &SquashfsSpec, progress: &mut dyn FnMut(u64)) -> 
         v
     });
     let stdin = child.stdin.take().expect("piped");
+    // A 1 MiB pipe instead of 64 KiB: measured 0.2 s of 1.1 s less for the default root at
+    // zstd level 1 (fewer wake-ups on both sides). Best effort: the default works too.
+    let _ = rustix::pipe::fcntl_setpipe_size(&stdin, 1 << 20);
     let streamed = tree.write_tar(stdin, progress);
     let status = child.wait().map_err(|source| ToolError::Spawn {
         tool: "tar2sqfs".into(),

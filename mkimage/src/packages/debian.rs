@@ -1,11 +1,11 @@
 //! Debian roots: from a package request to a cached root tarball, through the lock and the
 //! package store.
 //!
-//! 1. **Lock** ([`crate::lock`]): `cairn.lock` beside the definition pins every package. A
+//! 1. **Lock** ([`crate::packages::lock`]): `cairn.lock` beside the definition pins every package. A
 //!    build with a lock that answers the request gets exactly those packages; without one (or
 //!    when the request changed, or with `cairn lock --update`) apt resolves the request
-//!    ([`crate::resolve`]) and the lock is written.
-//! 2. **Packages** ([`crate::store`]): every locked `.deb` is fetched into the content-addressed
+//!    ([`crate::packages::resolve`]) and the lock is written.
+//! 2. **Packages** ([`crate::packages::store`]): every locked `.deb` is fetched into the content-addressed
 //!    store by its archive path — from the package stores named with `--package-source` (then
 //!    from nothing else), else from the mirrors and the fallback sources — and checked against
 //!    the lock's size and sha256.
@@ -34,14 +34,14 @@ use std::time::Instant;
 
 use sha2::{Digest, Sha256};
 
-use crate::cache::Cache;
 use crate::definition::{DebianSpec, PackageSource};
 use crate::ioerr::{io_err, IoError};
-use crate::lock::{self, Lock, LockError, Mirrors, Move, LOCK_VERSION};
-use crate::store::{self, Placement, Sources, Store, StoreError, Unobtainable};
+use crate::packages::cache::Cache;
+use crate::packages::lock::{self, Lock, LockError, Mirrors, Move, LOCK_VERSION};
+use crate::packages::store::{self, Placement, Sources, Store, StoreError, Unobtainable};
 
 /// The customize hook, embedded so `cairn` works from any directory.
-pub const CUSTOMIZE_HOOK: &str = include_str!("../../rootfs/customize.sh");
+pub const CUSTOMIZE_HOOK: &str = include_str!("../../../rootfs/customize.sh");
 
 /// Problems preparing a Debian root.
 #[derive(Debug, thiserror::Error)]
@@ -484,7 +484,7 @@ fn resolve_lock(
     work: &Path,
     log: &mut dyn FnMut(&str),
 ) -> Result<Lock, DebianError> {
-    let package = crate::resolve::resolve(spec, mirrors, pins, work, log)?;
+    let package = crate::packages::resolve::resolve(spec, mirrors, pins, work, log)?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -773,7 +773,7 @@ mod tests {
         );
     }
 
-    fn built(cache: &Cache, tag: &str) -> (Built, crate::cache::WorkDir) {
+    fn built(cache: &Cache, tag: &str) -> (Built, crate::packages::cache::WorkDir) {
         let work = cache.work_dir().unwrap();
         let w = work.path().to_owned();
         fs::create_dir_all(w.join("boot")).unwrap();
@@ -810,7 +810,7 @@ mod tests {
     }
 
     fn lock_sample() -> Lock {
-        crate::lock::tests::sample()
+        crate::packages::lock::tests::sample()
     }
 
     fn sources_spec() -> DebianSpec {

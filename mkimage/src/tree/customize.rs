@@ -19,7 +19,7 @@
 use std::collections::BTreeSet;
 
 use crate::ioerr::io_err;
-use crate::rootfs::{Tree, TreeError};
+use crate::tree::rootfs::{Tree, TreeError};
 
 /// What customizing did, for the summary.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,7 +138,7 @@ pub fn install_targets(unit_text: &str) -> Vec<(String, &'static str)> {
 /// Whether an entry of an installed Debian tree must not ship in an immutable image:
 /// `/boot`'s contents and the kernel links, SSH host keys, `/etc/hostname`, apt's lists
 /// and caches, and log files (their directories stay).
-pub fn not_in_an_image(path: &str, kind: &crate::tarstream::Kind) -> bool {
+pub fn not_in_an_image(path: &str, kind: &crate::tree::tarstream::Kind) -> bool {
     const EXACT: &[&str] = &["vmlinuz", "vmlinuz.old", "initrd.img", "initrd.img.old", "etc/hostname"];
     EXACT.contains(&path)
         || path.starts_with("boot/")
@@ -146,7 +146,7 @@ pub fn not_in_an_image(path: &str, kind: &crate::tarstream::Kind) -> bool {
         || (path.starts_with("var/lib/apt/lists/") && !path.ends_with("/partial") && path != "var/lib/apt/lists/lock")
         || (path.starts_with("var/cache/apt/") && path.ends_with(".bin"))
         || (path.starts_with("var/cache/apt/archives/") && path.ends_with(".deb"))
-        || (path.starts_with("var/log/") && matches!(kind, crate::tarstream::Kind::File(_)))
+        || (path.starts_with("var/log/") && matches!(kind, crate::tree::tarstream::Kind::File(_)))
 }
 
 /// Apply the Debian-root rules to `tree` (see the module docs).
@@ -161,7 +161,10 @@ pub fn debian_root(tree: &mut Tree, epoch: u64) -> Result<CustomizeReport, TreeE
 
     // Home directories live on the state partition: /root and /home become links.
     for (dir, target, mode) in [("root", "var/roothome", 0o700), ("home", "var/home", 0o755)] {
-        if tree.get(dir).is_some_and(|h| h.kind == crate::tarstream::Kind::Dir) {
+        if tree
+            .get(dir)
+            .is_some_and(|h| h.kind == crate::tree::tarstream::Kind::Dir)
+        {
             tree.move_under(dir, target);
             tree.remove(dir);
             tree.ensure_dir(target, mode, epoch);
@@ -188,7 +191,7 @@ pub fn debian_root(tree: &mut Tree, epoch: u64) -> Result<CustomizeReport, TreeE
         let rel = &p["var/".len()..];
         let depth = rel.matches('/').count();
         let h = tree.get(p).expect("listed").clone();
-        use crate::tarstream::Kind;
+        use crate::tree::tarstream::Kind;
         let entry = match (&h.kind, depth) {
             (Kind::Symlink(t), 0 | 1) => VarEntry::Link {
                 path: rel.to_string(),
@@ -391,7 +394,7 @@ mod tests {
 
     #[test]
     fn what_an_image_must_not_carry() {
-        use crate::tarstream::Kind;
+        use crate::tree::tarstream::Kind;
         let file = Kind::File(1);
         for p in [
             "boot/vmlinuz-6.1",

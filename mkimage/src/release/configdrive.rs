@@ -1,7 +1,7 @@
 //! `cairn config-drive`: a small volume labelled `CAIRN` that carries one node's
 //! `node.toml` (and, signed, `node.toml.sig`), for the node's first boot.
 //!
-//! FAT (the default) is written by [`crate::fat`] as a whole-disk FAT32 volume (no partition
+//! FAT (the default) is written by [`crate::formats::fat`] as a whole-disk FAT32 volume (no partition
 //! table; Linux and blkid read it as a "superfloppy"): 34 MiB, sparse, so a few KiB on
 //! disk. ISO9660 (Rock Ridge + Joliet) is written by `xorriso`. Both are written to a
 //! temporary file beside the output (created exclusively, mode 0600: a drive carries a
@@ -13,7 +13,7 @@ use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::fat::FatSpec;
+use crate::formats::fat::FatSpec;
 use crate::ioerr::{io_err, IoError};
 use crate::tools::{self, ToolError};
 
@@ -36,7 +36,7 @@ pub enum DriveFormat {
 pub enum DriveError {
     /// The FAT layout failed.
     #[error("laying out the FAT volume")]
-    Fat(#[from] crate::fat::FatError),
+    Fat(#[from] crate::formats::fat::FatError),
     /// xorriso failed or is missing.
     #[error(transparent)]
     Tool(#[from] ToolError),
@@ -87,7 +87,7 @@ pub fn write(out: &Path, format: DriveFormat, files: &[(String, Vec<u8>)], epoch
             kind,
         });
     }
-    let tmp: PathBuf = dir.join(crate::store::unique(&format!(
+    let tmp: PathBuf = dir.join(crate::packages::store::unique(&format!(
         ".{}.cairn-tmp-",
         out.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
     )));

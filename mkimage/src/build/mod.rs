@@ -17,6 +17,12 @@
 //! into place only when complete; on any error the staging directory is removed and the
 //! output directory is left as it was.
 
+pub mod layout;
+pub mod plan;
+
+use plan::EspSource;
+pub use plan::{KeyChoice, KeyPlan, Overrides, Plan};
+
 use crate::ioerr::{io_err, IoError};
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom};
@@ -25,26 +31,24 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cairn_signing::bundle::{self, BundleError, BundleManifest};
-use cairn_signing::manifest::{self, Disk, Manifest, PartitionEntry, Payload};
+use cairn_signing::manifest::{self, BuildKind, DataRange, Disk, Manifest, PartitionEntry, Payload};
 use cairn_signing::{KeyError, PrivateKey};
 use sha2::{Digest, Sha256};
 
-use crate::customize;
-use crate::debian::{self, DebianError, LockMode};
-use crate::definition::{
-    Artifact, ArtifactSource, Compression, Definition, ModulePolicy, NodeAgent, RootSource, SigningKey, Size,
-};
-use crate::ext4::{self, Ext4Spec};
-use crate::fat::{FatError, FatSpec};
+use crate::definition::{Artifact, ArtifactSource, Definition, ModulePolicy, RootSource, Size};
+use crate::formats::ext4::{self, Ext4Spec};
+use crate::formats::fat::{FatError, FatSpec};
+use crate::formats::squashfs::{self, PackError, SquashfsSpec};
+use crate::formats::uki::{self, UkiError, UkiParts};
 use crate::gpt::{Gpt, GptError};
 use crate::guid::Guid;
-use crate::kconfig;
-use crate::plan::{self, Layout, Role};
-use crate::rootfs::{Tree, TreeError, TreeStats};
-use crate::squashfs::{self, PackError, SquashfsSpec};
+use crate::packages::debian::{self, DebianError, LockMode};
 use crate::tools::{self, ToolError};
-use crate::uki::{self, UkiError, UkiParts};
+use crate::tree::customize;
+use crate::tree::kconfig;
+use crate::tree::rootfs::{Tree, TreeError, TreeStats};
 use crate::verity::{self, VerityParams};
+use layout::{Layout, Role};
 
 /// Default timestamp when `SOURCE_DATE_EPOCH` is not set: 1980-01-01 00:00:00 UTC, the
 /// earliest time FAT can store. Builds are reproducible without any setting.
@@ -138,30 +142,18 @@ pub enum BuildError {
     },
     /// Trimming kernel modules.
     #[error("trimming kernel modules")]
-    Modules(#[from] crate::modules::ModulesError),
+    Modules(#[from] crate::tree::modules::ModulesError),
     /// `SOURCE_DATE_EPOCH` is not a number.
     #[error("SOURCE_DATE_EPOCH='{0}' is not a number of seconds\n  hint: unset it or set it to e.g. $(git log -1 --format=%ct)")]
     Epoch(String),
-}
-
-/// Choices made outside the definition (CLI flags and environment), which win over it.
-#[derive(Debug, Clone, Default)]
-pub struct BuildOptions {
-    /// Output directory.
-    pub out: PathBuf,
-    /// Signing key from `--key`, overriding the definition.
-    pub key: Option<PathBuf>,
-    /// `SOURCE_DATE_EPOCH` as read from the environment.
-    pub source_date_epoch: Option<String>,
-    /// Where the development key lives (normally [`dev_key_path`]).
-    pub dev_key: PathBuf,
-    /// Follow the mirror, insist on the lock (`--locked`), or refresh it (`cairn lock --update`).
-    pub lock_mode: LockMode,
-    /// Where packages come from (`--package-source`).
-    pub packages: debian::PackageOptions,
-    /// The public key the next releases will be signed with (`--next-key`), announced in the
-    /// bundle under this release's signature.
-    pub next_key: Option<PathBuf>,
+    /// A command-line value the build cannot take.
+    #[error("{flag} {why}")]
+    Override {
+        /// The flag.
+        flag: &'static str,
+        /// What is wrong with its value.
+        why: String,
+    },
 }
 
 /// What the Debian stage did, for the summary.
@@ -264,47 +256,6 @@ pub fn public_path_for(private: &Path) -> PathBuf {
     private.with_extension("pub")
 }
 
-/// The effective epoch: `SOURCE_DATE_EPOCH` if set, else [`DEFAULT_EPOCH`].
-pub fn effective_epoch(env: Option<&str>) -> Result<u64, BuildError> {
-    match env {
-        None | Some("") => Ok(DEFAULT_EPOCH),
-        Some(v) => v.trim().parse().map_err(|_| BuildError::Epoch(v.to_string())),
-    }
-}
-
-/// What the signing key is and where it came from.
-pub enum KeyChoice {
-    /// A configured key.
-    Release(PathBuf),
-    /// The development key, and whether this build created it.
-    Development(PathBuf, bool),
-}
-
-/// Resolve the signing key by precedence: `--key`, the definition, the development key.
-pub fn signing_key_source(def: &Definition, opts: &BuildOptions) -> KeyChoice {
-    match (&opts.key, &def.signing) {
-        (Some(k), _) => KeyChoice::Release(k.clone()),
-        (None, SigningKey::File(k)) => KeyChoice::Release(k.clone()),
-        (None, SigningKey::Development) => KeyChoice::Development(opts.dev_key.clone(), false),
-    }
-}
-
-fn load_key(choice: KeyChoice) -> Result<(PrivateKey, KeyChoice), BuildError> {
-    match choice {
-        KeyChoice::Release(p) => Ok((PrivateKey::read(&p)?, KeyChoice::Release(p))),
-        KeyChoice::Development(p, _) => {
-            if p.exists() {
-                Ok((PrivateKey::read(&p)?, KeyChoice::Development(p, false)))
-            } else {
-                // A public key left without its private half is useless: replace both.
-                let key = PrivateKey::generate();
-                key.write_pair(&p, &public_path_for(&p), true)?;
-                Ok((key, KeyChoice::Development(p, true)))
-            }
-        }
-    }
-}
-
 /// A finished build, for the summary.
 pub struct BuildReport {
     /// The signed manifest.
@@ -314,7 +265,9 @@ pub struct BuildReport {
     /// Time per stage.
     pub stages: Vec<(&'static str, Duration)>,
     /// The key used.
-    pub key: KeyChoice,
+    pub key: KeyPlan,
+    /// Whether this build created it (the development key, on first use).
+    pub key_created: bool,
     /// Entries and bytes in the root tree.
     pub tree: TreeStats,
     /// Squashfs size.
@@ -330,7 +283,7 @@ pub struct BuildReport {
     /// sha256 of the kubelet baked in, if one was pinned.
     pub kubelet: Option<String>,
     /// What module trimming kept, per kernel (empty with `modules = "all"`).
-    pub modules: Vec<crate::modules::TrimReport>,
+    pub modules: Vec<crate::tree::modules::TrimReport>,
     /// Fingerprint of the key config drives must be signed with, if the image pins one.
     pub node_config_key: Option<String>,
 }
@@ -455,58 +408,61 @@ pub fn human(b: u64) -> String {
     format!("{:.1} MiB", b as f64 / (1 << 20) as f64)
 }
 
-/// Run the whole build. `log` receives progress lines.
-pub fn build(def: &Definition, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -> Result<BuildReport, BuildError> {
-    let mut stages = Vec::new();
-    let mut t = Instant::now();
-    let lap = |name: &'static str, stages: &mut Vec<(&'static str, Duration)>, t: &mut Instant| {
-        stages.push((name, t.elapsed()));
-        *t = Instant::now();
-    };
+/// Load the planned key; the development key is created on first use.
+fn load_key(key: &KeyPlan) -> Result<(PrivateKey, bool), BuildError> {
+    match &key.choice {
+        KeyChoice::Development(p) if !p.exists() => {
+            // A public key left without its private half is useless: replace both.
+            let k = PrivateKey::generate();
+            k.write_pair(p, &public_path_for(p), true)?;
+            Ok((k, true))
+        }
+        c => Ok((PrivateKey::read(c.path())?, false)),
+    }
+}
 
-    // 1. check
-    log("checking inputs");
-    let epoch = effective_epoch(opts.source_date_epoch.as_deref())?;
-    tools::require(&required_tools(def))?;
+/// What the check stage read: every input the later stages need from outside the tree.
+struct Inputs {
+    stub: Vec<u8>,
+    systemd_boot: Vec<u8>,
+    key: PrivateKey,
+    key_created: bool,
+}
+
+/// Stage 1: tools, inputs, the key; nothing is built before all of them are there.
+fn check(plan: &Plan) -> Result<Inputs, BuildError> {
+    tools::require(&plan.tools)?;
     let stub = read_input(
-        &def.stub,
+        &plan.def.stub,
         "EFI stub",
         "apt-get install systemd-boot-efi, or set [kernel] stub",
     )?;
-    let sd_boot = read_input(
-        &def.systemd_boot,
+    let systemd_boot = read_input(
+        &plan.def.systemd_boot,
         "systemd-boot",
         "apt-get install systemd-boot-efi, or set [boot] systemd-boot",
     )?;
-    let agent = match &def.node_agent {
-        None => None,
-        Some(NodeAgent::Path(p)) => Some(p.clone()),
-        Some(NodeAgent::BesideCairn) => Some(beside_cairn("cairn-node")?),
-    };
-    let mut layout = plan::layout(def);
-    Gpt::new(
-        Guid::NIL,
-        layout.disk_size,
-        layout.partitions.iter().map(|p| p.entry.clone()).collect(),
-    )
-    .map_err(BuildError::Gpt)?;
-    let (key, key_choice) = load_key(signing_key_source(def, opts))?;
-    let next_key = match &opts.next_key {
-        None => None,
-        Some(p) => Some(cairn_signing::PublicKey::read(p)?),
-    };
-    if let KeyChoice::Development(p, true) = &key_choice {
-        log(&format!("created the development signing key {}", p.display()));
-    }
+    let (key, key_created) = load_key(&plan.key)?;
+    Ok(Inputs {
+        stub,
+        systemd_boot,
+        key,
+        key_created,
+    })
+}
 
-    // Staging beside the output directory, so the final moves are renames.
-    let out = opts.out.clone();
+/// Create the staging directory beside the output directory (so the final moves are
+/// renames), after removing those of builds that were killed.
+fn staging(out: &Path) -> Result<(Staging, PathBuf), BuildError> {
     if out.exists() && !out.is_dir() {
-        return Err(BuildError::Output(out, "exists and is not a directory".into()));
+        return Err(BuildError::Output(
+            out.to_owned(),
+            "exists and is not a directory".into(),
+        ));
     }
     let out_name = out
         .file_name()
-        .ok_or_else(|| BuildError::Output(out.clone(), "needs a final path component".into()))?
+        .ok_or_else(|| BuildError::Output(out.to_owned(), "needs a final path component".into()))?
         .to_string_lossy()
         .into_owned();
     let parent = match out.parent() {
@@ -514,8 +470,6 @@ pub fn build(def: &Definition, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -
         _ => PathBuf::from("."),
     };
     fs::create_dir_all(&parent).map_err(io_err("creating", &parent))?;
-    // A build that was killed (Ctrl-C) left its staging directory: remove those whose
-    // process is gone.
     let prefix = format!(".{out_name}.cairn-staging-");
     if let Ok(rd) = fs::read_dir(&parent) {
         for e in rd.flatten() {
@@ -523,23 +477,55 @@ pub fn build(def: &Definition, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -
             let dead = name
                 .strip_prefix(&prefix)
                 .and_then(|pid| pid.parse::<u32>().ok())
-                .is_some_and(|pid| !crate::cache::process_alive(pid));
+                .is_some_and(|pid| !crate::packages::cache::process_alive(pid));
             if dead {
                 let _ = fs::remove_dir_all(e.path());
             }
         }
     }
-    let staging_dir = parent.join(format!("{prefix}{}", std::process::id()));
-    let _ = fs::remove_dir_all(&staging_dir);
-    fs::create_dir(&staging_dir).map_err(io_err("creating", &staging_dir))?;
-    let mut staging = Staging {
-        dir: staging_dir.clone(),
-        keep: false,
-    };
-    lap("check", &mut stages, &mut t);
+    let dir = parent.join(format!("{prefix}{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir(&dir).map_err(io_err("creating", &dir))?;
+    Ok((Staging { dir, keep: false }, parent))
+}
 
-    // 2. Debian packages (cached) and the root tree
-    let mut debian_report = None;
+/// The root tree with everything the image carries, the kernel and initrd that boot it,
+/// and what went into it.
+struct RootTree {
+    tree: Tree,
+    boot: Boot,
+    report: TreeReport,
+}
+
+/// The kernel and initrd for the UKI.
+struct Boot {
+    kernel: Vec<u8>,
+    initrd: Vec<u8>,
+}
+
+/// What went into the tree, for the summary.
+struct TreeReport {
+    debian: Option<DebianReport>,
+    modules: Vec<crate::tree::modules::TrimReport>,
+    units: Vec<String>,
+    kubelet: Option<String>,
+}
+
+/// Stage 2: the root tree: the Debian tree (or a directory or tarball), Cairn's changes,
+/// trimmed modules, units, the agent, the kubelet, overlays, os-release and keys.
+fn root_tree(
+    plan: &Plan,
+    key: &PrivateKey,
+    scratch: &Path,
+    stages: &mut Stages,
+    log: &mut dyn FnMut(&str),
+) -> Result<RootTree, BuildError> {
+    let def = &plan.def;
+    let epoch = plan.epoch;
+    let mut debian = None;
+    // A cached Debian tree's content is fixed by its key: work derived from it alone may be
+    // kept beside it for the next build.
+    let mut tree_cache = None;
     let (mut tree, tree_kernel, tree_initrd) = match &def.root {
         RootSource::Directory(d) => {
             log(&format!("root tree: indexing {}", d.display()));
@@ -547,7 +533,7 @@ pub fn build(def: &Definition, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -
         }
         RootSource::Tarball(p) => {
             log(&format!("root tree: indexing {}", p.display()));
-            let tar = decompress(p, &staging_dir)?;
+            let tar = decompress(p, scratch)?;
             (Tree::from_tar(&tar)?, None, None)
         }
         RootSource::Debian(spec) => {
@@ -556,18 +542,19 @@ pub fn build(def: &Definition, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -
                 drivers: &def.initrd_drivers,
                 epoch,
             };
-            let prepared = debian::prepare(spec, &def.file, &inputs, opts.lock_mode, &opts.packages, log)?;
-            lap("debian", &mut stages, &mut t);
+            let mode = plan.packages.as_ref().map_or(LockMode::Follow, |p| p.mode);
+            let prepared = debian::prepare(spec, &def.file, &inputs, mode, &Default::default(), log)?;
+            stages.lap("debian");
             log(&format!("root tree: indexing {} packages", prepared.lock.package.len()));
             let mut tree = Tree::from_tar(&prepared.tar)?;
+            tree_cache = prepared.tar.parent().map(Path::to_owned);
             check_kernel_config(&tree, log)?;
             let c = customize::debian_root(&mut tree, epoch)?;
             log(&format!(
                 "root tree: removed {} entries an image must not carry, {} /var entries moved to the factory copy",
                 c.removed, c.factory_var
             ));
-            let (k, i) = (prepared.kernel.clone(), prepared.initrd.clone());
-            debian_report = Some(DebianReport {
+            debian = Some(DebianReport {
                 cache_hit: prepared.cache_hit,
                 key: prepared.key.clone(),
                 packages: prepared.lock.package.len(),
@@ -577,7 +564,7 @@ pub fn build(def: &Definition, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -
                 moved: prepared.moves.len(),
                 build_seconds: prepared.build_seconds,
             });
-            (tree, Some(k), Some(i))
+            (tree, Some(prepared.kernel), Some(prepared.initrd))
         }
     };
     let kernel_path = def
@@ -592,7 +579,7 @@ pub fn build(def: &Definition, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -
         .expect("definition validation ensures an initrd");
     let kernel = read_input(&kernel_path, "kernel", "set [kernel] image to a bzImage")?;
     let initrd = read_input(&initrd_path, "initrd", "set [kernel] initrd")?;
-    let mut module_reports = Vec::new();
+    let mut modules = Vec::new();
     if let ModulePolicy::Trim { classes, extra } = &def.modules {
         let keep = kconfig::parse_keep(kconfig::CAIRN_FRAGMENT).expect("the shipped fragment parses (unit-tested)");
         let rules: Vec<String> = keep
@@ -600,12 +587,15 @@ pub fn build(def: &Definition, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -
             .filter(|(c, _)| classes.contains(c))
             .flat_map(|(_, r)| r)
             .collect();
-        let scratch = staging_dir.join("depmod");
-        module_reports = crate::modules::trim(&mut tree, &rules, extra, &scratch, epoch)?;
+        let scratch = scratch.join("depmod");
+        let reuse = tree_cache
+            .as_deref()
+            .map(|d| crate::tree::modules::reuse_dir(d, &rules, extra));
+        modules = crate::tree::modules::trim(&mut tree, &rules, extra, &scratch, reuse.as_deref(), epoch)?;
         if scratch.exists() {
             fs::remove_dir_all(&scratch).map_err(|e| BuildError::Output(scratch.clone(), e.to_string()))?;
         }
-        for r in &module_reports {
+        for r in &modules {
             log(&format!(
                 "kernel modules {}: kept {} of {} ({} of {}) for classes {}{}",
                 r.kver,
@@ -633,7 +623,7 @@ pub fn build(def: &Definition, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -
         units = customize::install_units(&mut tree, dir, epoch)?;
         log(&format!("root tree: installed and enabled {} Cairn units", units.len()));
     }
-    if let Some(agent) = &agent {
+    if let Some(agent) = &plan.agent {
         let bytes = read_input(
             agent,
             "node agent",
@@ -644,7 +634,7 @@ pub fn build(def: &Definition, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -
     let kubelet = match &def.kubelet {
         None => None,
         Some(a) => {
-            let bytes = fetch_artifact(a, &staging_dir)?;
+            let bytes = fetch_artifact(a, scratch)?;
             tree.add_file("usr/bin/kubelet", 0o755, bytes, epoch)?;
             Some(hex::encode(a.sha256))
         }
@@ -653,31 +643,54 @@ pub fn build(def: &Definition, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -
         log(&format!("root tree: overlay {}", o.display()));
         tree.overlay_dir(o)?;
     }
-    let os_release = plan::render_os_release(&def.name, &def.version);
-    tree.add_file("usr/lib/os-release", 0o644, os_release.clone().into_bytes(), epoch)?;
+    tree.add_file("usr/lib/os-release", 0o644, plan.os_release.clone().into_bytes(), epoch)?;
     tree.add_symlink("etc/os-release", "../usr/lib/os-release", epoch)?;
     tree.add_file(
-        plan::IMAGE_PUBLIC_KEY_PATH,
+        layout::IMAGE_PUBLIC_KEY_PATH,
         0o644,
         key.public().to_pem().into_bytes(),
         epoch,
     )?;
     if let Some(pem) = &def.node_config_key {
-        tree.add_file(plan::NODE_CONFIG_KEY_PATH, 0o644, pem.clone().into_bytes(), epoch)?;
+        tree.add_file(layout::NODE_CONFIG_KEY_PATH, 0o644, pem.clone().into_bytes(), epoch)?;
     }
     tree.normalize(epoch)?;
+    Ok(RootTree {
+        tree,
+        boot: Boot { kernel, initrd },
+        report: TreeReport {
+            debian,
+            modules,
+            units,
+            kubelet,
+        },
+    })
+}
+
+/// The packed root.
+struct Packed {
+    path: PathBuf,
+    size: u64,
+    stats: TreeStats,
+    skipped: Vec<String>,
+}
+
+/// Stage 3: stream the tree into a squashfs file and check it fits its slot.
+fn pack(plan: &Plan, mut tree: Tree, scratch: &Path, log: &mut dyn FnMut(&str)) -> Result<Packed, BuildError> {
     let stats = tree.stats();
     let skipped = std::mem::take(&mut tree.skipped);
-    lap("root tree", &mut stages, &mut t);
-
-    // 3. squashfs
-    let Compression::Zstd(level) = def.compression;
     log(&format!(
-        "squashfs: packing {} entries, {} of file data (zstd level {level})",
+        "squashfs: packing {} entries, {} of file data (zstd level {}{})",
         stats.entries,
-        human(stats.data_bytes)
+        human(stats.data_bytes),
+        plan.level,
+        if plan.kind == BuildKind::Development {
+            ", --dev"
+        } else {
+            ""
+        }
     ));
-    let sqfs_path = staging_dir.join("root.squashfs");
+    let path = scratch.join("root.squashfs");
     let mut last = Instant::now();
     let total = stats.data_bytes.max(1);
     let mut progress = |done: u64| {
@@ -691,13 +704,13 @@ pub fn build(def: &Definition, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -
             ));
         }
     };
-    let sqfs_size = squashfs::pack(
+    let size = squashfs::pack(
         &tree,
         &SquashfsSpec {
-            out: &sqfs_path,
-            level,
-            block_size: def.block_size.0,
-            epoch,
+            out: &path,
+            level: plan.level,
+            block_size: plan.def.block_size.0,
+            epoch: plan.epoch,
         },
         &mut progress,
     )
@@ -705,97 +718,149 @@ pub fn build(def: &Definition, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -
         PackError::Tree(t) => BuildError::Tree(t),
         PackError::Tool(t) => BuildError::Tool(t),
     })?;
-    drop(tree);
-    let root_slot = layout.get(Role::RootA).entry.size();
-    if sqfs_size > root_slot {
-        let need = sqfs_size.div_ceil(1 << 24) << 24; // next 16 MiB
+    let slot = plan.layout.get(Role::RootA).entry.size();
+    if size > slot {
+        let need = size.div_ceil(1 << 24) << 24; // next 16 MiB
         return Err(BuildError::RootTooBig {
-            size: Size(sqfs_size),
-            slot: Size(root_slot),
-            over: Size(sqfs_size - root_slot),
+            size: Size(size),
+            slot: Size(slot),
+            over: Size(size - slot),
             need: Size(need),
-            file: match def.root_size_line {
-                Some(l) => format!("{}:{l}", def.file.display()),
-                None => def.file.display().to_string(),
+            file: match plan.def.root_size_line {
+                Some(l) => format!("{}:{l}", plan.def.file.display()),
+                None => plan.def.file.display().to_string(),
             },
         });
     }
-    lap("squashfs", &mut stages, &mut t);
+    Ok(Packed {
+        path,
+        size,
+        stats,
+        skipped,
+    })
+}
 
-    // 4. verity (the disk file is created now so the squashfs is copied once, while hashed)
-    log("verity: hashing the root filesystem");
-    let disk_path = staging_dir.join(DISK_FILE);
-    let disk = File::create(&disk_path).map_err(io_err("creating", &disk_path))?;
-    disk.set_len(layout.disk_size).map_err(io_err("sizing", &disk_path))?;
-    let root_offset = layout.get(Role::RootA).entry.offset();
-    let sqfs_sha = copy_into(&sqfs_path, &disk, root_offset, sqfs_size)?;
+/// The root's dm-verity tree and what it was made from.
+struct Verity {
+    hash_device: Vec<u8>,
+    root_hash: [u8; 32],
+    salt: [u8; 32],
+    root_sha: [u8; 32],
+}
+
+/// Stage 4: salt = sha256 over the squashfs (so it follows the content), then the tree.
+fn verity(packed: &Packed) -> Result<Verity, BuildError> {
+    let mut f = File::open(&packed.path).map_err(io_err("opening", &packed.path))?;
+    let root_sha = sha256_range(&mut f, 0, packed.size).map_err(io_err("hashing", &packed.path))?;
     let salt: [u8; 32] = Sha256::new()
         .chain_update(b"cairn verity salt v1\0")
-        .chain_update(sqfs_sha)
+        .chain_update(root_sha)
         .finalize()
         .into();
     let params = VerityParams {
         salt,
         uuid: Guid::derive("verity superblock", &salt).0,
     };
-    let mut sqfs_file = File::open(&sqfs_path).map_err(io_err("opening", &sqfs_path))?;
-    let tree_v = verity::build(&mut sqfs_file, sqfs_size, &params).map_err(io_err("hashing", &sqfs_path))?;
-    drop(sqfs_file);
-    let _ = fs::remove_file(&sqfs_path);
-    let root_hash = tree_v.root_hash;
-    plan::assign_ids(&mut layout, &root_hash);
-    lap("verity", &mut stages, &mut t);
+    f.seek(SeekFrom::Start(0)).map_err(io_err("reading", &packed.path))?;
+    let t = verity::build(&mut f, packed.size, &params).map_err(io_err("hashing", &packed.path))?;
+    Ok(Verity {
+        hash_device: t.hash_device,
+        root_hash: t.root_hash,
+        salt,
+        root_sha,
+    })
+}
 
-    // 5. UKI
+/// The ESP as regions of bytes, and where the UKI landed in it.
+struct Esp {
+    regions: Vec<(u64, Vec<u8>)>,
+    uki_offset: u64,
+    uki_size: u64,
+    uki_sha: [u8; 32],
+}
+
+/// Stages 5 and 6: the UKI (stub, kernel, initrd, command line with the root hash,
+/// os-release), then the FAT32 ESP with the plan's files.
+fn esp(
+    plan: &Plan,
+    inputs: &Inputs,
+    boot: Boot,
+    root_hash: &[u8; 32],
+    stages: &mut Stages,
+    log: &mut dyn FnMut(&str),
+) -> Result<Esp, BuildError> {
     log("uki: assembling the unified kernel image");
-    let cmdline = plan::render_cmdline(&hex::encode(root_hash), &def.cmdline);
-    let (uki_bytes, _) = uki::build(&UkiParts {
-        stub: &stub,
-        osrel: os_release.as_bytes(),
+    let cmdline = plan.cmdline(&hex::encode(root_hash));
+    let (uki, _) = uki::build(&UkiParts {
+        stub: &inputs.stub,
+        osrel: plan.os_release.as_bytes(),
         cmdline: cmdline.as_bytes(),
-        linux: &kernel,
-        initrd: &initrd,
+        linux: &boot.kernel,
+        initrd: &boot.initrd,
     })
     .map_err(BuildError::Uki)?;
-    lap("uki", &mut stages, &mut t);
+    stages.lap("uki");
 
-    // 6. ESP
     log("esp: writing FAT32");
-    let esp = layout.get(Role::Esp).entry.clone();
-    let uki_name = plan::uki_file_name(&def.version);
-    let uki_path = format!("EFI/Linux/{uki_name}");
-    let uki_len = uki_bytes.len() as u64;
-    let uki_sha: [u8; 32] = Sha256::digest(&uki_bytes).into();
+    let part = plan.layout.get(Role::Esp).entry.clone();
+    let uki_size = uki.len() as u64;
+    let uki_sha: [u8; 32] = Sha256::digest(&uki).into();
+    let mut uki = Some(uki);
+    let mut uki_path = String::new();
+    let mut files = Vec::new();
+    for (path, from) in &plan.esp {
+        let bytes = match from {
+            EspSource::File(p) if *p == plan.def.systemd_boot => inputs.systemd_boot.clone(),
+            EspSource::File(p) => read_input(p, "ESP file", "check the definition's [boot] paths")?,
+            EspSource::Text(t) => t.clone().into_bytes(),
+            EspSource::Uki => {
+                uki_path = path.clone();
+                uki.take().expect("one UKI in the plan")
+            }
+        };
+        files.push((path.clone(), bytes));
+    }
     let fat = FatSpec {
-        size: esp.size(),
+        size: part.size(),
         label: "ESP".into(),
         volume_id: u32::from_le_bytes(
-            Guid::derive("esp volume id", &root_hash).0[..4]
+            Guid::derive("esp volume id", root_hash).0[..4]
                 .try_into()
                 .expect("4 bytes"),
         ),
-        hidden_sectors: esp.first_lba as u32,
-        epoch,
-        files: vec![
-            ("EFI/BOOT/BOOTX64.EFI".into(), sd_boot),
-            (
-                "loader/loader.conf".into(),
-                plan::render_loader_conf(def.boot_timeout).into_bytes(),
-            ),
-            (uki_path.clone(), uki_bytes),
-        ],
+        hidden_sectors: part.first_lba as u32,
+        epoch: plan.epoch,
+        files,
     }
     .build()
     .map_err(BuildError::Esp)?;
-    for (off, bytes) in &fat.regions {
-        disk.write_all_at(bytes, esp.offset() + off)
-            .map_err(io_err("writing ESP to", &disk_path))?;
-    }
-    let uki_offset = esp.offset() + fat.extents[&uki_path].0;
-    lap("esp", &mut stages, &mut t);
+    let uki_offset = part.offset() + fat.extents[&uki_path].0;
+    let regions = fat
+        .regions
+        .into_iter()
+        .map(|(off, b)| (part.offset() + off, b))
+        .collect();
+    Ok(Esp {
+        regions,
+        uki_offset,
+        uki_size,
+        uki_sha,
+    })
+}
 
-    // 7. disk: table, verity, state
-    log("disk: partition table, verity tree, state file system");
+/// Stage 7, the one place that writes `disk.raw`: the partition table, the ESP, the root
+/// and its verity tree in slot A, and the ext4 state file system.
+fn write_disk(
+    layout: &Layout,
+    path: &Path,
+    scratch: &Path,
+    packed: &Packed,
+    v: &Verity,
+    esp: &Esp,
+    epoch: u64,
+) -> Result<(), BuildError> {
+    let disk = File::create(path).map_err(io_err("creating", path))?;
+    disk.set_len(layout.disk_size).map_err(io_err("sizing", path))?;
     let gpt = Gpt::new(
         layout.disk_guid,
         layout.disk_size,
@@ -804,47 +869,66 @@ pub fn build(def: &Definition, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -
     .map_err(BuildError::Gpt)?;
     for (off, bytes) in gpt.render() {
         disk.write_all_at(&bytes, off)
-            .map_err(io_err("writing partition table to", &disk_path))?;
+            .map_err(io_err("writing partition table to", path))?;
     }
-    let verity_offset = layout.get(Role::VerityA).entry.offset();
-    disk.write_all_at(&tree_v.hash_device, verity_offset)
-        .map_err(io_err("writing verity tree to", &disk_path))?;
-    disk.sync_all().map_err(io_err("syncing", &disk_path))?;
+    for (off, bytes) in &esp.regions {
+        disk.write_all_at(bytes, *off).map_err(io_err("writing ESP to", path))?;
+    }
+    copy_into(&packed.path, &disk, layout.get(Role::RootA).entry.offset(), packed.size)?;
+    disk.write_all_at(&v.hash_device, layout.get(Role::VerityA).entry.offset())
+        .map_err(io_err("writing verity tree to", path))?;
+    disk.sync_all().map_err(io_err("syncing", path))?;
     drop(disk);
     let state = layout.get(Role::State).entry.clone();
     ext4::format(&Ext4Spec {
-        disk: &disk_path,
+        disk: path,
         offset: state.offset(),
         size: state.size(),
         label: "state",
-        uuid: Guid::derive("state filesystem", &root_hash),
-        hash_seed: Guid::derive("state hash seed", &root_hash),
+        uuid: Guid::derive("state filesystem", &v.root_hash),
+        hash_seed: Guid::derive("state hash seed", &v.root_hash),
         epoch,
-        scratch: &staging_dir,
+        scratch,
     })?;
-    let _ = fs::remove_file(staging_dir.join("mke2fs.conf"));
-    lap("disk", &mut stages, &mut t);
+    let _ = fs::remove_file(scratch.join("mke2fs.conf"));
+    Ok(())
+}
 
-    // 8. manifest
-    log("manifest: hashing the disk image and signing");
-    let mut disk = File::open(&disk_path).map_err(io_err("opening", &disk_path))?;
-    let disk_sha = sha256_range(&mut disk, 0, layout.disk_size).map_err(io_err("hashing", &disk_path))?;
-    let verity_sha: [u8; 32] = Sha256::digest(&tree_v.hash_device).into();
-    let manifest = Manifest {
+/// Stage 8: the manifest from the plan, the stages' hashes and the disk's data map.
+fn manifest(
+    plan: &Plan,
+    layout: &Layout,
+    key: &PrivateKey,
+    disk: &Path,
+    packed: &Packed,
+    v: &Verity,
+    esp: &Esp,
+) -> Result<Manifest, BuildError> {
+    let f = File::open(disk).map_err(io_err("opening", disk))?;
+    let data = cairn_disk::extents::map(&f, layout.disk_size).map_err(io_err("mapping", disk))?;
+    Ok(Manifest {
         format: manifest::FORMAT,
-        name: def.name.clone(),
-        version: def.version.clone(),
-        architecture: def.architecture.clone(),
-        source_date_epoch: epoch,
-        root_hash: hex::encode(root_hash),
-        verity_salt: hex::encode(salt),
+        name: plan.def.name.clone(),
+        version: plan.def.version.clone(),
+        architecture: plan.def.architecture.clone(),
+        build: plan.kind,
+        source_date_epoch: plan.epoch,
+        root_hash: hex::encode(v.root_hash),
+        verity_salt: hex::encode(v.salt),
         signing_key: key.public().fingerprint(),
-        development_key: matches!(key_choice, KeyChoice::Development(..)),
+        development_key: plan.key.choice.is_development(),
         disk: Disk {
             file: DISK_FILE.into(),
             size: layout.disk_size,
-            sha256: hex::encode(disk_sha),
             guid: layout.disk_guid.to_string(),
+            data: data
+                .into_iter()
+                .map(|r| DataRange {
+                    offset: r.offset,
+                    size: r.size,
+                    sha256: hex::encode(r.sha256),
+                })
+                .collect(),
         },
         partitions: layout
             .partitions
@@ -863,79 +947,147 @@ pub fn build(def: &Definition, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -
         payloads: vec![
             Payload {
                 name: "root".into(),
-                offset: root_offset,
-                size: sqfs_size,
-                sha256: hex::encode(sqfs_sha),
+                offset: layout.get(Role::RootA).entry.offset(),
+                size: packed.size,
+                sha256: hex::encode(v.root_sha),
             },
             Payload {
                 name: "verity".into(),
-                offset: verity_offset,
-                size: tree_v.hash_device.len() as u64,
-                sha256: hex::encode(verity_sha),
+                offset: layout.get(Role::VerityA).entry.offset(),
+                size: v.hash_device.len() as u64,
+                sha256: hex::encode(Sha256::digest(&v.hash_device)),
             },
             Payload {
                 name: "uki".into(),
-                offset: uki_offset,
-                size: uki_len,
-                sha256: hex::encode(uki_sha),
+                offset: esp.uki_offset,
+                size: esp.uki_size,
+                sha256: hex::encode(esp.uki_sha),
             },
         ],
-    };
-    let bytes = manifest.to_bytes();
-    let sig = key.sign(&bytes);
-    let mpath = staging_dir.join(MANIFEST_FILE);
-    fs::write(&mpath, &bytes).map_err(io_err("writing", &mpath))?;
-    let spath = staging_dir.join(SIGNATURE_FILE);
-    fs::write(&spath, sig).map_err(io_err("writing", &spath))?;
-    lap("manifest", &mut stages, &mut t);
+    })
+}
 
-    // 9. update bundle: the same payloads, signed for nodes to stream into a slot.
-    log("bundle: update.cairn for running nodes");
-    let bpath = staging_dir.join(bundle::FILE);
-    if let Some(k) = &next_key {
-        log(&format!("bundle: announces the next release key {}", k.fingerprint()));
-    }
-    write_bundle(&manifest, &disk_path, &bpath, &key, next_key.as_ref())?;
-    lap("bundle", &mut stages, &mut t);
-
-    // Commit.
-    for f in [DISK_FILE, MANIFEST_FILE, SIGNATURE_FILE, bundle::FILE] {
-        let p = staging_dir.join(f);
+/// Move the finished files into the output directory: a rename of the whole staging
+/// directory when it is new, else one rename per file, the manifest last.
+fn commit(staging: &mut Staging, out: &Path, parent: &Path, files: &[&str]) -> Result<(), BuildError> {
+    for f in files {
+        let p = staging.dir.join(f);
         File::open(&p)
             .and_then(|f| f.sync_all())
             .map_err(io_err("syncing", &p))?;
     }
     if !out.exists() {
-        fs::rename(&staging_dir, &out).map_err(io_err("moving the build into", &out))?;
+        fs::rename(&staging.dir, out).map_err(io_err("moving the build into", out))?;
         staging.keep = true;
     } else {
-        for f in [DISK_FILE, bundle::FILE, SIGNATURE_FILE, MANIFEST_FILE] {
-            fs::rename(staging_dir.join(f), out.join(f)).map_err(io_err("moving the build into", &out))?;
+        for f in files {
+            fs::rename(staging.dir.join(f), out.join(f)).map_err(io_err("moving the build into", out))?;
         }
     }
-    drop(staging);
-    if let Ok(d) = File::open(&parent) {
+    if let Ok(d) = File::open(parent) {
         let _ = d.sync_all();
     }
+    Ok(())
+}
+
+/// Stage times for the summary.
+struct Stages {
+    done: Vec<(&'static str, Duration)>,
+    t: Instant,
+}
+
+impl Stages {
+    fn lap(&mut self, name: &'static str) {
+        self.done.push((name, self.t.elapsed()));
+        self.t = Instant::now();
+    }
+}
+
+/// Execute `plan`. `log` receives progress lines.
+pub fn build(plan: &Plan, log: &mut dyn FnMut(&str)) -> Result<BuildReport, BuildError> {
+    let mut stages = Stages {
+        done: Vec::new(),
+        t: Instant::now(),
+    };
+    log("checking inputs");
+    let inputs = check(plan)?;
+    if inputs.key_created {
+        log(&format!(
+            "created the development signing key {}",
+            plan.key.choice.path().display()
+        ));
+    }
+    let (mut staging, parent) = staging(&plan.out)?;
+    let scratch = staging.dir.clone();
+    stages.lap("check");
+
+    let RootTree { tree, boot, report } = root_tree(plan, &inputs.key, &scratch, &mut stages, log)?;
+    stages.lap("root tree");
+
+    let packed = pack(plan, tree, &scratch, log)?;
+    stages.lap("squashfs");
+
+    log("verity: hashing the root filesystem");
+    let v = verity(&packed)?;
+    let mut layout = plan.layout.clone();
+    layout::assign_ids(&mut layout, &v.root_hash);
+    stages.lap("verity");
+
+    let esp = esp(plan, &inputs, boot, &v.root_hash, &mut stages, log)?;
+    stages.lap("esp");
+
+    log("disk: partition table, partitions, state file system");
+    let disk_path = scratch.join(DISK_FILE);
+    write_disk(&layout, &disk_path, &scratch, &packed, &v, &esp, plan.epoch)?;
+    let _ = fs::remove_file(&packed.path);
+    stages.lap("disk");
+
+    log("manifest: mapping the disk image's data and signing");
+    let manifest = manifest(plan, &layout, &inputs.key, &disk_path, &packed, &v, &esp)?;
+    let bytes = manifest.to_bytes();
+    let mpath = scratch.join(MANIFEST_FILE);
+    fs::write(&mpath, &bytes).map_err(io_err("writing", &mpath))?;
+    let spath = scratch.join(SIGNATURE_FILE);
+    fs::write(&spath, inputs.key.sign(&bytes)).map_err(io_err("writing", &spath))?;
+    stages.lap("manifest");
+
+    log("bundle: update.cairn for running nodes");
+    if let Some(k) = &plan.next_key {
+        log(&format!("bundle: announces the next release key {}", k.fingerprint()));
+    }
+    write_bundle(
+        &manifest,
+        &disk_path,
+        &scratch.join(bundle::FILE),
+        &inputs.key,
+        plan.next_key.as_ref(),
+    )?;
+    stages.lap("bundle");
+
+    // The manifest last: a reader that sees the new manifest finds the files it names.
+    commit(
+        &mut staging,
+        &plan.out,
+        &parent,
+        &[DISK_FILE, bundle::FILE, SIGNATURE_FILE, MANIFEST_FILE],
+    )?;
+    drop(staging);
 
     Ok(BuildReport {
         manifest,
-        out,
-        stages,
-        key: key_choice,
-        tree: stats,
-        squashfs_size: sqfs_size,
-        skipped,
+        out: plan.out.clone(),
+        stages: stages.done,
+        key: plan.key.clone(),
+        key_created: inputs.key_created,
+        tree: packed.stats,
+        squashfs_size: packed.size,
+        skipped: packed.skipped,
         layout,
-        debian: debian_report,
-        units,
-        kubelet,
-        modules: module_reports,
-        node_config_key: def
-            .node_config_key
-            .as_deref()
-            .and_then(|pem| cairn_signing::PublicKey::from_pem(pem).ok())
-            .map(|k| k.fingerprint()),
+        debian: report.debian,
+        units: report.units,
+        kubelet: report.kubelet,
+        modules: report.modules,
+        node_config_key: plan.node_config_key.clone(),
     })
 }
 
@@ -952,6 +1104,7 @@ pub fn bundle_manifest(m: &Manifest, next_key: Option<&cairn_signing::PublicKey>
         verity_salt: m.verity_salt.clone(),
         signing_key: m.signing_key.clone(),
         development_key: m.development_key,
+        development_build: m.build == BuildKind::Development,
         payloads: bundle::PAYLOADS
             .iter()
             .map(|n| {

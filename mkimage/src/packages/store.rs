@@ -36,7 +36,7 @@ use sha2::{Digest, Sha256};
 
 use crate::definition::PackageSource;
 use crate::ioerr::{io_err, IoError};
-use crate::lock::{LockedPackage, Mirrors};
+use crate::packages::lock::{LockedPackage, Mirrors};
 
 /// Problems with the store.
 #[derive(Debug, thiserror::Error)]
@@ -473,7 +473,11 @@ pub struct Exported {
 
 /// `cairn store export`: a repository of every package of `locks` in `dir`, which must be
 /// empty, missing, or an earlier export (whose pool files no given lock names are removed).
-pub fn export(store: &Store, locks: &[(PathBuf, crate::lock::Lock)], dir: &Path) -> Result<Exported, StoreError> {
+pub fn export(
+    store: &Store,
+    locks: &[(PathBuf, crate::packages::lock::Lock)],
+    dir: &Path,
+) -> Result<Exported, StoreError> {
     if dir.exists() {
         let empty = fs::read_dir(dir).map_err(io_err("listing", dir))?.next().is_none();
         if !empty && !dir.join("Packages").is_file() {
@@ -521,7 +525,7 @@ pub fn export(store: &Store, locks: &[(PathBuf, crate::lock::Lock)], dir: &Path)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lock::Archive;
+    use crate::packages::lock::Archive;
 
     #[test]
     fn locations_in_order_and_encoded() {

@@ -179,18 +179,29 @@ pub fn render_loader_conf(timeout: u32) -> String {
     s
 }
 
-/// `os-release` for the image root and the UKI's `.osrel`.
-pub fn render_os_release(name: &str, version: &str) -> String {
-    format!(
+/// `os-release` for the image root and the UKI's `.osrel`. A development build
+/// (`cairn build --dev`) says so in `VARIANT`/`VARIANT_ID`, which the boot menu, `hostnamectl`
+/// and `cairn-node update --status` show.
+pub fn render_os_release(name: &str, version: &str, kind: cairn_signing::BuildKind) -> String {
+    let mut s = format!(
         "NAME=\"Cairn\"\n\
          ID=cairn\n\
          ID_LIKE=debian\n\
-         PRETTY_NAME=\"Cairn {name} {version}\"\n\
+         PRETTY_NAME=\"Cairn {name} {version}{}\"\n\
          VERSION=\"{version}\"\n\
          VERSION_ID=\"{version}\"\n\
          IMAGE_ID={name}\n\
-         IMAGE_VERSION={version}\n"
-    )
+         IMAGE_VERSION={version}\n",
+        if kind == cairn_signing::BuildKind::Development {
+            " (development build)"
+        } else {
+            ""
+        }
+    );
+    if kind == cairn_signing::BuildKind::Development {
+        s.push_str("VARIANT=\"Development build\"\nVARIANT_ID=development\n");
+    }
+    s
 }
 
 /// Words Cairn puts on every command line after `roothash=`, so that a release that fails
@@ -291,8 +302,18 @@ mod tests {
             "timeout 0\ndefault cairn_*\neditor no\nauto-entries no\nauto-firmware no\nconsole-mode keep\n"
         );
         assert!(render_loader_conf(5).starts_with("timeout 5\n"));
-        let os = render_os_release("node", "1.2");
+        let os = render_os_release("node", "1.2", cairn_signing::BuildKind::Release);
         assert!(os.contains("IMAGE_ID=node\nIMAGE_VERSION=1.2\n"));
+        assert!(!os.contains("VARIANT"));
+        let dev = render_os_release("node", "1.2", cairn_signing::BuildKind::Development);
+        assert!(
+            dev.contains("PRETTY_NAME=\"Cairn node 1.2 (development build)\"\n"),
+            "{dev}"
+        );
+        assert!(
+            dev.ends_with("VARIANT=\"Development build\"\nVARIANT_ID=development\n"),
+            "{dev}"
+        );
         assert_eq!(
             render_cmdline(&"ab".repeat(32), &["console=ttyS0".into()]),
             format!(

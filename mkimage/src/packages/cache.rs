@@ -4,7 +4,7 @@
 //!
 //! | path | what |
 //! |---|---|
-//! | `packages/` | the package store ([`crate::store`]) |
+//! | `packages/` | the package store ([`crate::packages::store`]) |
 //! | `trees/<key>/` | a built Debian root: `root.tar`, `vmlinuz`, `initrd.img`, the `cairn.lock` it answers, `complete` |
 //! | `work/<pid>-<n>/` | one build's scratch space; removed when the build ends, however it ends |
 //! | `lock` | the cache lock: builds hold it shared, `cairn cache prune` exclusively |
@@ -20,8 +20,8 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use crate::ioerr::{io_err, IoError};
-use crate::lock::Lock;
-use crate::store::Store;
+use crate::packages::lock::Lock;
+use crate::packages::store::Store;
 
 /// Where Cairn caches packages and root trees.
 pub fn cache_dir() -> PathBuf {
@@ -146,7 +146,7 @@ impl Cache {
         for (path, _) in self.stale_work() {
             let _ = fs::remove_dir_all(path);
         }
-        let path = work.join(crate::store::unique(""));
+        let path = work.join(crate::packages::store::unique(""));
         fs::create_dir(&path).map_err(io_err("creating", &path))?;
         Ok(WorkDir { path })
     }

@@ -21,9 +21,10 @@ use cairn_signing::bundle::{self, BundleError, BundleManifest, BundleReader};
 use cairn_signing::{Manifest, ManifestError, PublicKey};
 
 use crate::build::{sha256_range, MANIFEST_FILE, SIGNATURE_FILE};
+use crate::formats::uki;
 use crate::gpt::{self, BACKUP_SECTORS, FIRST_USABLE, SECTOR};
-use crate::uki;
 use crate::verity::{self, VerityParams};
+use cairn_disk::extents;
 
 /// Why verification failed.
 #[derive(Debug, thiserror::Error)]
@@ -97,9 +98,34 @@ pub fn verify_dir(dir: &Path, key: &PublicKey) -> Result<(Manifest, Vec<String>)
     let mut disk = File::open(&dpath).map_err(io_err("opening", &dpath))?;
     let size = disk.metadata().map_err(io_err("reading", &dpath))?.len();
     expect_eq("disk size", m.disk.size, size)?;
-    let sha = sha256_range(&mut disk, 0, size).map_err(io_err("hashing", &dpath))?;
-    expect_eq("disk sha256", &m.disk.sha256, hex::encode(sha))?;
-    ok.push(format!("disk: {} bytes, sha256 matches", size));
+    let want: Vec<extents::DataRange> = m
+        .disk
+        .data
+        .iter()
+        .map(|r| extents::DataRange {
+            offset: r.offset,
+            size: r.size,
+            sha256: hex::decode(&r.sha256)
+                .ok()
+                .and_then(|v| v.try_into().ok())
+                .unwrap_or_default(),
+        })
+        .collect();
+    if let Err(e) = extents::check(&disk, size, &want).map_err(io_err("reading", &dpath))? {
+        return Err(VerifyError::Mismatch {
+            what: "disk data".into(),
+            expected: format!("{} data ranges with these sha256s, zeros elsewhere", want.len()),
+            found: e.to_string(),
+        });
+    }
+    let data: u64 = want.iter().map(|r| r.size).sum();
+    ok.push(format!(
+        "disk: {size} bytes; {} data ranges ({data} bytes) match, the rest is zero",
+        want.len()
+    ));
+    if m.build == cairn_signing::BuildKind::Development {
+        ok.push("build: a development build (--dev), not a release".into());
+    }
 
     for p in &m.payloads {
         if p.offset.checked_add(p.size).is_none_or(|end| end > size) {

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 /// Cairn's requirements, as shipped in `kernel-config/cairn.config`.
-pub const CAIRN_FRAGMENT: &str = include_str!("../../kernel-config/cairn.config");
+pub const CAIRN_FRAGMENT: &str = include_str!("../../../kernel-config/cairn.config");
 
 /// How an option must be set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
