@@ -63,6 +63,39 @@ pub fn read_device(device: &Path, format: drive::Format) -> Result<DriveFiles, S
     files
 }
 
+/// Where a node keeps its machine-id (the initrd puts it back at `/run/cairn/machine-id`,
+/// where `/etc/machine-id` points, on every boot).
+pub const SAVED_MACHINE_ID: &str = "/var/lib/cairn/machine-id";
+
+fn machine_id_text(s: &str) -> Option<&str> {
+    let t = s.trim();
+    (t.len() == 32 && t.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))).then_some(t)
+}
+
+/// Keep the machine-id this boot runs with as the node's own, on the state partition,
+/// unless one is kept already. Returns the line to log when something happened.
+pub fn save_machine_id(root: &Path) -> Result<Option<String>, String> {
+    let running_path = at(root, "/etc/machine-id");
+    let running = std::fs::read_to_string(&running_path).unwrap_or_default();
+    let Some(running) = machine_id_text(&running) else {
+        return Err(format!("{} holds no machine-id", running_path.display()));
+    };
+    let saved_path = at(root, SAVED_MACHINE_ID);
+    match std::fs::read_to_string(&saved_path).ok().as_deref().and_then(machine_id_text) {
+        Some(saved) if saved == running => Ok(None),
+        Some(saved) => Ok(Some(format!(
+            "cairn: machine-id {running} is not the node's saved {saved}: the initrd did not put it back this boot (the next boot will)"
+        ))),
+        None => {
+            cairn_signing::write_file_atomic(&saved_path, format!("{running}\n").as_bytes(), 0o444)
+                .map_err(|e| format!("writing {}: {e}", saved_path.display()))?;
+            Ok(Some(format!(
+                "cairn: machine-id {running} saved: the node keeps it across reboots and updates"
+            )))
+        }
+    }
+}
+
 /// Where the saved config came from: `format = …` and, for cloud drives, `instance-id = …`.
 pub const SAVED_SOURCE: &str = "/var/lib/cairn/node-source";
 
@@ -146,6 +179,11 @@ pub fn firstboot() -> Result<Vec<String>, ApplyError> {
         Ok(Some(line)) => log.push(line),
         Ok(None) => {}
         Err(e) => log.push(format!("cairn: growing the state partition failed: {e}")),
+    }
+    match save_machine_id(root) {
+        Ok(Some(line)) => log.push(line),
+        Ok(None) => {}
+        Err(e) => log.push(format!("cairn: saving the machine-id failed: {e}")),
     }
     match find(root) {
         None => log.push("cairn: no config drive attached".to_string()),

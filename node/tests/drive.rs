@@ -216,3 +216,32 @@ fn an_instance_id_is_one_printable_line() {
         }
     }
 }
+
+#[test]
+fn the_first_machine_id_is_kept_and_a_different_one_is_reported() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    fs::create_dir_all(r.join("etc")).unwrap();
+    fs::create_dir_all(r.join("var/lib/cairn")).unwrap();
+    let first = "0123456789abcdef0123456789abcdef";
+    fs::write(r.join("etc/machine-id"), format!("{first}\n")).unwrap();
+    let line = firstboot::save_machine_id(r).unwrap().unwrap();
+    assert!(line.contains(&format!("machine-id {first} saved")), "{line}");
+    assert_eq!(
+        fs::read_to_string(r.join("var/lib/cairn/machine-id")).unwrap(),
+        format!("{first}\n")
+    );
+    // The next boot runs with it: nothing to say.
+    assert_eq!(firstboot::save_machine_id(r).unwrap(), None);
+    // A boot whose initrd did not put it back: reported, the saved one is kept.
+    fs::write(r.join("etc/machine-id"), "ffffffffffffffffffffffffffffffff\n").unwrap();
+    let line = firstboot::save_machine_id(r).unwrap().unwrap();
+    assert!(line.contains("is not the node's saved"), "{line}");
+    assert_eq!(
+        fs::read_to_string(r.join("var/lib/cairn/machine-id")).unwrap(),
+        format!("{first}\n")
+    );
+    // No id at all (the link points nowhere): an error, nothing written.
+    fs::remove_file(r.join("etc/machine-id")).unwrap();
+    assert!(firstboot::save_machine_id(r).is_err());
+}

@@ -137,6 +137,19 @@ fn an_update_survives_a_kill_boots_the_other_slot_and_is_blessed() {
     let status = run_ok(&mut vm, "cairn-node update --status");
     assert!(status.contains("running  node 0.1.0 from slot a (blessed)"), "{status}");
     assert!(status.contains("slot b: nothing bootable"), "{status}");
+    // The node's machine-id (and so networkd's DHCP client identity) is made at the first
+    // boot, kept on the state partition, and the same after every reboot and the update.
+    let machine_id = |vm: &mut Vm| {
+        let id = run_ok(vm, "cat /etc/machine-id").trim().to_string();
+        assert_eq!(id.len(), 32, "{id}");
+        assert_eq!(
+            run_ok(vm, "cat /var/lib/cairn/machine-id").trim(),
+            id,
+            "the saved machine-id"
+        );
+        id
+    };
+    let first_id = machine_id(&mut vm);
 
     // Tampered bundles are refused; slot B is not made bootable.
     for (file, want) in bad {
@@ -163,6 +176,7 @@ fn an_update_survives_a_kill_boots_the_other_slot_and_is_blessed() {
     vm.kill();
     let mut vm = writable(&disk);
     ready(&mut vm, 0, "0.1.0", "a");
+    assert_eq!(machine_id(&mut vm), first_id, "after a power cut and a boot");
     assert_eq!(esp_files(&mut vm), ["cairn_0.1.0.efi"]);
     let status = run_ok(&mut vm, "cairn-node update --status");
     assert!(status.contains("slot b: nothing bootable"), "{status}");
@@ -196,6 +210,7 @@ fn an_update_survives_a_kill_boots_the_other_slot_and_is_blessed() {
     let to_blessed = t.elapsed().as_secs_f64();
     assert_eq!(esp_files(&mut vm), ["cairn_0.1.0.efi", "cairn_0.2.0.efi"]);
     assert!(run_ok(&mut vm, "cat /etc/cairn/release-note").contains("second release"));
+    assert_eq!(machine_id(&mut vm), first_id, "after the update");
     let status = run_ok(&mut vm, "cairn-node update --status");
     assert!(status.contains("running  node 0.2.0 from slot b (blessed)"), "{status}");
     assert!(
@@ -209,6 +224,13 @@ fn an_update_survives_a_kill_boots_the_other_slot_and_is_blessed() {
     let from = reboot(&mut vm);
     ready(&mut vm, from, "0.2.0", "b");
     assert_eq!(esp_files(&mut vm), ["cairn_0.1.0.efi", "cairn_0.2.0.efi"]);
+    assert_eq!(machine_id(&mut vm), first_id, "after a reboot of 0.2.0");
+    assert!(
+        vm.lines()
+            .iter()
+            .any(|(_, l)| l.contains(&format!("machine-id {first_id} from the state partition"))),
+        "the initrd put the saved machine-id back"
+    );
     vm.kill();
 
     let bundle = std::fs::metadata(v2.join("update.cairn")).unwrap().len();

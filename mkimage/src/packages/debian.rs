@@ -43,6 +43,26 @@ use crate::packages::store::{self, Placement, Sources, Store, StoreError, Unobta
 /// The customize hook, embedded so `cairn` works from any directory.
 pub const CUSTOMIZE_HOOK: &str = include_str!("../../../rootfs/customize.sh");
 
+/// Cairn's dracut module (`rootfs/dracut/95cairn-machine-id`): the initrd puts the machine-id
+/// saved on the state partition where the verified root's `/etc/machine-id` points.
+pub const DRACUT_MODULE: &[(&str, &str, u32)] = &[
+    (
+        "module-setup.sh",
+        include_str!("../../../rootfs/dracut/95cairn-machine-id/module-setup.sh"),
+        0o755,
+    ),
+    (
+        "cairn-machine-id.sh",
+        include_str!("../../../rootfs/dracut/95cairn-machine-id/cairn-machine-id.sh"),
+        0o755,
+    ),
+    (
+        "cairn-machine-id.service",
+        include_str!("../../../rootfs/dracut/95cairn-machine-id/cairn-machine-id.service"),
+        0o644,
+    ),
+];
+
 /// Problems preparing a Debian root.
 #[derive(Debug, thiserror::Error)]
 pub enum DebianError {
@@ -212,7 +232,7 @@ pub fn render_dracut_conf(modules: &[String], drivers: &[String]) -> String {
     format!(
         "# Written by Cairn from the image definition's [initrd].\n\
          hostonly=\"no\"\nreproducible=\"yes\"\ncompress=\"zstd\"\n\
-         dracutmodules=\" {} \"\ndrivers=\" {} \"\n",
+         dracutmodules=\" {} \"\nadd_dracutmodules+=\" cairn-machine-id \"\ndrivers=\" {} \"\n",
         modules.join(" "),
         drivers.join(" ")
     )
@@ -273,6 +293,10 @@ pub fn tree_key(lock: &Lock, inputs: &TreeInputs) -> String {
         h.update(format!("{} {} {} {}\n", p.name, p.version, p.architecture, p.sha256));
     }
     h.update(CUSTOMIZE_HOOK.as_bytes());
+    for (name, text, mode) in DRACUT_MODULE {
+        h.update(format!("{name} {mode:o} {}\n", text.len()));
+        h.update(text.as_bytes());
+    }
     h.update(render_dracut_conf(inputs.dracut_modules, inputs.drivers).as_bytes());
     h.update(inputs.epoch.to_le_bytes());
     hex::encode(&h.finalize()[..16])
@@ -647,6 +671,14 @@ fn run_mmdebstrap(
     fs::create_dir_all(work.join("boot")).map_err(io_err("creating", work))?;
     let hook = work.join("customize.sh");
     fs::write(&hook, CUSTOMIZE_HOOK).map_err(io_err("writing", &hook))?;
+    let module = work.join("95cairn-machine-id");
+    fs::create_dir_all(&module).map_err(io_err("creating", &module))?;
+    for (name, text, mode) in DRACUT_MODULE {
+        use std::os::unix::fs::PermissionsExt;
+        let p = module.join(name);
+        fs::write(&p, text).map_err(io_err("writing", &p))?;
+        fs::set_permissions(&p, fs::Permissions::from_mode(*mode)).map_err(io_err("writing", &p))?;
+    }
     let dracut = work.join("90-cairn.conf");
     fs::write(&dracut, render_dracut_conf(inputs.dracut_modules, inputs.drivers))
         .map_err(io_err("writing", &dracut))?;
@@ -658,7 +690,9 @@ fn run_mmdebstrap(
         .env("LC_ALL", "C.UTF-8")
         .args(["--variant=essential", "--mode=auto", "--architectures=amd64", "--format=tar"])
         .arg(format!("--include={}", names.join(",")))
-        .arg("--setup-hook=mkdir -p \"$1/etc/dracut.conf.d\"")
+        .arg("--setup-hook=mkdir -p \"$1/etc/dracut.conf.d\" \"$1/usr/lib/dracut/modules.d\"")
+        // Before the packages: the kernel's postinst already runs dracut with this config.
+        .arg(format!("--setup-hook=copy-in {} /usr/lib/dracut/modules.d", q(&module)))
         .arg(format!("--setup-hook=upload {} /etc/dracut.conf.d/90-cairn.conf", q(&dracut)))
         .arg(format!("--customize-hook=sh {} \"$1\"", q(&hook)))
         .arg(format!("--customize-hook=copy-out /boot {}", q(work)))
@@ -874,7 +908,8 @@ mod tests {
         assert_eq!(
             render_dracut_conf(&["systemd".into(), "base".into()], &["dm_verity".into()]),
             "# Written by Cairn from the image definition's [initrd].\nhostonly=\"no\"\nreproducible=\"yes\"\n\
-             compress=\"zstd\"\ndracutmodules=\" systemd base \"\ndrivers=\" dm_verity \"\n"
+             compress=\"zstd\"\ndracutmodules=\" systemd base \"\nadd_dracutmodules+=\" cairn-machine-id \"\n\
+             drivers=\" dm_verity \"\n"
         );
     }
 }

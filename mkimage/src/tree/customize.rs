@@ -4,7 +4,8 @@
 //! * **Removed**: `/boot` contents and the `/vmlinuz*`, `/initrd.img*` links (the kernel
 //!   and initrd travel in the UKI); SSH host keys (each node makes its own at first boot);
 //!   `/etc/hostname` (set per node); apt's package lists and caches; log files.
-//! * **Emptied**: `/etc/machine-id` (systemd treats an empty file as "first boot").
+//! * **Linked**: `/etc/machine-id` → `/run/cairn/machine-id`, which the initrd fills from
+//!   the state partition (the same id across reboots and updates; see `rootfs/dracut`).
 //! * **Linked**: `/etc/resolv.conf` → systemd-resolved's stub file when resolved is
 //!   installed (the host's copy is never kept); `/root` → `var/roothome` and `/home` →
 //!   `var/home`, so home directories (and root's SSH keys) live on the state partition.
@@ -152,7 +153,10 @@ pub fn not_in_an_image(path: &str, kind: &crate::tree::tarstream::Kind) -> bool 
 /// Apply the Debian-root rules to `tree` (see the module docs).
 pub fn debian_root(tree: &mut Tree, epoch: u64) -> Result<CustomizeReport, TreeError> {
     let removed = tree.remove_where(|path, header| not_in_an_image(path, &header.kind));
-    tree.add_file("etc/machine-id", 0o444, Vec::new(), epoch)?;
+    // Stable per node: the initrd puts the id the node saved on its state partition at
+    // /run/cairn/machine-id (Cairn's dracut module); on a first boot systemd makes one there
+    // and cairn-firstboot saves it.
+    tree.add_symlink("etc/machine-id", "../run/cairn/machine-id", epoch)?;
     if tree.get("usr/lib/systemd/systemd-resolved").is_some() {
         tree.add_symlink("etc/resolv.conf", "../run/systemd/resolve/stub-resolv.conf", epoch)?;
     } else {
