@@ -724,28 +724,21 @@ fn a_dev_build_is_marked_reproducible_and_not_published_by_default() {
 
     // Publishing it takes --allow-development.
     let served = tmp.path().join("served");
-    let o = cairn()
-        .arg("publish")
-        .arg(&a)
-        .arg("--to")
-        .arg(&served)
-        .arg("--key")
-        .arg(f.path("release.pem"))
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("is a development build"), "{err}");
-    assert!(err.contains("--allow-development"), "{err}");
-    assert!(!served.join("test/index.json").exists());
-    run_ok(
-        cairn()
-            .arg("publish")
+    let publish = || {
+        let mut c = cairn();
+        c.arg("publish")
             .arg(&a)
             .arg("--to")
             .arg(&served)
             .arg("--key")
-            .arg(f.path("release.pem"))
-            .arg("--allow-development"),
-    );
+            .arg(f.path("release.pem"));
+        c
+    };
+    let o = publish().output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("is a development build"), "{err}");
+    assert!(err.contains("--allow-development"), "{err}");
+    assert!(!served.join("test/index.json").exists());
+    run_ok(publish().arg("--allow-development"));
     assert!(served.join("test/index.json").exists());
 }

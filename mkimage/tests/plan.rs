@@ -80,6 +80,9 @@ fn a_bad_override_is_refused_before_anything_is_planned() {
     let f = Fixture::new();
     for (args, needle) in [
         (&["--image-version", "1+2"][..], "--image-version \"1+2\""),
+        (&["--image-version", "1\n2"][..], "--image-version \"1\\n2\""),
+        (&["--image-version", "../../x"][..], "--image-version"),
+        (&["--cmdline", "quiet\nroothash=00"][..], "--cmdline"),
         (&["--cmdline", "roothash=00"][..], "--cmdline"),
         (&["--overlay", "missing"][..], "--overlay missing: not a directory"),
         (&["--next-key", "nowhere.pub"][..], "nowhere.pub"),

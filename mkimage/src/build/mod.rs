@@ -343,24 +343,19 @@ fn decompress(src: &Path, staging: &Path) -> Result<PathBuf, BuildError> {
     Ok(out)
 }
 
-/// Copy `len` bytes of `src` into `disk` at `offset`, returning their sha256.
-fn copy_into(src: &Path, disk: &File, offset: u64, len: u64) -> Result<[u8; 32], BuildError> {
-    let mut f = File::open(src).map_err(io_err("opening", src))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 4 << 20];
-    let mut done = 0u64;
-    while done < len {
-        let n = f.read(&mut buf).map_err(io_err("reading", src))?;
-        if n == 0 {
-            break;
-        }
-        let n = n.min((len - done) as usize);
-        h.update(&buf[..n]);
-        disk.write_all_at(&buf[..n], offset + done)
-            .map_err(io_err("writing", src))?;
-        done += n as u64;
+/// Copy `len` bytes of `src` into `disk` at `offset` (in the kernel, with
+/// `copy_file_range`, where the file systems allow).
+fn copy_into(src: &Path, disk: &mut File, offset: u64, len: u64) -> Result<(), BuildError> {
+    let f = File::open(src).map_err(io_err("opening", src))?;
+    disk.seek(SeekFrom::Start(offset)).map_err(io_err("writing", src))?;
+    let n = io::copy(&mut f.take(len), disk).map_err(io_err("writing", src))?;
+    if n != len {
+        return Err(BuildError::Output(
+            src.to_owned(),
+            format!("holds {n} bytes, not {len}"),
+        ));
     }
-    Ok(h.finalize().into())
+    Ok(())
 }
 
 /// sha256 of a byte range of a file. Holes in a sparse file are not read: their zeros
@@ -424,7 +419,8 @@ fn load_key(key: &KeyPlan) -> Result<(PrivateKey, bool), BuildError> {
 /// What the check stage read: every input the later stages need from outside the tree.
 struct Inputs {
     stub: Vec<u8>,
-    systemd_boot: Vec<u8>,
+    /// The plan's ESP files that come from files, by path.
+    esp_files: std::collections::HashMap<PathBuf, Vec<u8>>,
     key: PrivateKey,
     key_created: bool,
 }
@@ -437,15 +433,21 @@ fn check(plan: &Plan) -> Result<Inputs, BuildError> {
         "EFI stub",
         "apt-get install systemd-boot-efi, or set [kernel] stub",
     )?;
-    let systemd_boot = read_input(
-        &plan.def.systemd_boot,
-        "systemd-boot",
-        "apt-get install systemd-boot-efi, or set [boot] systemd-boot",
-    )?;
+    let mut esp_files = std::collections::HashMap::new();
+    for (_, from) in &plan.esp {
+        if let EspSource::File(p) = from {
+            let bytes = read_input(
+                p,
+                "systemd-boot",
+                "apt-get install systemd-boot-efi, or set [boot] systemd-boot",
+            )?;
+            esp_files.insert(p.clone(), bytes);
+        }
+    }
     let (key, key_created) = load_key(&plan.key)?;
     Ok(Inputs {
         stub,
-        systemd_boot,
+        esp_files,
         key,
         key_created,
     })
@@ -810,8 +812,7 @@ fn esp(
     let mut files = Vec::new();
     for (path, from) in &plan.esp {
         let bytes = match from {
-            EspSource::File(p) if *p == plan.def.systemd_boot => inputs.systemd_boot.clone(),
-            EspSource::File(p) => read_input(p, "ESP file", "check the definition's [boot] paths")?,
+            EspSource::File(p) => inputs.esp_files[p].clone(),
             EspSource::Text(t) => t.clone().into_bytes(),
             EspSource::Uki => {
                 uki_path = path.clone();
@@ -859,7 +860,7 @@ fn write_disk(
     esp: &Esp,
     epoch: u64,
 ) -> Result<(), BuildError> {
-    let disk = File::create(path).map_err(io_err("creating", path))?;
+    let mut disk = File::create(path).map_err(io_err("creating", path))?;
     disk.set_len(layout.disk_size).map_err(io_err("sizing", path))?;
     let gpt = Gpt::new(
         layout.disk_guid,
@@ -874,7 +875,12 @@ fn write_disk(
     for (off, bytes) in &esp.regions {
         disk.write_all_at(bytes, *off).map_err(io_err("writing ESP to", path))?;
     }
-    copy_into(&packed.path, &disk, layout.get(Role::RootA).entry.offset(), packed.size)?;
+    copy_into(
+        &packed.path,
+        &mut disk,
+        layout.get(Role::RootA).entry.offset(),
+        packed.size,
+    )?;
     disk.write_all_at(&v.hash_device, layout.get(Role::VerityA).entry.offset())
         .map_err(io_err("writing verity tree to", path))?;
     disk.sync_all().map_err(io_err("syncing", path))?;

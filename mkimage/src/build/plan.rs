@@ -152,8 +152,6 @@ pub struct Plan {
     pub layout: Layout,
     /// `/usr/lib/os-release` and the UKI's `.osrel`.
     pub os_release: String,
-    /// The UKI's file name in `EFI/Linux/`.
-    pub uki_name: String,
     /// The ESP's files, by path.
     pub esp: Vec<(String, EspSource)>,
     /// The node agent to install, resolved.
@@ -297,7 +295,6 @@ impl Plan {
         Ok(Plan {
             os_release: layout::render_os_release(&def.name, &def.version, kind),
             tools: super::required_tools(&def),
-            uki_name,
             esp,
             kind,
             level,
