@@ -2,8 +2,9 @@
 # Copy the parsers' test fixtures into the fuzz corpora as seeds (run from the repo root).
 set -eu
 f=node/tests/fixtures
+c=node-config/tests/fixtures
 mkdir -p fuzz/corpus/node_toml fuzz/corpus/cairn_drive fuzz/corpus/nocloud_drive fuzz/corpus/config2_drive
-for t in "$f"/node-config/*/node.toml "$f"/node-config/bad/*.toml "$f"/cairn/*/node.toml; do
+for t in "$c"/node-config/*/node.toml "$c"/node-config/bad/*.toml "$f"/cairn/*/node.toml; do
     cp "$t" "fuzz/corpus/node_toml/$(echo "$t" | tr / _)"
     { printf '\001'; head -c 64 /dev/zero; cat "$t"; } > "fuzz/corpus/cairn_drive/$(echo "$t" | tr / _)"
 done

@@ -1,8 +1,8 @@
 //! `cairn-node`, the agent inside every Cairn image.
 //!
 //! One binary with subcommands keeps the image small and the code shared:
-//! - [`config`]: `node.toml`, the node's identity and component settings, parsed strictly;
-//! - [`render`]: the files a config produces for etcd, WireGuard (networkd) and the kubelet;
+//! - [`config`] and [`render`] (the `cairn-node-config` crate, shared with the builder):
+//!   `node.toml`, parsed strictly, and the files it renders for etcd, WireGuard and the kubelet;
 //! - [`drive`] and [`firstboot`]: config drives, and `cairn-node firstboot`, which takes a
 //!   newer config from one and then applies;
 //! - [`apply`]: `cairn-node apply`, which picks this boot's config and writes them;
@@ -12,10 +12,12 @@
 //! - [`ready`]: the line users and tests wait for on the console;
 //! - [`system`]: kernel command line, running slot, os-release.
 
+pub use cairn_node_config as config;
+pub use cairn_node_config::render;
+
 pub mod apply;
 pub mod cli;
 pub mod cloud;
-pub mod config;
 pub mod drive;
 pub mod firstboot;
 pub mod grow;
@@ -24,6 +26,5 @@ pub mod health;
 pub mod hostkeys;
 pub mod mend;
 pub mod ready;
-pub mod render;
 pub mod system;
 pub mod update;

@@ -13,6 +13,11 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
+/// The node.toml fixtures, which live with the crate that parses them.
+fn node_config_fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../node-config/tests/fixtures")
+}
+
 fn files(dir: &Path, pick: &dyn Fn(&Path) -> bool) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_owned()];
@@ -74,7 +79,9 @@ fn read(p: &Path) -> Vec<u8> {
 
 #[test]
 fn node_toml_and_cairn_drives() {
-    let tomls = files(&fixtures(), &|p| p.extension().is_some_and(|e| e == "toml"));
+    let is_toml = |p: &Path| p.extension().is_some_and(|e| e == "toml");
+    let mut tomls = files(&fixtures(), &is_toml);
+    tomls.extend(files(&node_config_fixtures(), &is_toml));
     assert!(tomls.len() >= 40, "{}", tomls.len());
     let seeds: Vec<(String, Vec<u8>)> = tomls.iter().map(|p| (p.display().to_string(), read(p))).collect();
     let n = run("node_toml", seeds.clone(), harness::node_toml);

@@ -1,11 +1,11 @@
 //! node.toml: every fixture under tests/fixtures/node-config/ parses and renders exactly to
 //! its golden files; every bad one is refused with the expected line and message.
-//! `CAIRN_BLESS=1 cargo test -p cairn-node --test config` rewrites the golden files.
+//! `CAIRN_BLESS=1 cargo test -p cairn-node-config --test config` rewrites the golden files.
 
 use std::path::{Path, PathBuf};
 
-use cairn_node::config::{NodeConfig, Role, WgKey};
-use cairn_node::render;
+use cairn_node_config::render;
+use cairn_node_config::{NodeConfig, Role, WgKey};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/node-config")
@@ -123,7 +123,7 @@ fn a_peer_with_our_own_key_is_refused() {
 
 #[test]
 fn update_source_and_reboot_policy() {
-    use cairn_node::config::RebootPolicy;
+    use cairn_node_config::RebootPolicy;
     let base = "version = 1\ngeneration = 1\nhostname = \"n1\"\n[update]\n";
     let parse = |extra: &str| NodeConfig::parse(&format!("{base}{extra}"), "node.toml");
     let u = parse("source = \"https://updates.example.net:8443/cairn/node\"\n")
@@ -173,14 +173,14 @@ fn real_ssh_keys_of_every_type_are_accepted() {
         }
         assert!(c.status().unwrap().success());
         let line = std::fs::read_to_string(key.with_extension("pub")).unwrap();
-        let got = cairn_node::config::ssh_key(&line).unwrap_or_else(|e| panic!("{ty}{bits}: {e}"));
+        let got = cairn_node_config::ssh_key(&line).unwrap_or_else(|e| panic!("{ty}{bits}: {e}"));
         assert_eq!(got, line.trim());
     }
 }
 
 #[test]
 fn labels_a_kubelet_may_set() {
-    use cairn_node::config::kubelet_may_set;
+    use cairn_node_config::kubelet_may_set;
     for ok in [
         "tier",
         "example.com/team",
@@ -206,7 +206,7 @@ fn labels_a_kubelet_may_set() {
 
 #[test]
 fn globs_and_endpoints() {
-    use cairn_node::config::{glob_matches, glob_may_match_prefix, valid_endpoint};
+    use cairn_node_config::{glob_matches, glob_may_match_prefix, valid_endpoint};
     assert!(glob_matches("en*", "enp1s0") && glob_matches("*", "lo") && glob_matches("l?", "lo"));
     assert!(!glob_matches("en*", "eth0") && !glob_matches("eth?", "eth10"));
     assert!(

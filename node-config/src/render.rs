@@ -3,7 +3,7 @@
 //! [`plan`] lists every file a config produces (path, mode, owner, text); `apply` writes
 //! them. Nothing here touches the system, so each output has a golden-file test.
 
-use crate::config::{Etcd, Interface, KeyAgent, Kubelet, Match, NodeConfig, Wireguard};
+use crate::{Etcd, Interface, KeyAgent, Kubelet, Match, NodeConfig, Wireguard};
 
 /// Runtime directory for generated settings (a tmpfs: rebuilt every boot).
 pub const RUN_DIR: &str = "/run/cairn";
@@ -121,10 +121,10 @@ fn header(comment: &str, c: &NodeConfig) -> String {
 
 /// etcd's environment: every setting as the `ETCD_*` variable etcd reads.
 pub fn render_etcd_env(c: &NodeConfig, e: &Etcd) -> Result<String, RenderError> {
-    let join = |urls: &[crate::config::Url]| urls.iter().map(|u| u.to_string()).collect::<Vec<_>>().join(",");
+    let join = |urls: &[crate::Url]| urls.iter().map(|u| u.to_string()).collect::<Vec<_>>().join(",");
     let mut listen_client = e.client_urls.clone();
     let scheme = &e.client_urls[0].scheme;
-    let local = crate::config::Url {
+    let local = crate::Url {
         scheme: scheme.clone(),
         host: "127.0.0.1".into(),
         port: e.client_urls[0].port,
@@ -412,7 +412,7 @@ pub fn plan(c: &NodeConfig, effective: &str) -> Result<Vec<Output>, RenderError>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Cidr, Peer, Taint, WgKey};
+    use crate::{Cidr, Peer, Taint, WgKey};
 
     fn wg() -> Wireguard {
         Wireguard {
