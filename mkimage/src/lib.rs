@@ -22,4 +22,3 @@ pub mod packages;
 pub mod release;
 pub mod tools;
 pub mod tree;
-pub mod vm;

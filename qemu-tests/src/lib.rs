@@ -14,7 +14,7 @@ use std::process::Command;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-pub use cairn_mkimage::vm::{self, Accel, Vm, VmSpec};
+pub use cairn_vm::{self as vm, Accel, Vm, VmSpec};
 
 /// How long a boot may take under TCG before a test gives up.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(600);

@@ -96,7 +96,7 @@ fn a_configured_node_boots_onto_its_verity_root_with_healthy_components() {
         &mut vm,
         "wg show wg0 public-key; wg show wg0 listen-port; ip -br addr show wg0",
     );
-    let expected_pub = cairn_node::config::WgKey::parse("AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=")
+    let expected_pub = cairn_node_config::WgKey::parse("AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=")
         .unwrap()
         .public()
         .to_base64();

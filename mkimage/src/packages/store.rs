@@ -204,7 +204,7 @@ impl Store {
         let fetched = AtomicUsize::new(0);
         let io_failure: Mutex<Option<StoreError>> = Mutex::new(None);
         // A package of a few hundred MiB over a slow link, not an endless trickle.
-        let agent = cairn_node::update::http_agent(std::time::Duration::from_secs(30 * 60));
+        let agent = http_agent(std::time::Duration::from_secs(30 * 60));
         let started = std::time::Instant::now();
         std::thread::scope(|s| {
             for _ in 0..4 {
@@ -520,6 +520,18 @@ pub fn export(
         bytes: all.iter().map(|p| p.size).sum(),
         removed,
     })
+}
+
+/// The HTTP client packages are fetched with: the platform's trusted roots for https
+/// mirrors, at most 30 s to connect, and the whole of one transfer bounded by `deadline`.
+fn http_agent(deadline: std::time::Duration) -> ureq::Agent {
+    use ureq::tls::{RootCerts, TlsConfig};
+    ureq::Agent::config_builder()
+        .timeout_connect(Some(std::time::Duration::from_secs(30).min(deadline)))
+        .timeout_global(Some(deadline))
+        .tls_config(TlsConfig::builder().root_certs(RootCerts::PlatformVerifier).build())
+        .build()
+        .into()
 }
 
 #[cfg(test)]

@@ -1,24 +1,29 @@
-//! Booting an image under QEMU with real UEFI firmware (OVMF), for `cairn boot` and the
-//! QEMU tests.
+//! Booting a Cairn disk image under QEMU with real UEFI firmware (OVMF), for `cairn boot`
+//! and the QEMU tests.
 //!
 //! The built image is never written: QEMU runs on a qcow2 copy-on-write overlay in a
 //! temporary directory, with its own copy of the OVMF variable store. The machine is a
 //! q35 with a virtio disk, user-mode networking with SSH forwarded to a host port, and
-//! the serial console on a pipe that this module reads line by line, timestamping each
-//! line, so callers wait on what the node prints (never on sleeps) and the boot phases
-//! can be measured from the console.
+//! the serial console on a pipe read line by line ([`console`]), each line timestamped, so
+//! callers wait on what the node prints (never on sleeps), the boot phases can be measured
+//! from the console ([`phases`]), and tests can run shell commands on it ([`shell`]).
 //!
 //! Acceleration: `auto` tries KVM and falls back to TCG when KVM is missing or fails
 //! (on hosts with broken nested virtualization QEMU prints "KVM internal error").
 
-use crate::ioerr::{io_err, IoError};
-use std::io::{BufRead, BufReader, Read, Write};
+pub mod console;
+pub mod phases;
+pub mod shell;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::tools::{self, ToolError};
+use console::Console;
+pub use console::{strip_ansi, ConsoleInput};
+pub use phases::{boot_phases, render_budget, BootPhases};
+pub use shell::is_kernel_message;
 
 /// OVMF firmware code (Debian package `ovmf`).
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
@@ -28,12 +33,28 @@ pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 /// Problems running a VM.
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
-    /// A tool is missing or failed.
-    #[error(transparent)]
-    Tool(#[from] ToolError),
-    /// IO on a named file.
-    #[error(transparent)]
-    Io(#[from] IoError),
+    /// QEMU or its firmware is not installed.
+    #[error("missing {}\n  hint: apt-get install {}", .missing.join(", "), .packages.join(" "))]
+    Missing {
+        /// Commands or firmware files not found.
+        missing: Vec<String>,
+        /// Debian packages that provide them.
+        packages: Vec<String>,
+    },
+    /// QEMU or `qemu-img` could not be run, or a file it needs could not be made.
+    #[error("{op} {path}")]
+    Io {
+        /// What was being done ("starting", "copying", …).
+        op: &'static str,
+        /// The program or file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `qemu-img` could not make the copy-on-write overlay.
+    #[error("qemu-img could not make an overlay of the disk ({0})")]
+    Overlay(String),
     /// The awaited console output did not come.
     #[error("timed out after {secs:.0}s waiting for {waiting_for}; last console lines:\n{last}")]
     Timeout {
@@ -57,7 +78,8 @@ pub enum VmError {
 }
 
 /// CPU acceleration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Accel {
     /// KVM when it works, else TCG.
     Auto,
@@ -89,14 +111,6 @@ pub struct VmSpec {
     pub echo: bool,
 }
 
-/// The console so far: every line with the time since QEMU started.
-#[derive(Default)]
-struct Console {
-    lines: Vec<(Duration, String)>,
-    partial: String,
-    closed: bool,
-}
-
 /// A running VM.
 pub struct Vm {
     child: Child,
@@ -106,30 +120,42 @@ pub struct Vm {
     /// The acceleration actually in use.
     pub accel: Accel,
     _dir: tempfile::TempDir,
-    marker: u32,
+    /// The last marker number [`Vm::run`] used.
+    pub(crate) marker: u32,
 }
 
-/// Remove ANSI escape sequences and carriage returns from console text.
-pub fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            if chars.peek() == Some(&'[') {
-                chars.next();
-                for d in chars.by_ref() {
-                    if d.is_ascii_alphabetic() {
-                        break;
-                    }
-                }
-            }
-            continue;
-        }
-        if c != '\r' {
-            out.push(c);
+/// QEMU, `qemu-img` and OVMF, or one error naming every one that is missing.
+fn require() -> Result<(), VmError> {
+    let on_path = |tool: &str| {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path).any(|d| d.join(tool).is_file())
+    };
+    let mut missing = Vec::new();
+    let mut packages = Vec::new();
+    for (tool, package) in [("qemu-system-x86_64", "qemu-system-x86"), ("qemu-img", "qemu-utils")] {
+        if !on_path(tool) {
+            missing.push(tool.to_string());
+            packages.push(package.to_string());
         }
     }
-    out
+    for f in [OVMF_CODE, OVMF_VARS] {
+        if !Path::new(f).exists() {
+            missing.push(f.to_string());
+            packages.push("ovmf".to_string());
+        }
+    }
+    packages.dedup();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(VmError::Missing { missing, packages })
+    }
+}
+
+/// For `map_err`: an IO error about `op` on `path`.
+pub(crate) fn io_err(op: &'static str, path: impl AsRef<Path>) -> impl FnOnce(std::io::Error) -> VmError {
+    let path = path.as_ref().to_owned();
+    move |source| VmError::Io { op, path, source }
 }
 
 fn kvm_usable() -> bool {
@@ -143,16 +169,7 @@ fn kvm_usable() -> bool {
 impl Vm {
     /// Start the VM. With [`Accel::Auto`], a KVM start that fails falls back to TCG.
     pub fn start(spec: &VmSpec) -> Result<Vm, VmError> {
-        tools::require(&["qemu-system-x86_64", "qemu-img"])?;
-        for f in [OVMF_CODE, OVMF_VARS] {
-            if !Path::new(f).exists() {
-                return Err(ToolError::Missing {
-                    tools: vec![f.into()],
-                    packages: vec!["ovmf".into()],
-                }
-                .into());
-            }
-        }
+        require()?;
         let first = match spec.accel {
             Accel::Auto if kvm_usable() => Accel::Kvm,
             Accel::Auto => Accel::Tcg,
@@ -211,7 +228,14 @@ impl Vm {
             cmd.args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
                 .arg(&disk)
                 .arg(&overlay);
-            tools::run(&mut cmd, "qemu-img")?;
+            let out = cmd
+                .stdin(Stdio::null())
+                .output()
+                .map_err(io_err("starting", "qemu-img"))?;
+            if !out.status.success() {
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                return Err(VmError::Overlay(format!("{}: {}", out.status, stderr.trim())));
+            }
             format!("if=virtio,format=qcow2,file={}", overlay.display())
         };
         let vars = dir.path().join("OVMF_VARS.fd");
@@ -260,59 +284,10 @@ impl Vm {
         }
         q.args(["-netdev", &netdev, "-device", "virtio-net-pci,netdev=n0"]);
         q.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = q.spawn().map_err(|source| ToolError::Spawn {
-            tool: "qemu-system-x86_64".into(),
-            source,
-        })?;
+        let mut child = q.spawn().map_err(io_err("starting", "qemu-system-x86_64"))?;
         let started = Instant::now();
-        let console = Arc::new((Mutex::new(Console::default()), Condvar::new()));
-        let stdout = child.stdout.take().expect("piped");
-        let stderr = child.stderr.take().expect("piped");
-        let echo = spec.echo;
-        for (stream, is_err) in [
-            (Box::new(stdout) as Box<dyn Read + Send>, false),
-            (Box::new(stderr), true),
-        ] {
-            let console = console.clone();
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream);
-                let mut buf = Vec::new();
-                loop {
-                    buf.clear();
-                    // Read up to a newline, but hand over partial lines (prompts) too.
-                    let n = match reader.fill_buf() {
-                        Ok([]) | Err(_) => 0,
-                        Ok(b) => {
-                            let upto = b.iter().position(|&c| c == b'\n').map_or(b.len(), |i| i + 1);
-                            buf.extend_from_slice(&b[..upto]);
-                            upto
-                        }
-                    };
-                    if n == 0 {
-                        break;
-                    }
-                    reader.consume(n);
-                    if echo && !is_err {
-                        let mut o = std::io::stdout();
-                        let _ = o.write_all(&buf);
-                        let _ = o.flush();
-                    }
-                    let text = String::from_utf8_lossy(&buf).into_owned();
-                    let (lock, cv) = &*console;
-                    let mut c = lock.lock().expect("console lock");
-                    c.partial.push_str(&text);
-                    while let Some(i) = c.partial.find('\n') {
-                        let line = strip_ansi(&c.partial[..i]);
-                        c.partial.drain(..=i);
-                        c.lines.push((started.elapsed(), line));
-                    }
-                    cv.notify_all();
-                }
-                let (lock, cv) = &*console;
-                lock.lock().expect("console lock").closed = true;
-                cv.notify_all();
-            });
-        }
+        let console: console::Shared = Arc::new((Mutex::new(Console::default()), Condvar::new()));
+        console::read_output(&console, &mut child, started, spec.echo);
         let stdin = child.stdin.take().expect("piped");
         Ok(Vm {
             child,
@@ -406,40 +381,17 @@ impl Vm {
 
     /// A handle that types on the serial console from another thread.
     pub fn console_input(&self) -> ConsoleInput {
-        ConsoleInput(self.stdin_shared.clone())
+        ConsoleInput::new(self.stdin_shared.clone())
+    }
+
+    /// How many complete lines the console has so far.
+    pub fn lines_len(&self) -> usize {
+        self.console.0.lock().expect("console lock").lines.len()
     }
 
     /// Type a line on the serial console.
     pub fn send_line(&mut self, line: &str) -> Result<(), VmError> {
-        ConsoleInput(self.stdin_shared.clone()).send(&format!("{line}\n"))
-    }
-
-    /// Run a shell command on a logged-in console and return its output and exit code.
-    /// The output is framed by unique markers, so the echo of the command is not taken
-    /// for its output.
-    pub fn run(&mut self, command: &str, timeout: Duration) -> Result<(String, i32), VmError> {
-        self.marker += 1;
-        let m = self.marker;
-        let from = self.console.0.lock().expect("console lock").lines.len();
-        // The markers are assembled by the shell, so the echoed command never matches.
-        self.send_line(&format!("echo CAIRN{m}''BEGIN; {command}; echo CAIRN{m}''END=$?"))?;
-        let begin = self.wait_inner(from, &format!("CAIRN{m}BEGIN"), timeout, false)?;
-        let end = self.wait_inner(begin, &format!("CAIRN{m}END="), timeout, false)?;
-        let lines = self.lines();
-        // Kernel and journal messages reach the same console while the command runs; they
-        // carry the kernel's timestamp and are not the command's output.
-        let out: Vec<&str> = lines[begin + 1..end]
-            .iter()
-            .map(|l| l.1.as_str())
-            .filter(|l| !is_kernel_message(l))
-            .collect();
-        let code = lines[end]
-            .1
-            .split(&format!("CAIRN{m}END="))
-            .nth(1)
-            .and_then(|c| c.trim().parse().ok())
-            .unwrap_or(-1);
-        Ok((out.join("\n"), code))
+        ConsoleInput::new(self.stdin_shared.clone()).send(&format!("{line}\n"))
     }
 
     /// Stop QEMU.
@@ -460,186 +412,5 @@ impl Drop for Vm {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// Types on a VM's serial console; cheap to clone into a thread.
-#[derive(Clone)]
-pub struct ConsoleInput(Arc<Mutex<ChildStdin>>);
-
-impl ConsoleInput {
-    /// Send text as typed.
-    pub fn send(&self, text: &str) -> Result<(), VmError> {
-        let mut w = self.0.lock().expect("stdin lock");
-        w.write_all(text.as_bytes())
-            .and_then(|_| w.flush())
-            .map_err(io_err("writing to the console of", "qemu"))?;
-        Ok(())
-    }
-}
-
-/// Boot phases measured from the console (times since QEMU started).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct BootPhases {
-    /// OVMF hands over to the boot loader (`BdsDxe: starting`).
-    pub loader_start: Option<f64>,
-    /// The kernel's EFI stub runs (`EFI stub:`).
-    pub kernel_start: Option<f64>,
-    /// The kernel starts the initrd's init (`Run /init`).
-    pub initrd_start: Option<f64>,
-    /// systemd starts again from the real root (the second "running in system mode").
-    pub switch_root: Option<f64>,
-    /// The ready line.
-    pub ready: Option<f64>,
-}
-
-/// Find the phase markers in console lines.
-pub fn boot_phases(lines: &[(Duration, String)]) -> BootPhases {
-    let mut p = BootPhases::default();
-    let mut system_mode = 0;
-    for (t, l) in lines {
-        let t = t.as_secs_f64();
-        if p.loader_start.is_none() && l.contains("BdsDxe: starting") {
-            p.loader_start = Some(t);
-        } else if p.kernel_start.is_none() && (l.contains("EFI stub:") || l.contains("Linux version")) {
-            p.kernel_start = Some(t);
-        } else if p.initrd_start.is_none() && l.contains("Run /init as init process") {
-            p.initrd_start = Some(t);
-        } else if l.contains("running in system mode") {
-            system_mode += 1;
-            if system_mode == 2 {
-                p.switch_root = Some(t);
-            }
-        } else if p.ready.is_none() && l.contains("cairn: ready ") {
-            p.ready = Some(t);
-        }
-    }
-    p
-}
-
-/// The boot-phase budget as text.
-pub fn render_budget(p: &BootPhases, accel: Accel) -> String {
-    let mut s = format!(
-        "boot phases ({}; wall clock from QEMU start, measured on the serial console)\n",
-        match accel {
-            Accel::Kvm => "KVM",
-            _ => "TCG",
-        }
-    );
-    let marks = [
-        (
-            "firmware",
-            Some(0.0),
-            p.loader_start,
-            "OVMF until it starts the boot loader",
-        ),
-        (
-            "loader",
-            p.loader_start,
-            p.kernel_start,
-            "systemd-boot and the UKI's stub",
-        ),
-        (
-            "kernel",
-            p.kernel_start,
-            p.initrd_start,
-            "kernel until it runs the initrd",
-        ),
-        (
-            "initrd",
-            p.initrd_start,
-            p.switch_root,
-            "initrd: verity root opened, switch root",
-        ),
-        ("userspace", p.switch_root, p.ready, "system until the ready line"),
-    ];
-    for (name, a, b, what) in marks {
-        match (a, b) {
-            (Some(a), Some(b)) => s.push_str(&format!("  {name:<10} {:>6.1}s  {what}\n", b - a)),
-            _ => s.push_str(&format!("  {name:<10}      ?   {what} (marker not seen)\n")),
-        }
-    }
-    if let Some(r) = p.ready {
-        s.push_str(&format!("  {:<10} {:>6.1}s\n", "total", r));
-    }
-    s
-}
-
-/// A console line the kernel printed (`[   51.074887] …`), as opposed to a program's output.
-pub fn is_kernel_message(line: &str) -> bool {
-    let Some(rest) = line.trim_start().strip_prefix('[') else {
-        return false;
-    };
-    let Some((stamp, _)) = rest.split_once("] ") else {
-        return false;
-    };
-    let stamp = stamp.trim_start();
-    stamp.split_once('.').is_some_and(|(s, us)| {
-        !s.is_empty()
-            && s.bytes().all(|b| b.is_ascii_digit())
-            && us.len() == 6
-            && us.bytes().all(|b| b.is_ascii_digit())
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn kernel_messages_are_told_from_command_output() {
-        assert!(is_kernel_message(
-            "[   51.074887] cairn-node[282]: cairn: boot deadline: reached"
-        ));
-        assert!(is_kernel_message("[12345.000001] rcu: stall"));
-        for out in [
-            "good",
-            "[x] item",
-            "[   51.07] short",
-            "0123456789abcdef0123456789abcdef",
-            "[ 1.123456]no-space",
-        ] {
-            assert!(!is_kernel_message(out), "{out}");
-        }
-    }
-
-    #[test]
-    fn ansi_is_stripped() {
-        assert_eq!(
-            strip_ansi("\u{1b}[0;32m  OK  \u{1b}[0m] Started x\r"),
-            "  OK  ] Started x"
-        );
-    }
-
-    #[test]
-    fn phases_from_console() {
-        let l = |t: f64, s: &str| (Duration::from_secs_f64(t), s.to_string());
-        let lines = vec![
-            l(3.0, "BdsDxe: starting Boot0002"),
-            l(4.0, "EFI stub: Loaded initrd"),
-            l(4.1, "[    0.0] Linux version 6.1"),
-            l(8.0, "[    3.8] Run /init as init process"),
-            l(8.5, "systemd[1]: systemd 252 running in system mode (+PAM)"),
-            l(15.0, "systemd[1]: systemd 252 running in system mode (+PAM)"),
-            l(30.0, "cairn-node[1]: cairn: ready version=1 slot=a boot=27.0s"),
-        ];
-        let p = boot_phases(&lines);
-        assert_eq!(
-            p,
-            BootPhases {
-                loader_start: Some(3.0),
-                kernel_start: Some(4.0),
-                initrd_start: Some(8.0),
-                switch_root: Some(15.0),
-                ready: Some(30.0)
-            }
-        );
-        let text = render_budget(&p, Accel::Tcg);
-        assert!(
-            text.contains("firmware      3.0s")
-                && text.contains("userspace    15.0s")
-                && text.contains("total        30.0s"),
-            "{text}"
-        );
     }
 }

@@ -1,0 +1,205 @@
+//! `cairn keygen`, `verify`, `publish` and `config-drive`: keys, checking a build,
+//! publishing its bundle, and giving a node its identity.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+
+use crate::build::{self};
+
+#[derive(Debug, clap::Args)]
+pub(super) struct KeygenArgs {
+    /// Private key file to write.
+    #[arg(default_value = "cairn-release.pem")]
+    private_key: PathBuf,
+    /// Replace existing key files.
+    #[arg(long)]
+    force: bool,
+}
+
+pub(super) fn keygen(args: KeygenArgs, out: &mut dyn Write, _err: &mut dyn Write) -> Result<()> {
+    let KeygenArgs { private_key, force } = args;
+    let key = cairn_signing::PrivateKey::generate();
+    let public = build::public_path_for(&private_key);
+    key.write_pair(&private_key, &public, force)?;
+    writeln!(
+        out,
+        "private key  {} (mode 0600; keep it secret)",
+        private_key.display()
+    )?;
+    writeln!(out, "public key   {}", public.display())?;
+    writeln!(out, "fingerprint  {}", key.public().fingerprint())?;
+    writeln!(
+        out,
+        "use it with  cairn build DEFINITION --out DIR --key {}",
+        private_key.display()
+    )?;
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub(super) struct VerifyArgs {
+    /// A build output directory (manifest.json, disk.raw, update.cairn) or an update
+    /// bundle file.
+    #[arg(value_name = "DIR|BUNDLE")]
+    dir: PathBuf,
+    /// Public key the manifest must be signed with.
+    #[arg(long, value_name = "PUBLIC_KEY")]
+    key: PathBuf,
+}
+
+pub(super) fn verify(args: VerifyArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
+    let VerifyArgs { dir, key } = args;
+    let public = cairn_signing::PublicKey::read(&key)?;
+    let context = || format!("verifying {}", dir.display());
+    let (name, version, root_hash, development_key, checks) = if dir.is_dir() {
+        let (m, checks) = crate::release::verify::verify_dir(&dir, &public).with_context(context)?;
+        (m.name, m.version, m.root_hash, m.development_key, checks)
+    } else {
+        let (m, checks) = crate::release::verify::verify_bundle(&dir, &public).with_context(context)?;
+        (m.name, m.version, m.root_hash, m.development_key, checks)
+    };
+    for c in checks {
+        writeln!(out, "ok  {c}")?;
+    }
+    writeln!(out, "verified {name} {version} (root hash {root_hash})")?;
+    if development_key {
+        writeln!(err, "warning: this image is signed with a development key")?;
+    }
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub(super) struct PublishArgs {
+    /// A build output directory (holding update.cairn) or a bundle file.
+    #[arg(value_name = "OUT|BUNDLE")]
+    out: PathBuf,
+    /// The directory a web server serves.
+    #[arg(long, value_name = "DIR")]
+    to: PathBuf,
+    /// The release private key that signed the bundle; it signs the index too. Give a
+    /// second --key during a key rotation, so nodes that trust either key take the index.
+    #[arg(long, value_name = "PRIVATE_KEY", required = true)]
+    key: Vec<PathBuf>,
+    /// How many days the index stays valid.
+    #[arg(long, value_name = "DAYS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3650))]
+    valid_days: u64,
+    /// Publish a development build (`cairn build --dev`), e.g. for a test fleet; refused
+    /// without it.
+    #[arg(long)]
+    allow_development: bool,
+}
+
+pub(super) fn publish(args: PublishArgs, out: &mut dyn Write, _err: &mut dyn Write) -> Result<()> {
+    let PublishArgs {
+        out: src,
+        to,
+        key,
+        valid_days,
+        allow_development,
+    } = args;
+    let keys = key
+        .iter()
+        .map(|k| cairn_signing::PrivateKey::read(k).with_context(|| format!("reading the release key {}", k.display())))
+        .collect::<Result<Vec<_>>>()?;
+    let p = crate::release::publish::publish(&src, &to, &keys, valid_days * 86400, allow_development)
+        .with_context(|| format!("publishing {}", src.display()))?;
+    let latest = p.index.release(&p.index.latest).expect("an index names its latest");
+    if p.unchanged {
+        writeln!(
+            out,
+            "already published: {} {} (the index is signed anew)",
+            p.index.name, latest.version
+        )?;
+    }
+    writeln!(
+        out,
+        "index    {} (signed by {}; expires {})",
+        p.dir.join(cairn_signing::bundle::INDEX_FILE).display(),
+        keys.iter()
+            .map(|k| k.public().fingerprint())
+            .collect::<Vec<_>>()
+            .join(", "),
+        p.index.expires
+    )?;
+    for r in &p.index.releases {
+        let mark = if r.version == p.index.latest { "  (latest)" } else { "" };
+        writeln!(
+            out,
+            "release  {} {:>8.1} MiB  {}{mark}",
+            r.version,
+            r.size as f64 / 1048576.0,
+            p.dir.join(&r.file).display()
+        )?;
+    }
+    writeln!(
+        out,
+        "serve {} over HTTP(S) and set in node.toml:  [update] source = \"http://HOST/{}/\"",
+        to.display(),
+        p.index.name
+    )?;
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub(super) struct ConfigDriveArgs {
+    /// The node config to put on the drive.
+    node: PathBuf,
+    /// The drive image to write (replaced if it exists).
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    /// File system of the drive.
+    #[arg(long, value_enum, default_value = "fat")]
+    format: crate::release::configdrive::DriveFormat,
+    /// Sign node.toml with this ed25519 key (PKCS#8 PEM, as `cairn keygen` writes);
+    /// required by images built with a node-config key.
+    #[arg(long, value_name = "KEY")]
+    sign: Option<PathBuf>,
+}
+
+pub(super) fn config_drive(args: ConfigDriveArgs, out: &mut dyn Write, _err: &mut dyn Write) -> Result<()> {
+    let ConfigDriveArgs {
+        node,
+        out: drive,
+        format,
+        sign,
+    } = args;
+    let text = std::fs::read_to_string(&node).with_context(|| format!("reading {}", node.display()))?;
+    let config =
+        cairn_node_config::NodeConfig::parse(&text, &node.display().to_string()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // What the node will render from it must be writable too (the second wall).
+    cairn_node_config::render::plan(&config, &text).map_err(|e| anyhow::anyhow!("{}: {e}", node.display()))?;
+    let mut files = vec![("node.toml".to_string(), text.clone().into_bytes())];
+    let signed = match &sign {
+        Some(k) => {
+            let key = cairn_signing::PrivateKey::read(k)
+                .with_context(|| format!("reading the signing key {}", k.display()))?;
+            files.push(("node.toml.sig".to_string(), key.sign(text.as_bytes()).to_vec()));
+            format!("signed with {} ({})", k.display(), key.public().fingerprint())
+        }
+        None => "not signed".to_string(),
+    };
+    let epoch = build::plan::effective_epoch(std::env::var("SOURCE_DATE_EPOCH").ok().as_deref())?;
+    crate::release::configdrive::write(&drive, format, &files, epoch)
+        .with_context(|| format!("writing the config drive {}", drive.display()))?;
+    writeln!(
+        out,
+        "wrote {} ({:?}, label {}): node {} generation {}, role {}, {signed}",
+        drive.display(),
+        format,
+        crate::release::configdrive::LABEL,
+        config.hostname,
+        config.generation,
+        config.role.as_str()
+    )?;
+    if let Some(w) = &config.wireguard {
+        writeln!(
+            out,
+            "  wireguard  {} public key {} (give it to the peers)",
+            w.interface,
+            w.private_key.public().to_base64()
+        )?;
+    }
+    Ok(())
+}
