@@ -23,3 +23,7 @@ for b in out/*/update.cairn target/qemu-tests/*/update.cairn; do
     python3 -c 'import sys,struct; d=open(sys.argv[1],"rb").read(8192); n=struct.unpack_from("<I",d,12)[0]; sys.stdout.buffer.write(d[32:32+n]+b"\0"+b"\0"*64)' "$b" \
         > "fuzz/corpus/bundle/$(echo "$b" | tr / _)"
 done
+# Tokens: the documented example, and the one in the node.toml fixtures.
+mkdir -p fuzz/corpus/token fuzz/corpus/audit_log
+printf 'ck1.6QZ4B2K9TD.VX3Q7M2K4P8R1C6J9W5T2N7H3F-4JPG' > fuzz/corpus/token/example
+printf 'ck1.6qz4b2k9td.vx3q7m2k4p8r1c6j9w5t2n7h3f-4jpg\n' > fuzz/corpus/token/lower-case

@@ -1,6 +1,7 @@
 //! `[key-agent]`: the keyserver the node enrolls with, its CA's fingerprint and the
 //! one-time bootstrap token.
 
+use cairn_keys::Token;
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -14,8 +15,8 @@ pub struct KeyAgent {
     pub server: Url,
     /// sha256 of the keyserver CA's certificate (DER), 32 bytes.
     pub ca_fingerprint: [u8; 32],
-    /// One-time bootstrap token.
-    pub bootstrap_token: String,
+    /// One-time bootstrap token (its check characters already verified).
+    pub bootstrap_token: Token,
 }
 
 #[derive(Deserialize)]
@@ -55,17 +56,16 @@ pub(crate) fn key_agent(cx: &Cx, raw: &RawKeyAgent) -> Result<KeyAgent, ConfigEr
         },
         Ok,
     )?;
-    let token = raw.bootstrap_token.get_ref();
-    if token.len() < 16 || !token.chars().all(|c| c.is_ascii_graphic()) {
-        return cx.err(
+    let bootstrap_token = Token::parse(raw.bootstrap_token.get_ref()).or_else(|why| {
+        cx.err(
             Some(raw.bootstrap_token.span()),
-            "[key-agent] bootstrap-token must be at least 16 printable characters without spaces",
-            "use the token the keyserver issued for this node",
-        );
-    }
+            format!("[key-agent] bootstrap-token: {why}"),
+            "use the token `cairn token create` printed for this node (ck1.…), as it was printed",
+        )
+    })?;
     Ok(KeyAgent {
         server,
         ca_fingerprint,
-        bootstrap_token: token.clone(),
+        bootstrap_token,
     })
 }

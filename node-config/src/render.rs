@@ -391,7 +391,10 @@ pub fn plan(c: &NodeConfig, effective: &str) -> Result<Vec<Output>, RenderError>
             KEY_AGENT_TOKEN,
             0o600,
             Owner::Root,
-            format!("{}\n", val(ENV, "bootstrap token", &k.bootstrap_token, Allow::Word)?),
+            format!(
+                "{}\n",
+                val(ENV, "bootstrap token", &k.bootstrap_token.to_string(), Allow::Word)?
+            ),
         ));
     }
     out.push(file(

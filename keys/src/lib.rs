@@ -1,0 +1,19 @@
+//! What Cairn's key agent (on every node) and its keyserver (on an admin machine or in the
+//! cluster) agree on, with no IO so both sides, the tests and the fuzzers share it:
+//!
+//! - [`token`]: the one-time bootstrap token a config drive carries (`ck1.…`), its typo
+//!   check, and the hash the keyserver keeps instead of the secret;
+//! - [`schedule`]: when a certificate is renewed (a third of its life or the outage budget
+//!   before it ends, jittered per node) and how failures back off;
+//! - [`audit`]: the keyserver's append-only log of decisions, each line chained to the one
+//!   before by its hash.
+//!
+//! The design, with the evidence behind it, is `shared/design/keys.md`; the agent never
+//! links the keyserver, and neither links the image builder.
+
+pub mod audit;
+pub mod harness;
+pub mod schedule;
+pub mod token;
+
+pub use token::{Token, TokenError};
