@@ -46,6 +46,9 @@ pub struct Record {
     /// The node concerned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// The id of the token concerned (never its secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
     /// Serial numbers of certificates issued.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub serials: Vec<String>,
@@ -68,6 +71,7 @@ impl Record {
             result,
             code: None,
             node: None,
+            token: None,
             serials: Vec::new(),
             client: None,
             prev: String::new(),

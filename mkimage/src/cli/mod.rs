@@ -6,6 +6,7 @@
 
 mod boot;
 mod build;
+mod keys;
 mod packages;
 mod release;
 
@@ -88,6 +89,12 @@ enum Command {
     /// stick, a second virtual disk, `cairn boot --config-drive FILE`); the node reads it on
     /// every boot and takes it when its generation is higher than the saved one.
     ConfigDrive(release::ConfigDriveArgs),
+    /// The keyserver: the cluster's certificate authorities and its audit log.
+    #[command(subcommand)]
+    Keyserver(keys::KeyserverCommand),
+    /// One-time tokens that let a new node enroll with the keyserver.
+    #[command(subcommand)]
+    Token(keys::TokenCommand),
     /// Print this CLI's reference as Markdown (the source of docs/cli.md).
     #[command(hide = true)]
     HelpMarkdown,
@@ -132,11 +139,21 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
         Command::Cache(a) => packages::cache(a, out, err),
         Command::CheckKernel(a) => build::check_kernel(a, out, err),
         Command::ConfigDrive(a) => release::config_drive(a, out, err),
+        Command::Keyserver(c) => keys::keyserver(c, out, err),
+        Command::Token(c) => keys::token(c, out, err),
         Command::HelpMarkdown => {
             write!(out, "{}", help_markdown())?;
             Ok(())
         }
     }
+}
+
+/// One command's section of the reference: its long help under its full name.
+fn section(s: &mut String, full_name: &str, cmd: &mut clap::Command) {
+    s.push_str(&format!("## `{full_name}`\n\n```text\n"));
+    let help = cmd.clone().bin_name(full_name).render_long_help().to_string();
+    s.push_str(help.trim_end());
+    s.push_str("\n```\n\n");
 }
 
 /// The CLI reference in Markdown, generated from the clap definitions.
@@ -154,14 +171,14 @@ pub fn help_markdown() -> String {
             continue;
         }
         let name = sub.get_name().to_string();
-        s.push_str(&format!("## `cairn {name}`\n\n```text\n"));
-        let help = sub
-            .clone()
-            .bin_name(format!("cairn {name}"))
-            .render_long_help()
-            .to_string();
-        s.push_str(help.trim_end());
-        s.push_str("\n```\n\n");
+        section(&mut s, &format!("cairn {name}"), sub);
+        // Groups (`cairn token create`, …): each of their commands has a section too.
+        for nested in sub.get_subcommands_mut() {
+            let nested_name = nested.get_name().to_string();
+            if nested_name != "help" {
+                section(&mut s, &format!("cairn {name} {nested_name}"), nested);
+            }
+        }
     }
     s
 }

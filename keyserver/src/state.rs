@@ -1,0 +1,254 @@
+//! The state directory: opening it, the writer lock, whole-file records and the audit log.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use cairn_keys::audit::{self, Record};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::{io_err, KeyserverError};
+
+/// The state format this code reads and writes.
+pub const FORMAT: u32 = 1;
+
+/// `STATE/keyserver.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// The state format.
+    pub format: u32,
+    /// The cluster's name, in every CA's subject.
+    pub cluster: String,
+    /// When the state was made (Unix seconds).
+    pub created: u64,
+}
+
+/// An open state directory.
+#[derive(Debug)]
+pub struct Keyserver {
+    dir: PathBuf,
+    /// Its settings.
+    pub settings: Settings,
+    /// The name this process writes its audit log under.
+    pub replica: String,
+}
+
+/// Held while the state is changed; dropping it releases the lock.
+#[derive(Debug)]
+pub struct Lock(#[allow(dead_code)] File);
+
+impl Keyserver {
+    /// Open the state in `dir`, made by `cairn keyserver init`.
+    pub fn open(dir: &Path) -> Result<Keyserver, KeyserverError> {
+        let path = dir.join("keyserver.json");
+        if !path.is_file() {
+            return Err(KeyserverError::NotInitialized(dir.to_owned()));
+        }
+        let settings: Settings = read_record(&path)?;
+        if settings.format != FORMAT {
+            return Err(KeyserverError::Record {
+                path,
+                why: format!(
+                    "state format {} is not {FORMAT}, the one this Cairn reads",
+                    settings.format
+                ),
+            });
+        }
+        Ok(Keyserver {
+            dir: dir.to_owned(),
+            settings,
+            replica: "admin".into(),
+        })
+    }
+
+    /// Make the directory's state (which must not exist yet) for `cluster`; the caller
+    /// then creates the CAs under the lock.
+    pub(crate) fn create(dir: &Path, cluster: &str, now: u64) -> Result<(Keyserver, Lock), KeyserverError> {
+        if dir.join("keyserver.json").exists() || dir.join("ca").exists() {
+            return Err(KeyserverError::AlreadyInitialized(dir.to_owned()));
+        }
+        fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
+        let ks = Keyserver {
+            dir: dir.to_owned(),
+            settings: Settings {
+                format: FORMAT,
+                cluster: cluster.to_string(),
+                created: now,
+            },
+            replica: "admin".into(),
+        };
+        let lock = ks.lock()?;
+        // Another init may have won while this one waited for the lock.
+        if dir.join("keyserver.json").exists() {
+            return Err(KeyserverError::AlreadyInitialized(dir.to_owned()));
+        }
+        Ok((ks, lock))
+    }
+
+    /// The state directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Take the writer lock, waiting for another process or thread that holds it.
+    pub fn lock(&self) -> Result<Lock, KeyserverError> {
+        use rustix::fs::{flock, FlockOperation};
+        let path = self.dir.join("LOCK");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_err("opening", &path))?;
+        flock(&file, FlockOperation::LockExclusive).map_err(|e| io_err("locking", &path)(e.into()))?;
+        Ok(Lock(file))
+    }
+
+    /// Write `value` as the record at `rel` (under the state directory), whole and durably.
+    pub(crate) fn write<T: Serialize>(
+        &self,
+        _lock: &Lock,
+        rel: &Path,
+        value: &T,
+        mode: u32,
+    ) -> Result<(), KeyserverError> {
+        let path = self.dir.join(rel);
+        let mut text = serde_json::to_string_pretty(value).expect("records always serialize");
+        text.push('\n');
+        cairn_signing::write_file_atomic(&path, text.as_bytes(), mode).map_err(io_err("writing", &path))
+    }
+
+    /// Write raw bytes (a certificate, a key) at `rel`, whole and durably.
+    pub(crate) fn write_bytes(&self, _lock: &Lock, rel: &Path, bytes: &[u8], mode: u32) -> Result<(), KeyserverError> {
+        let path = self.dir.join(rel);
+        cairn_signing::write_file_atomic(&path, bytes, mode).map_err(io_err("writing", &path))
+    }
+
+    /// The record at `rel`, or `None` if there is none.
+    pub(crate) fn read<T: DeserializeOwned>(&self, rel: &Path) -> Result<Option<T>, KeyserverError> {
+        let path = self.dir.join(rel);
+        if !path.exists() {
+            return Ok(None);
+        }
+        read_record(&path).map(Some)
+    }
+
+    /// Check this replica's audit log before a decision is made, so that a broken chain
+    /// stops the decision before anything is written; the returned tail appends its record.
+    pub fn audit_tail(&self, _lock: &Lock) -> Result<AuditTail, KeyserverError> {
+        let (records, last, path) = self.read_audit()?;
+        Ok(AuditTail {
+            path,
+            last,
+            lines: records.len(),
+        })
+    }
+
+    /// The log checked line by line, and its end checked against the head file that every
+    /// append updates: a chain alone cannot show that its last line was changed or that
+    /// lines were cut from its end.
+    fn read_audit(&self) -> Result<(Vec<Record>, [u8; 32], PathBuf), KeyserverError> {
+        let path = self.audit_path();
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(io_err("reading", &path)(e)),
+        };
+        let broken = |line: usize, why: String| KeyserverError::Audit {
+            path: path.clone(),
+            source: audit::AuditError { line, why },
+        };
+        let (records, last) = audit::verify(&text).map_err(|source| KeyserverError::Audit {
+            path: path.clone(),
+            source,
+        })?;
+        let head_path = path.with_extension("head");
+        let head: Head = match fs::read_to_string(&head_path) {
+            Ok(t) => serde_json::from_str(&t)
+                .map_err(|e| broken(records.len(), format!("its head file is unreadable ({e})")))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Head {
+                lines: 0,
+                last: hex::encode(audit::GENESIS),
+            },
+            Err(e) => return Err(io_err("reading", &head_path)(e)),
+        };
+        let n = records.len();
+        let ends_at_head = head.lines == n && head.last == hex::encode(last);
+        // A crash between appending a line and updating the head leaves the head one line
+        // behind, pointing at the line before the last.
+        let one_behind = head.lines + 1 == n && n >= 1 && records[n - 1].prev == head.last;
+        if !ends_at_head && !one_behind {
+            return Err(broken(
+                n.max(1),
+                format!(
+                    "the log does not end where it did: its head file says {} lines ending in {}, so its last line was changed or lines were removed",
+                    head.lines, head.last
+                ),
+            ));
+        }
+        Ok((records, last, path))
+    }
+
+    fn audit_path(&self) -> PathBuf {
+        self.dir.join("audit").join(format!("{}.jsonl", self.replica))
+    }
+
+    /// This replica's audit log, checked.
+    pub fn audit_records(&self) -> Result<Vec<Record>, KeyserverError> {
+        self.read_audit().map(|(records, _, _)| records)
+    }
+}
+
+/// `audit/<replica>.head`: where the log ended after the last append.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Head {
+    lines: usize,
+    last: String,
+}
+
+/// The end of a checked audit log, where the next record goes.
+#[derive(Debug)]
+pub struct AuditTail {
+    path: PathBuf,
+    last: [u8; 32],
+    lines: usize,
+}
+
+impl AuditTail {
+    /// Append `record`, chained to the line before, and make it durable.
+    pub fn append(self, _lock: &Lock, record: Record) -> Result<(), KeyserverError> {
+        let mut line = audit::seal(record, &self.last);
+        line.push('\n');
+        let path = self.path;
+        fs::create_dir_all(path.parent().expect("under audit/")).map_err(io_err("creating", &path))?;
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_err("opening", &path))?;
+        f.write_all(line.as_bytes())
+            .and_then(|_| f.sync_data())
+            .map_err(io_err("appending to", &path))?;
+        let head = Head {
+            lines: self.lines + 1,
+            last: hex::encode(audit::line_hash(line.trim_end_matches('\n'))),
+        };
+        let head_path = path.with_extension("head");
+        let text = serde_json::to_string(&head).expect("a head always serializes");
+        cairn_signing::write_file_atomic(&head_path, text.as_bytes(), 0o600).map_err(io_err("writing", &head_path))
+    }
+}
+
+fn read_record<T: DeserializeOwned>(path: &Path) -> Result<T, KeyserverError> {
+    let text = fs::read_to_string(path).map_err(io_err("reading", path))?;
+    serde_json::from_str(&text).map_err(|e| KeyserverError::Record {
+        path: path.to_owned(),
+        why: e.to_string(),
+    })
+}

@@ -1,0 +1,163 @@
+//! `cairn keyserver` and `cairn token`: the cluster's certificate authorities and the
+//! one-time tokens that let new nodes enroll (the keyserver's state directory, on the admin
+//! machine).
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use cairn_keyserver::tokens::{self, TokenState};
+use cairn_keyserver::{ca, Keyserver, Role};
+use cairn_signing::time::format_utc;
+use clap::Subcommand;
+
+#[derive(Debug, Subcommand)]
+pub(super) enum KeyserverCommand {
+    /// Make a keyserver's state directory: every certificate authority of the cluster.
+    ///
+    /// Creates X.509 CAs (ECDSA P-256, ten years) for the keyserver and node identities,
+    /// etcd peers, etcd clients and Kubernetes, and SSH CAs (ed25519) for host and user
+    /// certificates. Keys are written 0600. Prints the keyserver CA's fingerprint (node.toml's
+    /// `[key-agent] ca-fingerprint`) and the line that makes `ssh` trust every node's host
+    /// certificate. Never overwrites a directory that already holds state.
+    Init {
+        /// The state directory to create.
+        state: PathBuf,
+        /// The cluster's name, in every CA's subject.
+        #[arg(long)]
+        cluster: String,
+    },
+    /// Check the audit log's chain and print its records.
+    Audit {
+        /// The state directory.
+        state: PathBuf,
+    },
+}
+
+pub(super) fn keyserver(command: KeyserverCommand, out: &mut dyn Write, _err: &mut dyn Write) -> Result<()> {
+    match command {
+        KeyserverCommand::Init { state, cluster } => {
+            let made = ca::init(&state, &cluster, cairn_keyserver::now())?;
+            writeln!(out, "keyserver state  {} (cluster {cluster})", made.dir.display())?;
+            writeln!(out, "ca-fingerprint   {}", made.keyserver_fingerprint)?;
+            writeln!(out, "known_hosts      @cert-authority * {}", made.ssh_host_ca)?;
+            writeln!(out, "ssh user CA      {}", made.ssh_user_ca)?;
+            writeln!(
+                out,
+                "next             cairn token create --state {} --node NAME --role control-plane|worker",
+                made.dir.display()
+            )?;
+        }
+        KeyserverCommand::Audit { state } => {
+            let ks = Keyserver::open(&state)?;
+            let records = ks.audit_records()?;
+            for r in &records {
+                writeln!(out, "{}", serde_json::to_string(r)?)?;
+            }
+            writeln!(out, "# {} records, chain intact", records.len())?;
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum TokenCommand {
+    /// Make a one-time token that lets NODE enroll with the keyserver in ROLE.
+    ///
+    /// Prints the token on standard output, once: it is stored only as a hash. Put it in
+    /// the node's node.toml (`[key-agent] bootstrap-token`) on its config drive. The token
+    /// works once, for that node and role, until it expires.
+    Create {
+        /// The keyserver's state directory.
+        #[arg(long)]
+        state: PathBuf,
+        /// The node's name (its node.toml hostname).
+        #[arg(long)]
+        node: String,
+        /// The node's role: control-plane or worker.
+        #[arg(long)]
+        role: String,
+        /// How long the token may wait to be used: a number and s, m, h or d (at most 30d).
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+    },
+    /// List the tokens: id, node, role, state and expiry (never the secrets).
+    List {
+        /// The keyserver's state directory.
+        #[arg(long)]
+        state: PathBuf,
+    },
+    /// Withdraw a token that has not been used.
+    Revoke {
+        /// The keyserver's state directory.
+        #[arg(long)]
+        state: PathBuf,
+        /// The token's id (the part after `ck1.`).
+        id: String,
+    },
+}
+
+/// Who runs the command, for the audit log: the login name, else the user id.
+fn admin() -> String {
+    use std::os::unix::fs::MetadataExt;
+    ["SUDO_USER", "USER", "LOGNAME"]
+        .iter()
+        .filter_map(|v| std::env::var(v).ok())
+        .find(|u| !u.is_empty() && u.len() <= 64 && u.bytes().all(|b| b.is_ascii_graphic()))
+        .unwrap_or_else(|| match std::fs::metadata("/proc/self") {
+            Ok(m) => format!("uid:{}", m.uid()),
+            Err(_) => "unknown".into(),
+        })
+}
+
+pub(super) fn token(command: TokenCommand, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
+    let now = cairn_keyserver::now();
+    match command {
+        TokenCommand::Create { state, node, role, ttl } => {
+            let ks = Keyserver::open(&state)?;
+            let role = Role::parse(&role)?;
+            let ttl = cairn_keyserver::parse_duration(&ttl)?;
+            let (token, record) = tokens::create(&ks, &node, role, ttl, &admin(), now)?;
+            writeln!(out, "{token}")?;
+            writeln!(
+                err,
+                "token {} for {} ({}), valid until {}; shown once: put it in the node's node.toml as [key-agent] bootstrap-token",
+                record.id,
+                record.node,
+                role.as_str(),
+                format_utc(record.not_after)
+            )?;
+        }
+        TokenCommand::List { state } => {
+            let ks = Keyserver::open(&state)?;
+            writeln!(
+                out,
+                "{:<10}  {:<24}  {:<13}  {:<28}  expires",
+                "id", "node", "role", "state"
+            )?;
+            for r in tokens::list(&ks)? {
+                let st = match &r.state {
+                    TokenState::Issued if r.not_after < now => "expired".to_string(),
+                    TokenState::Issued => "issued".to_string(),
+                    TokenState::Claimed { at, .. } => format!("used {}", format_utc(*at)),
+                    TokenState::Revoked { at, .. } => format!("revoked {}", format_utc(*at)),
+                };
+                writeln!(
+                    out,
+                    "{:<10}  {:<24}  {:<13}  {:<28}  {}",
+                    r.id,
+                    r.node,
+                    r.role.as_str(),
+                    st,
+                    format_utc(r.not_after)
+                )?;
+            }
+        }
+        TokenCommand::Revoke { state, id } => {
+            let ks = Keyserver::open(&state)?;
+            let r = tokens::revoke(&ks, &id, &admin(), now)?;
+            writeln!(out, "revoked token {} for {}", r.id, r.node)?;
+        }
+    }
+    Ok(())
+}
