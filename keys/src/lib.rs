@@ -6,14 +6,19 @@
 //! - [`schedule`]: when a certificate is renewed (a third of its life or the outage budget
 //!   before it ends, jittered per node) and how failures back off;
 //! - [`audit`]: the keyserver's append-only log of decisions, each line chained to the one
-//!   before by its hash.
+//!   before by its hash;
+//! - [`profiles`]: which certificates a node of a role gets, with every name in them taken
+//!   from the keyserver's record of the node;
+//! - [`wire`]: the JSON the agent and the keyserver exchange.
 //!
 //! The design, with the evidence behind it, is `shared/design/keys.md`; the agent never
 //! links the keyserver, and neither links the image builder.
 
 pub mod audit;
 pub mod harness;
+pub mod profiles;
 pub mod schedule;
 pub mod token;
+pub mod wire;
 
 pub use token::{Token, TokenError};

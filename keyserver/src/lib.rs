@@ -9,6 +9,8 @@
 //! STATE/ca/<name>/key.pem         etcd-client, kubernetes; keys 0600
 //! STATE/ca/<name>/key.pem|.pub  SSH CAs (ed25519): ssh-host, ssh-user
 //! STATE/tokens/<id>.json        one record per bootstrap token (the secret only hashed)
+//! STATE/nodes/<name>.json       what each node's certificates may name (from its node.toml)
+//! STATE/enrolled/<id>.json      the answer each token bought, for a node that asks again
 //! STATE/audit/<replica>.jsonl   the hash-chained audit log (cairn_keys::audit)
 //! ```
 //!
@@ -17,6 +19,9 @@
 //! requests never interleave. The design is `shared/design/keys.md`.
 
 pub mod ca;
+pub mod enroll;
+pub mod issue;
+pub mod registry;
 pub mod state;
 pub mod tokens;
 
@@ -85,36 +90,14 @@ pub(crate) fn io_err(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(
     move |source| KeyserverError::Io { op, path, source }
 }
 
-/// What a node does in the cluster, as the keyserver's records name it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Role {
-    /// Runs etcd.
-    ControlPlane,
-    /// Runs workloads only.
-    Worker,
-}
+pub use cairn_keys::profiles::Role;
 
-impl Role {
-    /// Read the spelling node.toml and the command line use.
-    pub fn parse(s: &str) -> Result<Role, KeyserverError> {
-        match s {
-            "control-plane" => Ok(Role::ControlPlane),
-            "worker" => Ok(Role::Worker),
-            other => Err(KeyserverError::Invalid {
-                message: format!("role '{}' is not a role", other.escape_debug()),
-                hint: "use control-plane or worker".into(),
-            }),
-        }
-    }
-
-    /// The spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::ControlPlane => "control-plane",
-            Role::Worker => "worker",
-        }
-    }
+/// A role from the command line or a request, or why it is not one.
+pub fn parse_role(s: &str) -> Result<Role, KeyserverError> {
+    Role::parse(s).ok_or_else(|| KeyserverError::Invalid {
+        message: format!("role '{}' is not a role", s.escape_debug()),
+        hint: "use control-plane or worker".into(),
+    })
 }
 
 /// A node name as records, certificates and file names carry it: an RFC 1123 host name of

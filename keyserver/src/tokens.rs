@@ -119,6 +119,14 @@ pub fn create(
             hint: "e.g. --ttl 24h (the default) or --ttl 7d for drives written ahead".into(),
         });
     }
+    if let Some(registered) = crate::registry::get(ks, node)? {
+        if registered.role != role {
+            return Err(KeyserverError::Invalid {
+                message: format!("{node} is registered as a {} node", registered.role.as_str()),
+                hint: "use its role, or register its new node.toml first".into(),
+            });
+        }
+    }
     let lock = ks.lock()?;
     let tail = ks.audit_tail(&lock)?;
     let (token, path) = loop {

@@ -286,7 +286,7 @@ fn bad_requests_to_create_are_refused() {
         assert!(e.to_string().contains("a minute to 30 days"), "{ttl}: {e}");
     }
     assert!(tokens::list(&ks).unwrap().is_empty());
-    assert!(Role::parse("admin").is_err());
+    assert!(cairn_keyserver::parse_role("admin").is_err());
 }
 
 #[test]

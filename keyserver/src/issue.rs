@@ -1,0 +1,108 @@
+//! Turning a node's certificate signing request into a certificate: the request proves the
+//! node holds the key (its signature is checked) and gives the public key, and nothing else
+//! of it is used. Names, usages and lifetimes come from the profile.
+
+use rcgen::{
+    CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType,
+};
+use sha2::{Digest, Sha256};
+
+use cairn_keys::profiles::{Profile, Usage};
+
+use crate::ca::{serial, BACKDATE};
+use crate::state::Keyserver;
+use crate::tokens::Refusal;
+use crate::{io_err, KeyserverError};
+
+/// How long a TLS certificate is valid.
+pub const TLS_LIFETIME: u64 = 30 * 86_400;
+
+/// A checked request: the public key it proves and the sha256 of its SubjectPublicKeyInfo.
+pub struct Csr {
+    public_key: rcgen::PublicKey,
+    /// sha256 of the key's SubjectPublicKeyInfo (DER).
+    pub spki_sha256: [u8; 32],
+}
+
+/// Check a PEM certificate signing request: its signature, and that its key is ECDSA P-256
+/// (what every consumer accepts; design §3).
+pub fn check_csr(profile: &str, pem: &str) -> Result<Csr, Refusal> {
+    let bad = |why: &str| Refusal {
+        code: "bad_csr",
+        message: format!("the request for {profile} {why}"),
+    };
+    if pem.len() > 16 * 1024 {
+        return Err(bad("is larger than 16 KiB"));
+    }
+    let parsed = CertificateSigningRequestParams::from_pem(pem)
+        .map_err(|e| bad(&format!("is not a signed certificate request ({e})")))?;
+    if parsed.public_key.algorithm() != &rcgen::PKCS_ECDSA_P256_SHA256 {
+        return Err(bad("is not for an ECDSA P-256 key"));
+    }
+    let spki_sha256 = Sha256::digest(parsed.public_key.subject_public_key_info()).into();
+    Ok(Csr {
+        public_key: parsed.public_key,
+        spki_sha256,
+    })
+}
+
+/// One issued certificate.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Issued {
+    /// The certificate (PEM).
+    pub cert: String,
+    /// Its serial number (hex).
+    pub serial: String,
+    /// Not valid after (Unix seconds).
+    pub not_after: u64,
+}
+
+fn cert_error(profile: &str) -> impl FnOnce(rcgen::Error) -> KeyserverError + '_ {
+    move |e| KeyserverError::Certificate {
+        what: format!("the {profile} certificate"),
+        why: e.to_string(),
+    }
+}
+
+/// Sign `csr`'s key as `profile` says, with the profile's CA, valid from `now` (backdated).
+pub fn issue(ks: &Keyserver, profile: &Profile, csr: &Csr, now: u64) -> Result<Issued, KeyserverError> {
+    let dir = ks.dir().join("ca").join(profile.ca);
+    let key_pem = std::fs::read_to_string(dir.join("key.pem")).map_err(io_err("reading", dir.join("key.pem")))?;
+    let ca_pem = std::fs::read_to_string(dir.join("cert.pem")).map_err(io_err("reading", dir.join("cert.pem")))?;
+    let ca_key = KeyPair::from_pem(&key_pem).map_err(cert_error(profile.ca))?;
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).map_err(cert_error(profile.ca))?;
+
+    let mut params = CertificateParams::new(profile.dns.clone()).map_err(cert_error(profile.name))?;
+    params
+        .subject_alt_names
+        .extend(profile.ips.iter().map(|ip| SanType::IpAddress(*ip)));
+    let mut dn = DistinguishedName::new();
+    if let Some(o) = &profile.o {
+        dn.push(DnType::OrganizationName, o.clone());
+    }
+    dn.push(DnType::CommonName, profile.cn.clone());
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = match profile.usage {
+        Usage::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+        Usage::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
+        Usage::ServerAndClient => vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
+    };
+    params.use_authority_key_identifier_extension = true;
+    let not_after = now + TLS_LIFETIME;
+    params.not_before = time::OffsetDateTime::from_unix_timestamp((now - BACKDATE) as i64).expect("in range");
+    params.not_after = time::OffsetDateTime::from_unix_timestamp(not_after as i64).expect("in range");
+    let sn = serial();
+    let serial_hex = hex::encode(sn.to_bytes());
+    params.serial_number = Some(sn);
+    let cert = params
+        .signed_by(&csr.public_key, &issuer)
+        .map_err(cert_error(profile.name))?;
+    Ok(Issued {
+        cert: cert.pem(),
+        serial: serial_hex,
+        not_after,
+    })
+}
