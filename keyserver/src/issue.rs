@@ -48,10 +48,12 @@ pub fn check_csr(profile: &str, pem: &str) -> Result<Csr, Refusal> {
 }
 
 /// One issued certificate.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Issued {
     /// The certificate (PEM).
     pub cert: String,
+    /// The certificate (DER).
+    pub der: Vec<u8>,
     /// Its serial number (hex).
     pub serial: String,
     /// Not valid after (Unix seconds).
@@ -65,8 +67,21 @@ fn cert_error(profile: &str) -> impl FnOnce(rcgen::Error) -> KeyserverError + '_
     }
 }
 
-/// Sign `csr`'s key as `profile` says, with the profile's CA, valid from `now` (backdated).
+/// Sign `csr`'s key as `profile` says, with the profile's CA, valid from `now` (backdated)
+/// for [`TLS_LIFETIME`].
 pub fn issue(ks: &Keyserver, profile: &Profile, csr: &Csr, now: u64) -> Result<Issued, KeyserverError> {
+    sign(ks, profile, &csr.public_key, now, TLS_LIFETIME)
+}
+
+/// Sign `public_key` as `profile` says, with the profile's CA, valid from `now` (backdated)
+/// for `lifetime` seconds.
+pub fn sign(
+    ks: &Keyserver,
+    profile: &Profile,
+    public_key: &impl PublicKeyData,
+    now: u64,
+    lifetime: u64,
+) -> Result<Issued, KeyserverError> {
     let dir = ks.dir().join("ca").join(profile.ca);
     let key_pem = std::fs::read_to_string(dir.join("key.pem")).map_err(io_err("reading", dir.join("key.pem")))?;
     let ca_pem = std::fs::read_to_string(dir.join("cert.pem")).map_err(io_err("reading", dir.join("cert.pem")))?;
@@ -91,17 +106,18 @@ pub fn issue(ks: &Keyserver, profile: &Profile, csr: &Csr, now: u64) -> Result<I
         Usage::ServerAndClient => vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
     };
     params.use_authority_key_identifier_extension = true;
-    let not_after = now + TLS_LIFETIME;
+    let not_after = now + lifetime;
     params.not_before = time::OffsetDateTime::from_unix_timestamp((now - BACKDATE) as i64).expect("in range");
     params.not_after = time::OffsetDateTime::from_unix_timestamp(not_after as i64).expect("in range");
     let sn = serial();
     let serial_hex = hex::encode(sn.to_bytes());
     params.serial_number = Some(sn);
     let cert = params
-        .signed_by(&csr.public_key, &issuer)
+        .signed_by(public_key, &issuer)
         .map_err(cert_error(profile.name))?;
     Ok(Issued {
         cert: cert.pem(),
+        der: cert.der().to_vec(),
         serial: serial_hex,
         not_after,
     })

@@ -22,6 +22,7 @@ pub mod ca;
 pub mod enroll;
 pub mod issue;
 pub mod registry;
+pub mod serve;
 pub mod state;
 pub mod tokens;
 

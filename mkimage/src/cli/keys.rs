@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use cairn_keyserver::tokens::{self, TokenState};
-use cairn_keyserver::{ca, Keyserver, Role};
+use cairn_keyserver::{ca, Keyserver};
 use cairn_signing::time::format_utc;
 use clap::Subcommand;
 
@@ -27,6 +27,22 @@ pub(super) enum KeyserverCommand {
         #[arg(long)]
         cluster: String,
     },
+    /// Serve enrollment over HTTPS (TLS 1.3) until stopped.
+    ///
+    /// Answers `GET /v1/ca`, `POST /v1/enroll` and `GET /healthz`. Its certificate comes
+    /// from the keyserver CA for the names given, lives a day and is renewed as it goes;
+    /// nodes check it against `[key-agent] ca-fingerprint`.
+    Serve {
+        /// The state directory.
+        state: PathBuf,
+        /// Address and port to listen on.
+        #[arg(long, default_value = "0.0.0.0:8443")]
+        listen: std::net::SocketAddr,
+        /// A name or address nodes reach the keyserver at (repeatable): the serving
+        /// certificate names exactly these.
+        #[arg(long = "name", required = true, value_name = "NAME")]
+        names: Vec<String>,
+    },
     /// Check the audit log's chain and print its records.
     Audit {
         /// The state directory.
@@ -34,7 +50,7 @@ pub(super) enum KeyserverCommand {
     },
 }
 
-pub(super) fn keyserver(command: KeyserverCommand, out: &mut dyn Write, _err: &mut dyn Write) -> Result<()> {
+pub(super) fn keyserver(command: KeyserverCommand, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
     match command {
         KeyserverCommand::Init { state, cluster } => {
             let made = ca::init(&state, &cluster, cairn_keyserver::now())?;
@@ -47,6 +63,18 @@ pub(super) fn keyserver(command: KeyserverCommand, out: &mut dyn Write, _err: &m
                 "next             cairn token create --state {} --node NAME --role control-plane|worker",
                 made.dir.display()
             )?;
+        }
+        KeyserverCommand::Serve { state, listen, names } => {
+            let ks = Keyserver::open(&state)?;
+            let server = cairn_keyserver::serve::Server::bind(ks, listen, &names)?;
+            writeln!(
+                err,
+                "keyserver: serving {} on https://{} as {}",
+                state.display(),
+                server.local_addr(),
+                names.join(", ")
+            )?;
+            server.run();
         }
         KeyserverCommand::Audit { state } => {
             let ks = Keyserver::open(&state)?;
@@ -115,7 +143,7 @@ pub(super) fn token(command: TokenCommand, out: &mut dyn Write, err: &mut dyn Wr
     match command {
         TokenCommand::Create { state, node, role, ttl } => {
             let ks = Keyserver::open(&state)?;
-            let role = Role::parse(&role)?;
+            let role = cairn_keyserver::parse_role(&role)?;
             let ttl = cairn_keyserver::parse_duration(&ttl)?;
             let (token, record) = tokens::create(&ks, &node, role, ttl, &admin(), now)?;
             writeln!(out, "{token}")?;
