@@ -107,6 +107,18 @@ pub const PROFILES: [&str; 6] = [
     "kubelet-serving",
 ];
 
+/// The certificates a node of `role` gets, by profile name.
+pub fn profile_names(role: Role) -> Vec<&'static str> {
+    let probe = NodeRecord {
+        name: "probe".into(),
+        role,
+        etcd_client_ips: vec![],
+        etcd_peer_ips: vec![],
+        addresses: vec![],
+    };
+    profiles(&probe).iter().map(|p| p.name).collect()
+}
+
 fn unique(mut v: Vec<IpAddr>) -> Vec<IpAddr> {
     let mut seen = Vec::new();
     v.retain(|a| {

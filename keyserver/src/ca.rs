@@ -108,7 +108,7 @@ pub fn fingerprint(cert_pem: &str) -> Result<String, String> {
 }
 
 /// The DER bytes of the first PEM block.
-fn pem_der(text: &str) -> Result<Vec<u8>, String> {
+pub fn pem_der(text: &str) -> Result<Vec<u8>, String> {
     let body: String = text
         .lines()
         .skip_while(|l| !l.starts_with("-----BEGIN "))

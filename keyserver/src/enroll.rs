@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use cairn_keys::audit::{Outcome, Record};
-use cairn_keys::profiles::{profiles, NodeRecord, Role};
+use cairn_keys::profiles::{profile_names, profiles, NodeRecord, Role};
 use cairn_keys::wire::{EnrollRequest, EnrollResponse};
 use cairn_keys::Token;
 
@@ -26,18 +26,6 @@ fn answer_path(token_id: &str) -> PathBuf {
 
 fn refusal(code: &'static str, message: String) -> Refusal {
     Refusal { code, message }
-}
-
-/// The profiles a role has, by name (the names are the same for every node of the role).
-fn profile_names(role: Role) -> Vec<&'static str> {
-    let probe = NodeRecord {
-        name: "probe".into(),
-        role,
-        etcd_client_ips: vec![],
-        etcd_peer_ips: vec![],
-        addresses: vec![],
-    };
-    profiles(&probe).iter().map(|p| p.name).collect()
 }
 
 /// Handle one enrollment request from `client` at `now`.

@@ -73,6 +73,33 @@ pub fn issue(ks: &Keyserver, profile: &Profile, csr: &Csr, now: u64) -> Result<I
     sign(ks, profile, &csr.public_key, now, TLS_LIFETIME)
 }
 
+/// A CA ready to sign: its key, read once, and its certificate.
+pub struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl std::fmt::Debug for Ca {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Ca(…)")
+    }
+}
+
+/// CA `name` of `ks`, read from disk the first time.
+fn ca(ks: &Keyserver, name: &str) -> Result<std::sync::Arc<Ca>, KeyserverError> {
+    let mut cache = ks.issuers.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(c) = cache.get(name) {
+        return Ok(c.clone());
+    }
+    let dir = ks.dir().join("ca").join(name);
+    let key_pem = std::fs::read_to_string(dir.join("key.pem")).map_err(io_err("reading", dir.join("key.pem")))?;
+    let ca_pem = std::fs::read_to_string(dir.join("cert.pem")).map_err(io_err("reading", dir.join("cert.pem")))?;
+    let ca_key = KeyPair::from_pem(&key_pem).map_err(cert_error(name))?;
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).map_err(cert_error(name))?;
+    let c = std::sync::Arc::new(Ca { issuer });
+    cache.insert(name.to_string(), c.clone());
+    Ok(c)
+}
+
 /// Sign `public_key` as `profile` says, with the profile's CA, valid from `now` (backdated)
 /// for `lifetime` seconds.
 pub fn sign(
@@ -82,11 +109,7 @@ pub fn sign(
     now: u64,
     lifetime: u64,
 ) -> Result<Issued, KeyserverError> {
-    let dir = ks.dir().join("ca").join(profile.ca);
-    let key_pem = std::fs::read_to_string(dir.join("key.pem")).map_err(io_err("reading", dir.join("key.pem")))?;
-    let ca_pem = std::fs::read_to_string(dir.join("cert.pem")).map_err(io_err("reading", dir.join("cert.pem")))?;
-    let ca_key = KeyPair::from_pem(&key_pem).map_err(cert_error(profile.ca))?;
-    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).map_err(cert_error(profile.ca))?;
+    let ca = ca(ks, profile.ca)?;
 
     let mut params = CertificateParams::new(profile.dns.clone()).map_err(cert_error(profile.name))?;
     params
@@ -113,7 +136,7 @@ pub fn sign(
     let serial_hex = hex::encode(sn.to_bytes());
     params.serial_number = Some(sn);
     let cert = params
-        .signed_by(public_key, &issuer)
+        .signed_by(public_key, &ca.issuer)
         .map_err(cert_error(profile.name))?;
     Ok(Issued {
         cert: cert.pem(),

@@ -65,7 +65,14 @@ impl ServingCert {
             usage: Usage::Server,
         };
         let issued = issue::sign(ks, &profile, &key, now, SERVING_LIFETIME)?;
-        let chain = vec![CertificateDer::from(issued.der)];
+        // The CA travels with the leaf: a node knows only the CA's fingerprint and checks
+        // the chain against the CA whose certificate has it.
+        let ca_pem = ca::certificate(ks, "keyserver")?;
+        let ca_der = ca::pem_der(&ca_pem).map_err(|why| KeyserverError::Certificate {
+            what: "the keyserver CA".into(),
+            why,
+        })?;
+        let chain = vec![CertificateDer::from(issued.der), CertificateDer::from(ca_der)];
         let signing = rustls::crypto::ring::sign::any_ecdsa_type(&PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
             key.serialize_der(),
         )))

@@ -34,6 +34,19 @@ pub struct Keyserver {
     pub settings: Settings,
     /// The name this process writes its audit log under.
     pub replica: String,
+    /// Where the audit log ended when this process last checked or appended to it.
+    audit_seen: std::sync::Mutex<Option<Seen>>,
+    /// The CAs' signing keys, read once.
+    pub(crate) issuers: std::sync::Mutex<std::collections::BTreeMap<String, std::sync::Arc<crate::issue::Ca>>>,
+}
+
+/// The audit log's size and modification time, and where its chain ended then.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Seen {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    last: [u8; 32],
+    lines: usize,
 }
 
 /// Held while the state is changed; dropping it releases the lock.
@@ -61,6 +74,8 @@ impl Keyserver {
             dir: dir.to_owned(),
             settings,
             replica: "admin".into(),
+            audit_seen: Default::default(),
+            issuers: Default::default(),
         })
     }
 
@@ -79,6 +94,8 @@ impl Keyserver {
                 created: now,
             },
             replica: "admin".into(),
+            audit_seen: Default::default(),
+            issuers: Default::default(),
         };
         let lock = ks.lock()?;
         // Another init may have won while this one waited for the lock.
@@ -139,12 +156,32 @@ impl Keyserver {
 
     /// Check this replica's audit log before a decision is made, so that a broken chain
     /// stops the decision before anything is written; the returned tail appends its record.
-    pub fn audit_tail(&self, _lock: &Lock) -> Result<AuditTail, KeyserverError> {
+    pub fn audit_tail(&self, _lock: &Lock) -> Result<AuditTail<'_>, KeyserverError> {
+        let path = self.audit_path();
+        // Unchanged since this process last read or wrote it (same size and time): the
+        // chain was checked then, and reading it all again would make every decision cost
+        // as much as the log is long.
+        let meta = fs::metadata(&path).ok();
+        let now_seen = meta.as_ref().map(|m| (m.len(), m.modified().ok()));
+        if let (Some((len, modified)), Some(seen)) = (
+            now_seen,
+            self.audit_seen.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        ) {
+            if seen.len == len && seen.modified == modified {
+                return Ok(AuditTail {
+                    path,
+                    last: seen.last,
+                    lines: seen.lines,
+                    seen: &self.audit_seen,
+                });
+            }
+        }
         let (records, last, path) = self.read_audit()?;
         Ok(AuditTail {
             path,
             last,
             lines: records.len(),
+            seen: &self.audit_seen,
         })
     }
 
@@ -190,6 +227,14 @@ impl Keyserver {
                 ),
             ));
         }
+        if let Ok(m) = fs::metadata(&path) {
+            *self.audit_seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(Seen {
+                len: m.len(),
+                modified: m.modified().ok(),
+                last,
+                lines: records.len(),
+            });
+        }
         Ok((records, last, path))
     }
 
@@ -213,13 +258,14 @@ struct Head {
 
 /// The end of a checked audit log, where the next record goes.
 #[derive(Debug)]
-pub struct AuditTail {
+pub struct AuditTail<'a> {
     path: PathBuf,
     last: [u8; 32],
     lines: usize,
+    seen: &'a std::sync::Mutex<Option<Seen>>,
 }
 
-impl AuditTail {
+impl AuditTail<'_> {
     /// Append `record`, chained to the line before, and make it durable.
     pub fn append(self, _lock: &Lock, record: Record) -> Result<(), KeyserverError> {
         let mut line = audit::seal(record, &self.last);
@@ -235,13 +281,22 @@ impl AuditTail {
         f.write_all(line.as_bytes())
             .and_then(|_| f.sync_data())
             .map_err(io_err("appending to", &path))?;
+        let last = audit::line_hash(line.trim_end_matches('\n'));
         let head = Head {
             lines: self.lines + 1,
-            last: hex::encode(audit::line_hash(line.trim_end_matches('\n'))),
+            last: hex::encode(last),
         };
         let head_path = path.with_extension("head");
         let text = serde_json::to_string(&head).expect("a head always serializes");
-        cairn_signing::write_file_atomic(&head_path, text.as_bytes(), 0o600).map_err(io_err("writing", &head_path))
+        cairn_signing::write_file_atomic(&head_path, text.as_bytes(), 0o600).map_err(io_err("writing", &head_path))?;
+        let meta = f.metadata().map_err(io_err("reading", &path))?;
+        *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(Seen {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+            last,
+            lines: self.lines + 1,
+        });
+        Ok(())
     }
 }
 

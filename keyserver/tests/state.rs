@@ -312,8 +312,10 @@ fn a_tampered_audit_log_stops_every_decision() {
         assert!(e.to_string().contains("move it aside"), "{e}");
         assert_eq!(tokens::list(&ks).unwrap().len(), 2, "nothing was decided");
     };
-    // A line in the middle: the next line no longer follows it.
+    // A line in the middle: the next line no longer follows it; also when the file keeps
+    // its size (this process had checked the log before, and must notice it changed).
     refused(&text.replacen("alice", "mallory", 1), 3);
+    refused(&text.replacen("alice", "alicf", 1), 3);
     // The last line, and a log cut short: the head file says where it ended.
     let last_changed = format!(
         "{}{}",

@@ -24,6 +24,7 @@ pub mod grow;
 pub mod harness;
 pub mod health;
 pub mod hostkeys;
+pub mod key_agent;
 pub mod mend;
 pub mod ready;
 pub mod system;
