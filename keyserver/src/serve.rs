@@ -376,3 +376,21 @@ fn unavailable(e: KeyserverError) -> Reply {
         true,
     )
 }
+
+/// The fuzz target's body (`fuzz/fuzz_targets/keyserver_request.rs`): any bytes as a
+/// request. What is read as a request has a head and body within the limits, and an
+/// enroll request that decodes is refused or answered without a panic by the checks that
+/// run before any state is touched.
+pub fn harness_request(data: &[u8]) {
+    let mut input = data;
+    if let Ok((_, _, body)) = read_request(&mut input) {
+        assert!(body.len() <= MAX_BODY);
+        if let Ok(req) = serde_json::from_slice::<EnrollRequest>(&body) {
+            let _ = cairn_keys::Token::parse(&req.token);
+            let _ = cairn_keys::profiles::Role::parse(&req.role);
+            for (name, pem) in &req.csrs {
+                let _ = issue::check_csr(name, pem);
+            }
+        }
+    }
+}

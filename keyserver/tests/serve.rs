@@ -243,3 +243,28 @@ fn ten_clients_racing_for_one_token_one_enrolls() {
     let want: Vec<String> = std::iter::once("200").chain(["409"; 9]).map(String::from).collect();
     assert_eq!(codes, want);
 }
+
+/// The fuzz target's body on seeds and mutations of them, on every test run.
+#[test]
+fn request_parsing_survives_mutations() {
+    let body = r#"{"token":"ck1.6QZ4B2K9TD.VX3Q7M2K4P8R1C6J9W5T2N7H3F-4JPG","role":"worker","csrs":{"identity":"-----BEGIN CERTIFICATE REQUEST-----\nMIIB\n-----END CERTIFICATE REQUEST-----\n"}}"#;
+    let seed = format!(
+        "POST /v1/enroll HTTP/1.1\r\nHost: k\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let seed = seed.as_bytes();
+    let mut n = 0;
+    for cut in 0..=seed.len() {
+        cairn_keyserver::serve::harness_request(&seed[..cut]);
+        n += 1;
+    }
+    for i in 0..seed.len() {
+        for b in [b'\n', b'\r', 0, b'"', b'{', b'9', seed[i] ^ 0x20] {
+            let mut m = seed.to_vec();
+            m[i] = b;
+            cairn_keyserver::serve::harness_request(&m);
+            n += 1;
+        }
+    }
+    assert!(n > 1500, "{n}");
+}

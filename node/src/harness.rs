@@ -74,3 +74,19 @@ fn cloud(data: &[u8], format: Format) {
         }
     }
 }
+
+/// What the keyserver answers an enrollment: whatever is taken as an answer has a body no
+/// longer than the bytes received, and an enroll answer that decodes encodes back to JSON
+/// that decodes to the same.
+pub fn key_agent_answer(data: &[u8]) {
+    if let Ok((_, body)) = crate::key_agent::client::parse_answer(data) {
+        assert!(body.len() <= data.len());
+        if let Ok(r) = serde_json::from_slice::<cairn_keys::wire::EnrollResponse>(&body) {
+            let again = serde_json::to_vec(&r).expect("serializes");
+            assert_eq!(
+                serde_json::from_slice::<cairn_keys::wire::EnrollResponse>(&again).ok(),
+                Some(r)
+            );
+        }
+    }
+}

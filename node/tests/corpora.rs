@@ -145,3 +145,21 @@ fn cloud_drives() {
     run("nocloud_drive", nocloud, harness::nocloud_drive);
     run("config2_drive", config2, harness::config2_drive);
 }
+
+#[test]
+fn key_agent_answers() {
+    let ok = r#"{"node":"cp-1","role":"control-plane","certs":{"identity":"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"},"bundles":{},"server_time":1800000000}"#;
+    let refused = r#"{"code":"token_used","message":"used","retry":false}"#;
+    let seeds: Vec<(String, Vec<u8>)> = [("ok", 200, ok), ("refused", 409, refused)]
+        .iter()
+        .map(|(name, status, body)| {
+            let text = format!(
+                "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            (name.to_string(), text.into_bytes())
+        })
+        .collect();
+    let n = run("key_agent_answer", seeds, harness::key_agent_answer);
+    assert!(n > 300, "{n}");
+}

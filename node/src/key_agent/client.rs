@@ -181,32 +181,41 @@ impl Keyserver {
     }
 
     fn parse(&self, answer: &[u8]) -> Result<(u16, Vec<u8>), ClientError> {
-        let garbled = |detail: &str| ClientError::Garbled {
-            server: self.name(),
-            detail: detail.into(),
-        };
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut resp = httparse::Response::new(&mut headers);
-        let head_len = match resp.parse(answer) {
-            Ok(httparse::Status::Complete(n)) => n,
-            _ => return Err(garbled("no HTTP head")),
-        };
-        let status = resp.code.ok_or_else(|| garbled("no status"))?;
-        let length: Option<usize> = resp
-            .headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-            .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok());
-        let body = &answer[head_len..];
-        if let Some(n) = length {
-            if body.len() < n {
-                return Err(ClientError::Unreachable {
+        parse_answer(answer).map_err(|(cut_off, detail)| {
+            if cut_off {
+                ClientError::Unreachable {
                     server: self.name(),
-                    detail: "the answer was cut off".into(),
-                });
+                    detail: detail.into(),
+                }
+            } else {
+                ClientError::Garbled {
+                    server: self.name(),
+                    detail: detail.into(),
+                }
             }
-            return Ok((status, body[..n].to_vec()));
-        }
-        Ok((status, body.to_vec()))
+        })
+    }
+}
+
+/// An HTTP answer's status and body (as long as its Content-Length says, when it says), or
+/// why not: (whether it was only cut off, what is wrong).
+pub fn parse_answer(answer: &[u8]) -> Result<(u16, Vec<u8>), (bool, &'static str)> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut resp = httparse::Response::new(&mut headers);
+    let head_len = match resp.parse(answer) {
+        Ok(httparse::Status::Complete(n)) => n,
+        _ => return Err((false, "no HTTP head")),
+    };
+    let status = resp.code.ok_or((false, "no status"))?;
+    let length: Option<usize> = resp
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok());
+    let body = &answer[head_len..];
+    match length {
+        Some(n) if body.len() < n => Err((true, "the answer was cut off")),
+        Some(n) => Ok((status, body[..n].to_vec())),
+        None => Ok((status, body.to_vec())),
     }
 }
