@@ -16,6 +16,7 @@
 
 pub mod audit;
 pub mod harness;
+pub mod pem;
 pub mod profiles;
 pub mod schedule;
 pub mod token;

@@ -52,7 +52,7 @@ fn main() {
     let n: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(200);
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().join("ks");
-    ca::init(&state, "bench", cairn_keyserver::now()).unwrap();
+    ca::init(&state, "bench", cairn_signing::time::now()).unwrap();
     let server = Server::bind(
         Keyserver::open(&state).unwrap(),
         "127.0.0.1:0".parse().unwrap(),
@@ -89,7 +89,7 @@ fn main() {
                     role,
                     3600,
                     "bench",
-                    cairn_keyserver::now(),
+                    cairn_signing::time::now(),
                 )
                 .unwrap();
                 let csrs: BTreeMap<String, String> = profiles.iter().map(|p| (p.to_string(), csr())).collect();

@@ -22,7 +22,7 @@ use rcgen::{
 use sha2::{Digest, Sha256};
 
 use crate::state::{Keyserver, Lock};
-use crate::{io_err, KeyserverError};
+use crate::{cert_error, io_err, KeyserverError};
 
 /// The X.509 CAs, by directory name.
 pub const X509: [&str; 4] = ["keyserver", "etcd-peer", "etcd-client", "kubernetes"];
@@ -44,13 +44,6 @@ pub struct Initialized {
     pub ssh_host_ca: String,
     /// The SSH user CA's public key line, for sshd's `TrustedUserCAKeys`.
     pub ssh_user_ca: String,
-}
-
-fn cert_error(what: &str) -> impl FnOnce(rcgen::Error) -> KeyserverError + '_ {
-    move |e| KeyserverError::Certificate {
-        what: what.to_string(),
-        why: e.to_string(),
-    }
 }
 
 fn time_at(unix: u64) -> time::OffsetDateTime {
@@ -103,24 +96,16 @@ pub fn ssh_public_line(public: &[u8; 32], comment: &str) -> String {
 
 /// `sha256:<hex>` of a PEM certificate's DER bytes.
 pub fn fingerprint(cert_pem: &str) -> Result<String, String> {
-    let der = pem_der(cert_pem)?;
-    Ok(format!("sha256:{}", hex::encode(Sha256::digest(&der))))
+    Ok(format!("sha256:{}", hex::encode(Sha256::digest(pem_der(cert_pem)?))))
 }
 
-/// The DER bytes of the first PEM block.
-pub fn pem_der(text: &str) -> Result<Vec<u8>, String> {
-    let body: String = text
-        .lines()
-        .skip_while(|l| !l.starts_with("-----BEGIN "))
-        .skip(1)
-        .take_while(|l| !l.starts_with("-----END "))
-        .collect();
-    if body.is_empty() {
-        return Err("no PEM block".into());
-    }
-    base64::engine::general_purpose::STANDARD
-        .decode(body)
-        .map_err(|e| format!("bad PEM: {e}"))
+/// The DER bytes of a PEM certificate.
+pub fn pem_der(cert_pem: &str) -> Result<Vec<u8>, String> {
+    cairn_keys::pem::blocks(cert_pem, "CERTIFICATE")?
+        .into_iter()
+        .next()
+        .map(|b| b.der)
+        .ok_or_else(|| "no certificate".to_string())
 }
 
 /// `cairn keyserver init`: make the state directory and every CA in it. Refuses a directory

@@ -13,7 +13,7 @@ use cairn_keys::profiles::{Profile, Usage};
 use crate::ca::{serial, BACKDATE};
 use crate::state::Keyserver;
 use crate::tokens::Refusal;
-use crate::{io_err, KeyserverError};
+use crate::{cert_error, io_err, KeyserverError};
 
 /// How long a TLS certificate is valid.
 pub const TLS_LIFETIME: u64 = 30 * 86_400;
@@ -60,13 +60,6 @@ pub struct Issued {
     pub not_after: u64,
 }
 
-fn cert_error(profile: &str) -> impl FnOnce(rcgen::Error) -> KeyserverError + '_ {
-    move |e| KeyserverError::Certificate {
-        what: format!("the {profile} certificate"),
-        why: e.to_string(),
-    }
-}
-
 /// Sign `csr`'s key as `profile` says, with the profile's CA, valid from `now` (backdated)
 /// for [`TLS_LIFETIME`].
 pub fn issue(ks: &Keyserver, profile: &Profile, csr: &Csr, now: u64) -> Result<Issued, KeyserverError> {
@@ -93,8 +86,8 @@ fn ca(ks: &Keyserver, name: &str) -> Result<std::sync::Arc<Ca>, KeyserverError> 
     let dir = ks.dir().join("ca").join(name);
     let key_pem = std::fs::read_to_string(dir.join("key.pem")).map_err(io_err("reading", dir.join("key.pem")))?;
     let ca_pem = std::fs::read_to_string(dir.join("cert.pem")).map_err(io_err("reading", dir.join("cert.pem")))?;
-    let ca_key = KeyPair::from_pem(&key_pem).map_err(cert_error(name))?;
-    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).map_err(cert_error(name))?;
+    let ca_key = KeyPair::from_pem(&key_pem).map_err(cert_error(format!("the {name} CA")))?;
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).map_err(cert_error(format!("the {name} CA")))?;
     let c = std::sync::Arc::new(Ca { issuer });
     cache.insert(name.to_string(), c.clone());
     Ok(c)
@@ -111,7 +104,8 @@ pub fn sign(
 ) -> Result<Issued, KeyserverError> {
     let ca = ca(ks, profile.ca)?;
 
-    let mut params = CertificateParams::new(profile.dns.clone()).map_err(cert_error(profile.name))?;
+    let mut params =
+        CertificateParams::new(profile.dns.clone()).map_err(cert_error(format!("the {} certificate", profile.name)))?;
     params
         .subject_alt_names
         .extend(profile.ips.iter().map(|ip| SanType::IpAddress(*ip)));
@@ -137,7 +131,7 @@ pub fn sign(
     params.serial_number = Some(sn);
     let cert = params
         .signed_by(public_key, &ca.issuer)
-        .map_err(cert_error(profile.name))?;
+        .map_err(cert_error(format!("the {} certificate", profile.name)))?;
     Ok(Issued {
         cert: cert.pem(),
         der: cert.der().to_vec(),

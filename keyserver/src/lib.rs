@@ -85,6 +85,15 @@ pub enum KeyserverError {
     },
 }
 
+/// For `map_err`: rcgen's error in making `what`.
+pub(crate) fn cert_error(what: impl Into<String>) -> impl FnOnce(rcgen::Error) -> KeyserverError {
+    let what = what.into();
+    move |e| KeyserverError::Certificate {
+        what,
+        why: e.to_string(),
+    }
+}
+
 /// For `map_err`: an IO error about `op` on `path`.
 pub(crate) fn io_err(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> KeyserverError {
     let path = path.into();
@@ -101,19 +110,10 @@ pub fn parse_role(s: &str) -> Result<Role, KeyserverError> {
     })
 }
 
-/// A node name as records, certificates and file names carry it: an RFC 1123 host name of
-/// at most 64 characters (what node.toml's `hostname` allows).
+/// A node name as records, certificates and file names carry it: what node.toml's
+/// `hostname` allows (an RFC 1123 host name of at most 64 characters).
 pub fn check_node_name(name: &str) -> Result<(), KeyserverError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-        });
-    if ok {
+    if cairn_node_config::valid_hostname(name) && name.len() <= 64 {
         Ok(())
     } else {
         Err(KeyserverError::Invalid {
@@ -144,14 +144,6 @@ pub fn parse_duration(text: &str) -> Result<u64, KeyserverError> {
         _ => return Err(bad()),
     };
     n.checked_mul(scale).ok_or_else(bad)
-}
-
-/// The time now, in Unix seconds.
-pub fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use cairn_keys::audit::{Outcome, Record};
-use cairn_keys::profiles::{NodeRecord, Role};
+use cairn_keys::profiles::NodeRecord;
 use cairn_node_config::NodeConfig;
 
 use crate::state::Keyserver;
@@ -31,10 +31,7 @@ pub fn record_for(config: &NodeConfig) -> NodeRecord {
     }
     NodeRecord {
         name: config.hostname.clone(),
-        role: match config.role {
-            cairn_node_config::Role::ControlPlane => Role::ControlPlane,
-            cairn_node_config::Role::Worker => Role::Worker,
-        },
+        role: config.role,
         etcd_client_ips: config.etcd.as_ref().map(|e| ips(&e.client_urls)).unwrap_or_default(),
         etcd_peer_ips: config.etcd.as_ref().map(|e| ips(&e.peer_urls)).unwrap_or_default(),
         addresses,

@@ -15,8 +15,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use cairn_keys::profiles::{Profile, Usage};
@@ -49,10 +48,8 @@ struct ServingCert {
 
 impl ServingCert {
     fn make(ks: &Keyserver, names: &[String], now: u64) -> Result<(Arc<CertifiedKey>, u64, u64), KeyserverError> {
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| KeyserverError::Certificate {
-            what: "the serving key".into(),
-            why: e.to_string(),
-        })?;
+        let key =
+            KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(crate::cert_error("the serving key"))?;
         let (dns, ips): (Vec<&String>, Vec<&String>) =
             names.iter().partition(|n| n.parse::<std::net::IpAddr>().is_err());
         let profile = Profile {
@@ -87,7 +84,7 @@ impl ServingCert {
 impl ResolvesServerCert for ServingCert {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
-        let now = crate::now();
+        let now = cairn_signing::time::now();
         let (_, made, not_after) = *cur;
         if now + (not_after - made) / 3 >= not_after {
             match ServingCert::make(&self.ks, &self.names, now) {
@@ -133,7 +130,7 @@ impl Server {
             check_name(n)?;
         }
         let ks = Arc::new(ks);
-        let first = ServingCert::make(&ks, names, crate::now())?;
+        let first = ServingCert::make(&ks, names, cairn_signing::time::now())?;
         let resolver = Arc::new(ServingCert {
             ks: ks.clone(),
             names: names.to_vec(),
@@ -163,19 +160,45 @@ impl Server {
 
     /// Serve until the process ends.
     pub fn run(self) {
-        let busy = Arc::new(AtomicUsize::new(0));
+        let slots = Arc::new(Slots::default());
         for conn in self.listener.incoming() {
             let Ok(stream) = conn else { continue };
-            while busy.load(Ordering::Acquire) >= MAX_CONNECTIONS {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            busy.fetch_add(1, Ordering::AcqRel);
-            let (tls, ks, busy) = (self.tls.clone(), self.ks.clone(), busy.clone());
+            slots.take();
+            let (tls, ks, slots) = (self.tls.clone(), self.ks.clone(), slots.clone());
             std::thread::spawn(move || {
+                // Given back however the connection ends.
+                let _slot = Taken(&slots);
                 let _ = serve_connection(stream, tls, &ks);
-                busy.fetch_sub(1, Ordering::AcqRel);
             });
         }
+    }
+}
+
+/// How many connections are being served; accepting waits while all
+/// [`MAX_CONNECTIONS`] are taken (the kernel's backlog holds the rest).
+#[derive(Default)]
+struct Slots {
+    busy: Mutex<usize>,
+    freed: Condvar,
+}
+
+impl Slots {
+    fn take(&self) {
+        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        while *busy >= MAX_CONNECTIONS {
+            busy = self.freed.wait(busy).unwrap_or_else(|e| e.into_inner());
+        }
+        *busy += 1;
+    }
+}
+
+/// A slot in use; dropping it gives it back.
+struct Taken<'a>(&'a Slots);
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        *self.0.busy.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+        self.0.freed.notify_one();
     }
 }
 
@@ -308,7 +331,7 @@ fn read_request(s: &mut impl Read) -> Result<(String, String, Vec<u8>), Reply> {
 }
 
 fn route(ks: &Keyserver, method: &str, path: &str, body: &[u8], peer: Option<&str>) -> Reply {
-    let now = crate::now();
+    let now = cairn_signing::time::now();
     match (method, path) {
         ("GET", "/healthz") => Reply {
             status: 200,

@@ -7,21 +7,13 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
+mod common;
+use common::run;
+
 use cairn_keys::wire::EnrollRequest;
 use cairn_keys::Token;
 use cairn_keyserver::tokens::{self, TokenState};
 use cairn_keyserver::{ca, enroll, registry, Keyserver, Role};
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{cmd:?}: {text}");
-    text
-}
 
 /// A P-256 key and a request for it that asks for names no node may choose.
 fn csr(dir: &Path, name: &str, key_args: &[&str]) -> String {
@@ -49,7 +41,7 @@ fn csrs(dir: &Path, role: Role) -> BTreeMap<String, String> {
 }
 
 fn setup(dir: &Path) -> Keyserver {
-    ca::init(&dir.join("ks"), "test", cairn_keyserver::now()).unwrap();
+    ca::init(&dir.join("ks"), "test", cairn_signing::time::now()).unwrap();
     Keyserver::open(&dir.join("ks")).unwrap()
 }
 
@@ -74,7 +66,7 @@ address = ["10.90.0.1/24", "fd00:90::1/64"]
 fn a_control_plane_node_enrolls_with_the_names_of_its_record() {
     let tmp = tempfile::tempdir().unwrap();
     let ks = setup(tmp.path());
-    let now = cairn_keyserver::now();
+    let now = cairn_signing::time::now();
     let record = registry::record_for(&node_toml());
     registry::register(&ks, &record, "alice", now).unwrap();
     let (token, _) = tokens::create(&ks, "cp-1", Role::ControlPlane, 3600, "alice", now).unwrap();
@@ -198,7 +190,7 @@ fn a_control_plane_node_enrolls_with_the_names_of_its_record() {
 fn a_wrong_request_never_uses_the_token() {
     let tmp = tempfile::tempdir().unwrap();
     let ks = setup(tmp.path());
-    let now = cairn_keyserver::now();
+    let now = cairn_signing::time::now();
     let (token, _) = tokens::create(&ks, "w-1", Role::Worker, 3600, "alice", now).unwrap();
     let good = EnrollRequest {
         token: token.to_string(),

@@ -46,7 +46,7 @@ struct Running {
 fn start() -> Running {
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().join("ks");
-    ca::init(&state, "test", cairn_keyserver::now()).unwrap();
+    ca::init(&state, "test", cairn_signing::time::now()).unwrap();
     let ks = Keyserver::open(&state).unwrap();
     let server = Server::bind(
         ks,
@@ -142,7 +142,7 @@ fn curl_trusts_the_keyserver_only_through_its_ca_and_enrolls() {
     assert_eq!(v["bundles"].as_object().unwrap().len(), 4);
 
     let ks = Keyserver::open(&r.state).unwrap();
-    let (token, _) = tokens::create(&ks, "w-1", Role::Worker, 3600, "alice", cairn_keyserver::now()).unwrap();
+    let (token, _) = tokens::create(&ks, "w-1", Role::Worker, 3600, "alice", cairn_signing::time::now()).unwrap();
     let csrs: BTreeMap<String, String> = ["identity", "kubelet-client", "kubelet-serving"]
         .iter()
         .map(|n| (n.to_string(), csr(&r.state, n)))
@@ -204,7 +204,7 @@ fn bad_requests_get_json_errors() {
 fn ten_clients_racing_for_one_token_one_enrolls() {
     let r = start();
     let ks = Keyserver::open(&r.state).unwrap();
-    let (token, _) = tokens::create(&ks, "w-9", Role::Worker, 3600, "alice", cairn_keyserver::now()).unwrap();
+    let (token, _) = tokens::create(&ks, "w-9", Role::Worker, 3600, "alice", cairn_signing::time::now()).unwrap();
     let bodies: Vec<PathBuf> = (0..10)
         .map(|i| {
             let csrs: BTreeMap<String, String> = ["identity", "kubelet-client", "kubelet-serving"]
@@ -267,4 +267,24 @@ fn request_parsing_survives_mutations() {
         }
     }
     assert!(n > 1500, "{n}");
+}
+
+#[test]
+fn serving_names_are_checked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("ks");
+    ca::init(&state, "test", cairn_signing::time::now()).unwrap();
+    for bad in [
+        vec![],
+        vec!["a\nb".to_string()],
+        vec!["../x".into()],
+        vec!["".into()],
+        vec!["x\0".into()],
+        vec!["a b".into()],
+    ] {
+        let e = Server::bind(Keyserver::open(&state).unwrap(), "127.0.0.1:0".parse().unwrap(), &bad)
+            .err()
+            .unwrap_or_else(|| panic!("{bad:?} was taken"));
+        assert!(e.to_string().contains("hint:"), "{bad:?}: {e}");
+    }
 }

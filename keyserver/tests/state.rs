@@ -6,23 +6,15 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
+mod common;
+use common::run;
+
 use cairn_keys::audit::Outcome;
 use cairn_keys::Token;
 use cairn_keyserver::tokens::{self, Claim, TokenState};
 use cairn_keyserver::{ca, Keyserver, KeyserverError, Role};
 
 const NOW: u64 = 1_800_000_000;
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{cmd:?}: {text}");
-    text
-}
 
 fn init(dir: &Path) -> Keyserver {
     ca::init(dir, "test", NOW).unwrap();
@@ -33,7 +25,8 @@ fn init(dir: &Path) -> Keyserver {
 fn init_makes_cas_that_openssl_and_ssh_keygen_read() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("state");
-    let made = ca::init(&dir, "prod", ca_now()).unwrap();
+    // Now, for certificates OpenSSL checks against its own clock.
+    let made = ca::init(&dir, "prod", cairn_signing::time::now()).unwrap();
     for name in ca::X509 {
         let cert = dir.join("ca").join(name).join("cert.pem");
         let text = run(Command::new("openssl")
@@ -72,16 +65,16 @@ fn init_makes_cas_that_openssl_and_ssh_keygen_read() {
         );
         let key = dir.join("ca").join(name).join("key.pem");
         assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+        // The private key is PKCS#8 OpenSSL reads, and its public half is the line's.
+        let text = run(Command::new("openssl")
+            .args(["pkey", "-noout", "-text", "-in"])
+            .arg(&key));
+        assert!(text.contains("ED25519 Private-Key"), "{text}");
     }
     let ks = Keyserver::open(&dir).unwrap();
     let audit = ks.audit_records().unwrap();
     assert_eq!(audit.len(), 1);
     assert_eq!(audit[0].action, "init");
-}
-
-/// Now, for certificates OpenSSL checks against its own clock.
-fn ca_now() -> u64 {
-    cairn_keyserver::now()
 }
 
 #[test]

@@ -93,24 +93,9 @@ pub struct ConfigError {
     pub hint: Option<String>,
 }
 
-/// What the node does in the cluster.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// Runs etcd (and, with a kubelet, the control-plane pods).
-    ControlPlane,
-    /// Runs workloads only; no etcd.
-    Worker,
-}
-
-impl Role {
-    /// The spelling in node.toml.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::ControlPlane => "control-plane",
-            Role::Worker => "worker",
-        }
-    }
-}
+/// What the node does in the cluster: the key agent and the keyserver name roles the same
+/// way, so the one type serves all three.
+pub use cairn_keys::profiles::Role;
 
 /// A validated node config.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -23,7 +23,7 @@ struct Running {
 fn start() -> Running {
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().join("ks");
-    let made = ca::init(&state, "test", cairn_keyserver::now()).unwrap();
+    let made = ca::init(&state, "test", cairn_signing::time::now()).unwrap();
     let server = Server::bind(
         Keyserver::open(&state).unwrap(),
         "127.0.0.1:0".parse().unwrap(),
@@ -63,7 +63,15 @@ fn openssl(args: &[&str], files: &[&Path]) -> String {
 fn a_control_plane_node_enrolls_and_writes_its_certificates() {
     let r = start();
     let ks = Keyserver::open(&r.state).unwrap();
-    let (token, _) = tokens::create(&ks, "cp-1", Role::ControlPlane, 3600, "alice", cairn_keyserver::now()).unwrap();
+    let (token, _) = tokens::create(
+        &ks,
+        "cp-1",
+        Role::ControlPlane,
+        3600,
+        "alice",
+        cairn_signing::time::now(),
+    )
+    .unwrap();
     let root = tempfile::tempdir().unwrap();
     let token_file = root.path().join("var/lib/cairn/key-agent/token");
     std::fs::create_dir_all(token_file.parent().unwrap()).unwrap();
@@ -122,7 +130,7 @@ fn a_control_plane_node_enrolls_and_writes_its_certificates() {
 fn a_server_without_the_pinned_ca_never_sees_the_token() {
     let r = start();
     let ks = Keyserver::open(&r.state).unwrap();
-    let (token, _) = tokens::create(&ks, "w-1", Role::Worker, 3600, "alice", cairn_keyserver::now()).unwrap();
+    let (token, _) = tokens::create(&ks, "w-1", Role::Worker, 3600, "alice", cairn_signing::time::now()).unwrap();
     let root = tempfile::tempdir().unwrap();
     let mut wrong = server(&r);
     wrong.ca_fingerprint[0] ^= 1;
@@ -150,7 +158,7 @@ fn a_server_without_the_pinned_ca_never_sees_the_token() {
 fn refusals_and_an_absent_keyserver_leave_nothing_behind() {
     let r = start();
     let ks = Keyserver::open(&r.state).unwrap();
-    let (token, _) = tokens::create(&ks, "w-2", Role::Worker, 3600, "alice", cairn_keyserver::now()).unwrap();
+    let (token, _) = tokens::create(&ks, "w-2", Role::Worker, 3600, "alice", cairn_signing::time::now()).unwrap();
     let root = tempfile::tempdir().unwrap();
     let e = key_agent::enroll(
         root.path(),

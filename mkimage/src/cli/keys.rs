@@ -53,7 +53,7 @@ pub(super) enum KeyserverCommand {
 pub(super) fn keyserver(command: KeyserverCommand, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
     match command {
         KeyserverCommand::Init { state, cluster } => {
-            let made = ca::init(&state, &cluster, cairn_keyserver::now())?;
+            let made = ca::init(&state, &cluster, cairn_signing::time::now())?;
             writeln!(out, "keyserver state  {} (cluster {cluster})", made.dir.display())?;
             writeln!(out, "ca-fingerprint   {}", made.keyserver_fingerprint)?;
             writeln!(out, "known_hosts      @cert-authority * {}", made.ssh_host_ca)?;
@@ -139,7 +139,7 @@ fn admin() -> String {
 }
 
 pub(super) fn token(command: TokenCommand, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
-    let now = cairn_keyserver::now();
+    let now = cairn_signing::time::now();
     match command {
         TokenCommand::Create { state, node, role, ttl } => {
             let ks = Keyserver::open(&state)?;

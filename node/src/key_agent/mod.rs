@@ -149,18 +149,22 @@ pub fn enroll(
             .certs
             .get(*name)
             .ok_or_else(|| AgentError::BadAnswer(format!("no {name} certificate")))?;
-        let leaf_spki =
-            leaf_spki(chain).map_err(|why| AgentError::BadAnswer(format!("the {name} certificate: {why}")))?;
-        if leaf_spki != key.subject_public_key_info() {
+        let certs = cairn_keys::pem::blocks(chain, "CERTIFICATE")
+            .map_err(|why| AgentError::BadAnswer(format!("the {name} certificate: {why}")))?;
+        let [leaf, ca] = &certs[..] else {
+            return Err(AgentError::BadAnswer(format!(
+                "the {name} certificate comes as {} certificates, not itself and its CA",
+                certs.len()
+            )));
+        };
+        let (_, parsed) = x509_parser::parse_x509_certificate(&leaf.der)
+            .map_err(|e| AgentError::BadAnswer(format!("the {name} certificate: not a certificate ({e})")))?;
+        if parsed.tbs_certificate.subject_pki.raw != key.subject_public_key_info() {
             return Err(AgentError::BadAnswer(format!(
                 "the {name} certificate is not for this node's key"
             )));
         }
-        let ca_pem = chain
-            .find("-----END CERTIFICATE-----")
-            .map(|i| chain[i + "-----END CERTIFICATE-----".len()..].trim_start().to_string())
-            .filter(|rest| rest.starts_with("-----BEGIN CERTIFICATE-----"))
-            .ok_or_else(|| AgentError::BadAnswer(format!("the {name} certificate comes without its CA")))?;
+        let ca_pem = ca.text.clone();
         files.push((name.to_string(), chain.clone(), key.serialize_pem(), ca_pem));
     }
     let generation = next_generation(root)?;
@@ -187,22 +191,6 @@ pub fn enroll(
         profiles: files.into_iter().map(|f| f.0).collect(),
         generation,
     })
-}
-
-/// The SubjectPublicKeyInfo of the first certificate of a PEM chain.
-fn leaf_spki(chain_pem: &str) -> Result<Vec<u8>, String> {
-    use base64::Engine;
-    let body: String = chain_pem
-        .lines()
-        .skip_while(|l| *l != "-----BEGIN CERTIFICATE-----")
-        .skip(1)
-        .take_while(|l| *l != "-----END CERTIFICATE-----")
-        .collect();
-    let der = base64::engine::general_purpose::STANDARD
-        .decode(body)
-        .map_err(|_| "not PEM".to_string())?;
-    let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| format!("not a certificate ({e})"))?;
-    Ok(cert.tbs_certificate.subject_pki.raw.to_vec())
 }
 
 /// One more than the highest generation any profile has.
