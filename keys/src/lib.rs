@@ -9,12 +9,14 @@
 //!   before by its hash;
 //! - [`profiles`]: which certificates a node of a role gets, with every name in them taken
 //!   from the keyserver's record of the node;
-//! - [`wire`]: the JSON the agent and the keyserver exchange.
+//! - [`wire`]: the JSON the agent and the keyserver exchange;
+//! - [`clock`]: the wall clock both read, which tests set by hand.
 //!
 //! The design, with the evidence behind it, is `shared/design/keys.md`; the agent never
 //! links the keyserver, and neither links the image builder.
 
 pub mod audit;
+pub mod clock;
 pub mod harness;
 pub mod pem;
 pub mod profiles;
@@ -22,4 +24,5 @@ pub mod schedule;
 pub mod token;
 pub mod wire;
 
+pub use clock::Clock;
 pub use token::{Token, TokenError};

@@ -20,7 +20,20 @@ pub struct EnrollRequest {
     pub csrs: BTreeMap<String, String>,
 }
 
-/// The answer to an enrollment.
+/// `POST /v1/renew`, over TLS with the node's identity certificate as its client
+/// certificate: new keys for some or all of the node's certificates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewRequest {
+    /// The generation of the certificates the node holds (the last answer's). A node that
+    /// sends an older one is not the only holder of its identity key: the keyserver
+    /// refuses and raises an alert.
+    pub generation: u64,
+    /// One PEM certificate signing request per profile to renew, each for a new key.
+    pub csrs: BTreeMap<String, String>,
+}
+
+/// The answer to an enrollment or a renewal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnrollResponse {
@@ -28,6 +41,8 @@ pub struct EnrollResponse {
     pub node: String,
     /// Its role.
     pub role: Role,
+    /// The generation of these certificates: 1 at enrollment, one more at each renewal.
+    pub generation: u64,
     /// One certificate per profile: the leaf, then the CA that signed it (PEM).
     pub certs: BTreeMap<String, String>,
     /// Each CA's certificate by CA name (PEM), to trust peers with.
@@ -42,7 +57,9 @@ pub struct EnrollResponse {
 #[serde(deny_unknown_fields)]
 pub struct ErrorResponse {
     /// `token_unknown`, `token_invalid`, `token_expired`, `token_used`, `token_revoked`,
-    /// `role_mismatch`, `bad_csr`, `bad_request`, `unavailable`.
+    /// `role_mismatch`, `bad_csr`, `bad_request`, `unavailable`, `not_identified`,
+    /// `identity_expired_beyond_grace`, `generation_mismatch`, `node_locked`,
+    /// `node_unknown`.
     pub code: String,
     /// What happened.
     pub message: String,

@@ -11,14 +11,15 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use cairn_keys::audit::{Outcome, Record};
-use cairn_keys::profiles::{profile_names, profiles, NodeRecord, Role};
+use cairn_keys::profiles::{profile_names, Role};
 use cairn_keys::wire::{EnrollRequest, EnrollResponse};
 use cairn_keys::Token;
 
-use crate::issue::{check_csr, issue};
+use crate::issue::{check_csr, issue_set};
+use crate::renew::{issued_path, Issued};
 use crate::state::Keyserver;
 use crate::tokens::{claim, Claim, Refusal};
-use crate::{ca, registry, KeyserverError};
+use crate::{registry, KeyserverError};
 
 fn answer_path(token_id: &str) -> PathBuf {
     Path::new("enrolled").join(format!("{token_id}.json"))
@@ -83,42 +84,39 @@ pub fn enroll(
         // Claimed, but the answer was never kept (the keyserver stopped in between):
         // issue now, as the first time would have.
     }
-    let record = registry::get(ks, &node)?.unwrap_or(NodeRecord {
-        name: node.clone(),
-        role,
-        etcd_client_ips: vec![],
-        etcd_peer_ips: vec![],
-        addresses: vec![],
-    });
-    let mut certs = BTreeMap::new();
-    let mut bundles = BTreeMap::new();
-    let mut serials = Vec::new();
-    for p in profiles(&record) {
-        let Some(csr) = csrs.get(p.name) else {
-            return Ok(Err(refusal(
-                "role_mismatch",
-                format!(
-                    "the keyserver's record of {node} says it is a {} node",
-                    record.role.as_str()
-                ),
-            )));
-        };
-        let issued = issue(ks, &p, csr, now)?;
-        let ca_pem = ca::certificate(ks, p.ca)?;
-        certs.insert(p.name.to_string(), format!("{}{}", issued.cert, ca_pem));
-        bundles.entry(p.ca.to_string()).or_insert(ca_pem);
-        serials.push(issued.serial);
+    let record = registry::get(ks, &node)?.unwrap_or_else(|| registry::unregistered(&node, role));
+    if profile_names(record.role) != wanted {
+        return Ok(Err(refusal(
+            "role_mismatch",
+            format!(
+                "the keyserver's record of {node} says it is a {} node",
+                record.role.as_str()
+            ),
+        )));
     }
+    let set = issue_set(ks, &record, &csrs, now)?;
+    let lock = ks.lock()?;
+    let tail = ks.audit_tail(&lock)?;
+    // A node enrolled again (reinstalled, with a new token) starts the generation after the
+    // one it had: a copy of its old disk can no longer renew.
+    let before: Option<Issued> = ks.read(&issued_path(&node))?;
+    let generation = before.map_or(1, |b| b.generation + 1);
     let response = EnrollResponse {
         node: node.clone(),
         role: record.role,
-        certs,
-        bundles,
+        generation,
+        certs: set.certs,
+        bundles: set.bundles,
         server_time: now,
     };
-    let lock = ks.lock()?;
-    let tail = ks.audit_tail(&lock)?;
+    let state = Issued {
+        generation,
+        identity_serial: set.identity_serial.expect("every role has an identity"),
+        previous: None,
+        locked: None,
+    };
     ks.write(&lock, &answer_path(token.id()), &response, 0o644)?;
+    ks.write(&lock, &issued_path(&node), &state, 0o644)?;
     let mut r = Record::new(
         now,
         &ks.replica,
@@ -129,7 +127,7 @@ pub fn enroll(
     r.node = Some(node);
     r.token = Some(token.id().to_string());
     r.client = client.map(str::to_string);
-    r.serials = serials;
+    r.serials = set.serials;
     tail.append(&lock, r)?;
     Ok(Ok(response))
 }

@@ -139,3 +139,41 @@ pub fn sign(
         not_after,
     })
 }
+
+/// Certificates issued for one request: each leaf with its CA, the CAs, the serials.
+#[derive(Debug, Clone, Default)]
+pub struct IssuedSet {
+    /// Leaf and CA (PEM), by profile.
+    pub certs: std::collections::BTreeMap<String, String>,
+    /// Each CA used (PEM), by CA name.
+    pub bundles: std::collections::BTreeMap<String, String>,
+    /// Every serial issued (hex).
+    pub serials: Vec<String>,
+    /// The identity certificate's serial, when one was issued.
+    pub identity_serial: Option<String>,
+}
+
+/// Issue, for the node `record` describes, a certificate for each of its profiles that
+/// `csrs` has a request for (a profile the record's role does not have is skipped: callers
+/// check the names first).
+pub fn issue_set(
+    ks: &Keyserver,
+    record: &cairn_keys::profiles::NodeRecord,
+    csrs: &std::collections::BTreeMap<&str, Csr>,
+    now: u64,
+) -> Result<IssuedSet, KeyserverError> {
+    let mut set = IssuedSet::default();
+    for p in cairn_keys::profiles::profiles(record) {
+        let Some(csr) = csrs.get(p.name) else { continue };
+        let issued = issue(ks, &p, csr, now)?;
+        let ca_pem = crate::ca::certificate(ks, p.ca)?;
+        set.certs
+            .insert(p.name.to_string(), format!("{}{}", issued.cert, ca_pem));
+        set.bundles.entry(p.ca.to_string()).or_insert(ca_pem);
+        if p.name == "identity" {
+            set.identity_serial = Some(issued.serial.clone());
+        }
+        set.serials.push(issued.serial);
+    }
+    Ok(set)
+}

@@ -38,6 +38,18 @@ pub fn record_for(config: &NodeConfig) -> NodeRecord {
     }
 }
 
+/// The record of a node enrolled with a token but never registered: its name and role,
+/// and no address (its certificates name only the node).
+pub fn unregistered(name: &str, role: cairn_keys::profiles::Role) -> NodeRecord {
+    NodeRecord {
+        name: name.to_string(),
+        role,
+        etcd_client_ips: vec![],
+        etcd_peer_ips: vec![],
+        addresses: vec![],
+    }
+}
+
 /// Write (or replace) a node's record.
 pub fn register(ks: &Keyserver, record: &NodeRecord, admin: &str, now: u64) -> Result<(), KeyserverError> {
     check_node_name(&record.name)?;

@@ -5,6 +5,12 @@
 //! | `GET /healthz` | `ok` |
 //! | `GET /v1/ca` | every CA's certificate and the server's clock |
 //! | `POST /v1/enroll` | [`crate::enroll`]: a token and signing requests in, certificates out |
+//! | `POST /v1/renew` | [`crate::renew`]: with the node's identity as TLS client certificate |
+//!
+//! A client certificate is asked for but not required (a new node has none). One that is
+//! sent must chain to the keyserver CA and be for client authentication; one that has
+//! expired is checked as of its own end, and [`crate::renew`] decides whether it is within
+//! the grace. The clock is a value ([`Clock`]) so tests can move it.
 //!
 //! The serving certificate is made at start from the keyserver CA for the names given
 //! (`--name`), lives a day and is made again when a third of that remains, so nodes check
@@ -18,16 +24,22 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use cairn_keys::clock::TlsTime;
 use cairn_keys::profiles::{Profile, Usage};
-use cairn_keys::wire::{EnrollRequest, ErrorResponse};
+use cairn_keys::wire::{EnrollRequest, ErrorResponse, RenewRequest};
+use cairn_keys::Clock;
 use rcgen::KeyPair;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use serde::Serialize;
 
+use crate::renew::Identity;
 use crate::state::Keyserver;
-use crate::{ca, enroll, issue, KeyserverError};
+use crate::{ca, enroll, issue, renew, KeyserverError};
 
 /// The longest request head.
 pub const MAX_HEAD: usize = 16 * 1024;
@@ -43,6 +55,7 @@ pub const SERVING_LIFETIME: u64 = 86_400;
 struct ServingCert {
     ks: Arc<Keyserver>,
     names: Vec<String>,
+    clock: Clock,
     current: Mutex<(Arc<CertifiedKey>, u64, u64)>,
 }
 
@@ -84,7 +97,7 @@ impl ServingCert {
 impl ResolvesServerCert for ServingCert {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
-        let now = cairn_signing::time::now();
+        let now = self.clock.now();
         let (_, made, not_after) = *cur;
         if now + (not_after - made) / 3 >= not_after {
             match ServingCert::make(&self.ks, &self.names, now) {
@@ -102,6 +115,73 @@ pub struct Server {
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     ks: Arc<Keyserver>,
+    clock: Clock,
+}
+
+/// Client certificates: the keyserver CA's, for client authentication, checked as of their
+/// end when they have ended (renewal decides about the grace).
+#[derive(Debug)]
+struct IdentityVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+}
+
+impl ClientCertVerifier for IdentityVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        match self.inner.verify_client_cert(end_entity, intermediates, now) {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Expired | rustls::CertificateError::ExpiredContext { .. },
+            )) => {
+                let (_, cert) = x509_parser::parse_x509_certificate(end_entity)
+                    .map_err(|_| rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding))?;
+                let end = cert.validity().not_after.timestamp().max(0) as u64;
+                self.inner.verify_client_cert(
+                    end_entity,
+                    intermediates,
+                    UnixTime::since_unix_epoch(Duration::from_secs(end)),
+                )
+            }
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 /// Check a serving name (a DNS name or an IP address).
@@ -119,6 +199,16 @@ fn check_name(n: &str) -> Result<(), KeyserverError> {
 impl Server {
     /// Make the serving certificate for `names` and bind `listen`.
     pub fn bind(ks: Keyserver, listen: SocketAddr, names: &[String]) -> Result<Server, KeyserverError> {
+        Server::bind_with_clock(ks, listen, names, Clock::system())
+    }
+
+    /// [`Server::bind`] with a clock of the caller's (tests move it).
+    pub fn bind_with_clock(
+        ks: Keyserver,
+        listen: SocketAddr,
+        names: &[String],
+        clock: Clock,
+    ) -> Result<Server, KeyserverError> {
         if names.is_empty() {
             return Err(KeyserverError::Invalid {
                 message: "the keyserver needs at least one name to serve under".into(),
@@ -130,26 +220,48 @@ impl Server {
             check_name(n)?;
         }
         let ks = Arc::new(ks);
-        let first = ServingCert::make(&ks, names, cairn_signing::time::now())?;
+        let first = ServingCert::make(&ks, names, clock.now())?;
         let resolver = Arc::new(ServingCert {
             ks: ks.clone(),
             names: names.to_vec(),
+            clock: clock.clone(),
             current: Mutex::new(first),
         });
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ServerConfig::builder_with_provider(provider)
+        let ca_pem = ca::certificate(&ks, "keyserver")?;
+        let ca_der = ca::pem_der(&ca_pem).map_err(|why| KeyserverError::Certificate {
+            what: "the keyserver CA".into(),
+            why,
+        })?;
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from(ca_der))
+            .map_err(|e| KeyserverError::Certificate {
+                what: "the keyserver CA".into(),
+                why: e.to_string(),
+            })?;
+        let inner = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| KeyserverError::Certificate {
+                what: "the client certificate check".into(),
+                why: e.to_string(),
+            })?;
+        let verifier = Arc::new(IdentityVerifier { inner });
+        let tls = rustls::ServerConfig::builder_with_details(provider, Arc::new(TlsTime(clock.clone())))
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| KeyserverError::Certificate {
                 what: "the TLS configuration".into(),
                 why: e.to_string(),
             })?
-            .with_no_client_auth()
+            .with_client_cert_verifier(verifier)
             .with_cert_resolver(resolver);
         let listener = TcpListener::bind(listen).map_err(crate::io_err("listening on", listen.to_string()))?;
         Ok(Server {
             listener,
             tls: Arc::new(tls),
             ks,
+            clock,
         })
     }
 
@@ -164,11 +276,11 @@ impl Server {
         for conn in self.listener.incoming() {
             let Ok(stream) = conn else { continue };
             slots.take();
-            let (tls, ks, slots) = (self.tls.clone(), self.ks.clone(), slots.clone());
+            let (tls, ks, slots, clock) = (self.tls.clone(), self.ks.clone(), slots.clone(), self.clock.clone());
             std::thread::spawn(move || {
                 // Given back however the connection ends.
                 let _slot = Taken(&slots);
-                let _ = serve_connection(stream, tls, &ks);
+                let _ = serve_connection(stream, tls, &ks, &clock);
             });
         }
     }
@@ -227,7 +339,12 @@ fn error(status: u16, code: &str, message: impl Into<String>, retry: bool) -> Re
     )
 }
 
-fn serve_connection(stream: TcpStream, tls: Arc<rustls::ServerConfig>, ks: &Keyserver) -> std::io::Result<()> {
+fn serve_connection(
+    stream: TcpStream,
+    tls: Arc<rustls::ServerConfig>,
+    ks: &Keyserver,
+    clock: &Clock,
+) -> std::io::Result<()> {
     let peer = stream.peer_addr().map(|a| a.to_string()).ok();
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     stream.set_write_timeout(Some(Duration::from_secs(10)))?;
@@ -235,7 +352,18 @@ fn serve_connection(stream: TcpStream, tls: Arc<rustls::ServerConfig>, ks: &Keys
     let conn = rustls::ServerConnection::new(tls).map_err(std::io::Error::other)?;
     let mut s = rustls::StreamOwned::new(conn, stream);
     let reply = match read_request(&mut s) {
-        Ok((method, path, body)) => route(ks, &method, &path, &body, peer.as_deref()),
+        Ok((method, path, body)) => {
+            let identity = s
+                .conn
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| Identity::from_der(c));
+            let from = Caller {
+                addr: peer.as_deref(),
+                identity,
+            };
+            route(ks, &method, &path, &body, &from, clock.now())
+        }
         Err(reply) => reply,
     };
     let reason = match reply.status {
@@ -330,8 +458,27 @@ fn read_request(s: &mut impl Read) -> Result<(String, String, Vec<u8>), Reply> {
     Ok((method, path, body))
 }
 
-fn route(ks: &Keyserver, method: &str, path: &str, body: &[u8], peer: Option<&str>) -> Reply {
-    let now = cairn_signing::time::now();
+/// Who sent a request: its address, and the identity its client certificate names
+/// (`Some(None)`: a certificate, verified, that names no node).
+struct Caller<'a> {
+    addr: Option<&'a str>,
+    identity: Option<Option<Identity>>,
+}
+
+fn refused(refusal: crate::tokens::Refusal) -> Reply {
+    let status = match refusal.code {
+        "bad_request" => 400,
+        "token_unknown" | "token_invalid" | "token_expired" | "not_identified" | "identity_expired_beyond_grace" => 401,
+        "token_revoked" | "role_mismatch" | "node_locked" | "node_unknown" => 403,
+        "token_used" | "generation_mismatch" => 409,
+        "bad_csr" => 422,
+        _ => 400,
+    };
+    error(status, refusal.code, refusal.message, false)
+}
+
+fn route(ks: &Keyserver, method: &str, path: &str, body: &[u8], from: &Caller, now: u64) -> Reply {
+    let peer = from.addr;
     match (method, path) {
         ("GET", "/healthz") => Reply {
             status: 200,
@@ -368,21 +515,41 @@ fn route(ks: &Keyserver, method: &str, path: &str, body: &[u8], peer: Option<&st
             };
             match enroll::enroll(ks, &req, peer, now) {
                 Ok(Ok(resp)) => json(200, &resp),
-                Ok(Err(refusal)) => {
-                    let status = match refusal.code {
-                        "bad_request" => 400,
-                        "token_unknown" | "token_invalid" | "token_expired" => 401,
-                        "token_revoked" | "role_mismatch" => 403,
-                        "token_used" => 409,
-                        "bad_csr" => 422,
-                        _ => 400,
-                    };
-                    error(status, refusal.code, refusal.message, false)
-                }
+                Ok(Err(refusal)) => refused(refusal),
                 Err(e) => unavailable(e),
             }
         }
-        (_, "/healthz" | "/v1/ca" | "/v1/enroll") => {
+        ("POST", "/v1/renew") => {
+            let identity = match &from.identity {
+                Some(Some(i)) => i,
+                Some(None) => {
+                    return error(
+                        401,
+                        "not_identified",
+                        "the client certificate names no node (CN) and role (O=cairn:ROLE)",
+                        false,
+                    )
+                }
+                None => {
+                    return error(
+                        401,
+                        "not_identified",
+                        "renewal needs the node's identity certificate as the TLS client certificate",
+                        false,
+                    )
+                }
+            };
+            let req: RenewRequest = match serde_json::from_slice(body) {
+                Ok(r) => r,
+                Err(e) => return error(400, "bad_request", format!("not a renew request: {e}"), false),
+            };
+            match renew::renew(ks, identity, &req, body, peer, now) {
+                Ok(Ok(resp)) => json(200, &resp),
+                Ok(Err(refusal)) => refused(refusal),
+                Err(e) => unavailable(e),
+            }
+        }
+        (_, "/healthz" | "/v1/ca" | "/v1/enroll" | "/v1/renew") => {
             error(405, "bad_request", format!("{method} is not how {path} is used"), false)
         }
         _ => error(404, "bad_request", "no such endpoint", false),
@@ -408,6 +575,11 @@ pub fn harness_request(data: &[u8]) {
     let mut input = data;
     if let Ok((_, _, body)) = read_request(&mut input) {
         assert!(body.len() <= MAX_BODY);
+        if let Ok(req) = serde_json::from_slice::<RenewRequest>(&body) {
+            for (name, pem) in &req.csrs {
+                let _ = issue::check_csr(name, pem);
+            }
+        }
         if let Ok(req) = serde_json::from_slice::<EnrollRequest>(&body) {
             let _ = cairn_keys::Token::parse(&req.token);
             let _ = cairn_keys::profiles::Role::parse(&req.role);

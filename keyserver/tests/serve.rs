@@ -288,3 +288,78 @@ fn serving_names_are_checked() {
         assert!(e.to_string().contains("hint:"), "{bad:?}: {e}");
     }
 }
+
+#[test]
+fn renewal_needs_the_identity_certificate_as_the_client_certificate() {
+    let r = start();
+    let ks = Keyserver::open(&r.state).unwrap();
+    let (token, _) = tokens::create(&ks, "w-9", Role::Worker, 3600, "alice", cairn_signing::time::now()).unwrap();
+    let names = ["identity", "kubelet-client", "kubelet-serving"];
+    let req = EnrollRequest {
+        token: token.to_string(),
+        role: "worker".into(),
+        csrs: names.iter().map(|n| (n.to_string(), csr(&r.state, n))).collect(),
+    };
+    let (body, code) = post(&r, "/v1/enroll", &serde_json::to_string(&req).unwrap());
+    assert_eq!(code, 200, "{body}");
+    let resp: EnrollResponse = serde_json::from_str(&body).unwrap();
+    assert_eq!(resp.generation, 1);
+    for n in names {
+        std::fs::write(r.state.join(format!("{n}.crt")), &resp.certs[n]).unwrap();
+    }
+    // The renewal request: new keys (csr() writes each over the old one).
+    let keep = |n: &str| std::fs::copy(r.state.join(format!("{n}.key")), r.state.join(format!("{n}.old.key"))).unwrap();
+    names.iter().for_each(|n| _ = keep(n));
+    let renew = cairn_keys::wire::RenewRequest {
+        generation: 1,
+        csrs: names.iter().map(|n| (n.to_string(), csr(&r.state, n))).collect(),
+    };
+    let body_file = r.state.join("renew.json");
+    std::fs::write(&body_file, serde_json::to_string(&renew).unwrap()).unwrap();
+    let renew_with = |cert: Option<&str>| {
+        let mut args: Vec<String> = vec![
+            "-H".into(),
+            "Content-Type: application/json".into(),
+            "--data-binary".into(),
+            format!("@{}", body_file.display()),
+        ];
+        if let Some(n) = cert {
+            args.extend([
+                "--cert".into(),
+                r.state.join(format!("{n}.crt")).display().to_string(),
+                "--key".into(),
+                r.state.join(format!("{n}.old.key")).display().to_string(),
+            ]);
+        }
+        args.push(format!("{}/v1/renew", r.url));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        reply(&curl(&r, &args))
+    };
+    let err = |body: &str| -> ErrorResponse { serde_json::from_str(body).unwrap_or_else(|e| panic!("{body}: {e}")) };
+
+    // No client certificate: told what renewal needs.
+    let (body, code) = renew_with(None);
+    assert_eq!((code, err(&body).code.as_str()), (401, "not_identified"));
+    // A certificate of another CA (the Kubernetes one): the handshake itself is refused.
+    let (body, code) = renew_with(Some("kubelet-client"));
+    assert_eq!(code, 0, "{body}");
+    // The identity: new certificates, generation 2.
+    let (body, code) = renew_with(Some("identity"));
+    assert_eq!(code, 200, "{body}");
+    let renewed: EnrollResponse = serde_json::from_str(&body).unwrap();
+    assert_eq!((renewed.generation, renewed.certs.len()), (2, 3));
+    assert_ne!(renewed.certs["identity"], resp.certs["identity"]);
+    // The same request again from the same identity: the answer it already got.
+    let (body, code) = renew_with(Some("identity"));
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(serde_json::from_str::<EnrollResponse>(&body).unwrap(), renewed);
+    let audit = ks.audit_records().unwrap();
+    assert_eq!(
+        audit
+            .iter()
+            .filter(|a| a.action == "renew")
+            .map(|a| a.code.as_deref())
+            .collect::<Vec<_>>(),
+        [None, Some("again")]
+    );
+}

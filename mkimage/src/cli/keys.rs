@@ -29,7 +29,8 @@ pub(super) enum KeyserverCommand {
     },
     /// Serve enrollment over HTTPS (TLS 1.3) until stopped.
     ///
-    /// Answers `GET /v1/ca`, `POST /v1/enroll` and `GET /healthz`. Its certificate comes
+    /// Answers `GET /v1/ca`, `POST /v1/enroll`, `POST /v1/renew` (with the node's identity
+    /// certificate) and `GET /healthz`. Its certificate comes
     /// from the keyserver CA for the names given, lives a day and is renewed as it goes;
     /// nodes check it against `[key-agent] ca-fingerprint`.
     Serve {
@@ -42,6 +43,18 @@ pub(super) enum KeyserverCommand {
         /// certificate names exactly these.
         #[arg(long = "name", required = true, value_name = "NAME")]
         names: Vec<String>,
+    },
+    /// Let a locked node renew again.
+    ///
+    /// A node is locked when a renewal comes with an identity or generation older than
+    /// the current one: two machines hold its key (a copied disk, a stolen key). Make sure
+    /// the other copy is gone first; the node keeps the identity that renewed last. A node
+    /// that cannot renew with that one needs a new token instead.
+    Unlock {
+        /// The state directory.
+        state: PathBuf,
+        /// The node.
+        node: String,
     },
     /// Check the audit log's chain and print its records.
     Audit {
@@ -75,6 +88,15 @@ pub(super) fn keyserver(command: KeyserverCommand, out: &mut dyn Write, err: &mu
                 names.join(", ")
             )?;
             server.run();
+        }
+        KeyserverCommand::Unlock { state, node } => {
+            let ks = Keyserver::open(&state)?;
+            let s = cairn_keyserver::renew::unlock(&ks, &node, &admin(), cairn_signing::time::now())?;
+            writeln!(
+                out,
+                "unlocked {node}: generation {} with identity {} may renew",
+                s.generation, s.identity_serial
+            )?;
         }
         KeyserverCommand::Audit { state } => {
             let ks = Keyserver::open(&state)?;
