@@ -42,7 +42,7 @@ fn the_preset_enables_every_cairn_unit_that_can_be_enabled() {
         let text = std::fs::read_to_string(&p).unwrap();
         if let Some(template) = name.strip_suffix("@.service") {
             // Templates are started by OnFailure= in the gates, not enabled.
-            for gate in ["etcd", "containerd", "wireguard", "kubelet", "sshd"] {
+            for gate in cairn_node_config::HEALTH_GATES {
                 let unit = std::fs::read_to_string(repo(&format!("units/cairn-health-{gate}.service"))).unwrap();
                 assert!(unit.contains(&format!("OnFailure={template}@{gate}.service")), "{gate}");
             }
@@ -74,7 +74,7 @@ fn the_preset_enables_every_cairn_unit_that_can_be_enabled() {
     }
     assert!(checked >= 8, "{checked}");
     // Gates are required by boot-complete.target, not merely wanted.
-    for gate in ["etcd", "containerd", "wireguard", "kubelet", "sshd"] {
+    for gate in cairn_node_config::HEALTH_GATES {
         let text = std::fs::read_to_string(repo(&format!("units/cairn-health-{gate}.service"))).unwrap();
         assert!(
             cairn_mkimage::tree::customize::install_targets(&text)

@@ -31,15 +31,48 @@ pub struct Etcd {
     pub tls: Option<EtcdTls>,
 }
 
-/// etcd's certificate files (written by the key agent).
+/// etcd's certificate files: from `[etcd.tls]` (one pair and one CA for clients and peers
+/// alike), or, on a node with a `[key-agent]`, the key agent's (below).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EtcdTls {
-    /// Server and peer certificate.
+    /// The certificate etcd serves clients with.
     pub cert: StatePath,
     /// Its key.
     pub key: StatePath,
-    /// CA that signs clients and peers.
+    /// The CA whose clients are let in.
     pub ca: StatePath,
+    /// The certificate etcd serves and shows peers.
+    pub peer_cert: StatePath,
+    /// Its key.
+    pub peer_key: StatePath,
+    /// The CA whose peers are let in.
+    pub peer_ca: StatePath,
+}
+
+/// Where the key agent keeps a profile's current files.
+fn pki(profile: &str, file: &str) -> StatePath {
+    StatePath::under(
+        "/var/lib/cairn",
+        &format!("/var/lib/cairn/pki/{profile}/current/{file}"),
+    )
+    .expect("a plain path")
+}
+
+impl EtcdTls {
+    /// The key agent's certificates: the etcd-server pair for clients (who must show an
+    /// etcd-client certificate), the etcd-peer pair for peers (who must show one of the
+    /// etcd-peer CA). `both.pem` holds certificate and key in one file, so etcd never reads
+    /// a certificate beside the wrong key while the agent switches generations.
+    pub fn from_key_agent() -> EtcdTls {
+        EtcdTls {
+            cert: pki("etcd-server", "both.pem"),
+            key: pki("etcd-server", "both.pem"),
+            ca: pki("etcd-client", "bundle.pem"),
+            peer_cert: pki("etcd-peer", "both.pem"),
+            peer_key: pki("etcd-peer", "both.pem"),
+            peer_ca: pki("etcd-peer", "bundle.pem"),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -89,7 +122,7 @@ pub(crate) fn urls(cx: &Cx, list: &[Spanned<String>], what: &str) -> Result<Vec<
         .collect()
 }
 
-pub(crate) fn etcd(cx: &Cx, raw: Option<&RawEtcd>, hostname: &str) -> Result<Etcd, ConfigError> {
+pub(crate) fn etcd(cx: &Cx, raw: Option<&RawEtcd>, hostname: &str, key_agent: bool) -> Result<Etcd, ConfigError> {
     let empty = RawEtcd {
         name: None,
         data_dir: None,
@@ -133,13 +166,19 @@ pub(crate) fn etcd(cx: &Cx, raw: Option<&RawEtcd>, hostname: &str) -> Result<Etc
                 )
             })
         };
+        let (cert, key, ca) = (file(&t.cert)?, file(&t.key)?, file(&t.ca)?);
         Ok(EtcdTls {
-            cert: file(&t.cert)?,
-            key: file(&t.key)?,
-            ca: file(&t.ca)?,
+            peer_cert: cert.clone(),
+            peer_key: key.clone(),
+            peer_ca: ca.clone(),
+            cert,
+            key,
+            ca,
         })
     });
-    let tls = tls.transpose()?;
+    // With a keyserver, etcd speaks TLS with the key agent's certificates unless [etcd.tls]
+    // brings others.
+    let tls = tls.transpose()?.or_else(|| key_agent.then(EtcdTls::from_key_agent));
     let scheme = if tls.is_some() { "https" } else { "http" };
     let default = |port: u16| vec![format!("{scheme}://127.0.0.1:{port}")];
     let spanned_default = |port| {
@@ -165,7 +204,7 @@ pub(crate) fn etcd(cx: &Cx, raw: Option<&RawEtcd>, hostname: &str) -> Result<Etc
                     u.scheme,
                     if tls.is_some() { "with TLS" } else { "without TLS" }
                 ),
-                "use https:// URLs with [etcd.tls] and http:// without it",
+                "use https:// URLs with [etcd.tls] or [key-agent], and http:// without them",
             );
         }
         if u.host == "0.0.0.0" || u.host == "::" {

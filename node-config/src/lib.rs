@@ -74,7 +74,7 @@ use update::{update, RawUpdate};
 use wireguard::{wireguard, RawWireguard};
 
 /// The health gates `[health]` can set time limits for.
-pub const HEALTH_GATES: [&str; 5] = ["etcd", "containerd", "wireguard", "kubelet", "sshd"];
+pub const HEALTH_GATES: [&str; 6] = ["etcd", "containerd", "wireguard", "kubelet", "sshd", "keys"];
 
 /// The only `version` this agent reads.
 pub const VERSION: u32 = 1;
@@ -258,7 +258,7 @@ impl NodeConfig {
                 )
             }
             (Role::Worker, None) => None,
-            (Role::ControlPlane, e) => Some(etcd(&cx, e.as_ref(), &hostname)?),
+            (Role::ControlPlane, e) => Some(etcd(&cx, e.as_ref(), &hostname, raw.key_agent.is_some())?),
         };
         let wireguard = match &raw.wireguard {
             None => None,

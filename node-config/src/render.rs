@@ -19,6 +19,10 @@ pub const ETCD_METRICS_URL: &str = "http://127.0.0.1:2381";
 pub const KUBELET_CONFIG: &str = "/run/cairn/kubelet/config.yaml";
 /// The kubelet's extra arguments.
 pub const KUBELET_ENV: &str = "/run/cairn/kubelet/kubelet.env";
+/// The kubelet's serving certificate and key from the key agent.
+pub const KUBELET_SERVING: &str = "/var/lib/cairn/pki/kubelet-serving/current/both.pem";
+/// The Kubernetes CA, from the key agent (the CA of the kubelet's client certificate).
+pub const KUBERNETES_CA: &str = "/var/lib/cairn/pki/kubelet-client/current/bundle.pem";
 /// The kubeconfig the kubelet uses (written by the key agent, later).
 pub const KUBECONFIG: &str = "/var/lib/cairn/kubelet/kubeconfig";
 /// Where sshd reads root's authorized keys (`AuthorizedKeysFile` in the image's sshd config).
@@ -158,9 +162,9 @@ pub fn render_etcd_env(c: &NodeConfig, e: &Etcd) -> Result<String, RenderError> 
             ("ETCD_CERT_FILE", &t.cert),
             ("ETCD_KEY_FILE", &t.key),
             ("ETCD_TRUSTED_CA_FILE", &t.ca),
-            ("ETCD_PEER_CERT_FILE", &t.cert),
-            ("ETCD_PEER_KEY_FILE", &t.key),
-            ("ETCD_PEER_TRUSTED_CA_FILE", &t.ca),
+            ("ETCD_PEER_CERT_FILE", &t.peer_cert),
+            ("ETCD_PEER_KEY_FILE", &t.peer_key),
+            ("ETCD_PEER_TRUSTED_CA_FILE", &t.peer_ca),
         ] {
             kv(k, v.as_str())?;
         }
@@ -226,10 +230,23 @@ pub fn render_kubelet_config(c: &NodeConfig, k: &Kubelet) -> Result<String, Rend
          staticPodPath: {STATE_DIR}/kubelet/manifests\n\
          healthzBindAddress: 127.0.0.1\n\
          healthzPort: 10248\n\
-         rotateCertificates: true\n\
-         authentication:\n  anonymous:\n    enabled: false\n  webhook:\n    enabled: true\n\
+         {}\
+         authentication:\n  anonymous:\n    enabled: false\n  webhook:\n    enabled: true\n{}\
          authorization:\n  mode: Webhook\n\
          clusterDomain: {}\n",
+        if c.key_agent.is_some() {
+            // The key agent's certificates; the kubelet rereads the files when they change.
+            format!(
+                "rotateCertificates: false\nserverTLSBootstrap: false\ntlsCertFile: {KUBELET_SERVING}\ntlsPrivateKeyFile: {KUBELET_SERVING}\n"
+            )
+        } else {
+            "rotateCertificates: true\n".to_string()
+        },
+        if c.key_agent.is_some() {
+            format!("  x509:\n    clientCAFile: {KUBERNETES_CA}\n")
+        } else {
+            String::new()
+        },
         val(YAML, "cluster-domain", &k.cluster_domain, Allow::Word)?
     ));
     if !k.cluster_dns.is_empty() {

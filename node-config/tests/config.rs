@@ -22,6 +22,7 @@ fn good_configs_render_their_golden_files() {
     for scenario in [
         "control-plane",
         "control-plane-tls",
+        "control-plane-keyserver",
         "worker",
         "default",
         "static-network",

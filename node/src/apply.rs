@@ -105,7 +105,14 @@ pub enum ApplyError {
 /// Write every output of `plan` under `root`, removing WireGuard keys no longer in it.
 /// With `root` = `/` this also sets the kernel's host name.
 pub fn write(root: &Path, config: &NodeConfig, outputs: &[Output]) -> Result<(), ApplyError> {
-    for o in outputs {
+    // An enrolled node's bootstrap token is spent: it is not written again (and a newer
+    // drive's token cannot re-home the node; see key_agent::state).
+    let enrolled = crate::key_agent::state::enrolled(root);
+    let outputs: Vec<&Output> = outputs
+        .iter()
+        .filter(|o| !(enrolled && o.path == render::KEY_AGENT_TOKEN))
+        .collect();
+    for o in &outputs {
         let owner = match o.owner {
             Owner::Root => None,
             Owner::SystemdNetwork => Some(
@@ -119,14 +126,15 @@ pub fn write(root: &Path, config: &NodeConfig, outputs: &[Output]) -> Result<(),
             source,
         })?;
     }
-    // Secrets the config no longer has (keys of removed interfaces, a dropped key agent
-    // token) must not linger on the state partition.
+    // Secrets the config no longer has (keys of removed interfaces, a dropped or spent key
+    // agent token) must not linger on the state partition. The key agent's own state stays.
     for dir in ["wireguard", "key-agent"] {
         let d = at(root, &format!("{}/{dir}", render::STATE_DIR));
         if let Ok(entries) = fs::read_dir(&d) {
             for e in entries.flatten() {
                 let p = format!("{}/{dir}/{}", render::STATE_DIR, e.file_name().to_string_lossy());
-                if !outputs.iter().any(|o| o.path == p) {
+                let agents_own = p == crate::key_agent::state::STATE || p == crate::key_agent::renew::PENDING;
+                if !agents_own && !outputs.iter().any(|o| o.path == p) {
                     let _ = fs::remove_file(e.path());
                 }
             }
@@ -141,7 +149,7 @@ pub fn write(root: &Path, config: &NodeConfig, outputs: &[Output]) -> Result<(),
     Ok(())
 }
 
-fn running_as_root() -> bool {
+pub(crate) fn running_as_root() -> bool {
     // Ownership can only be given away by root; tests run the same code unprivileged.
     fs::metadata("/proc/self")
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)

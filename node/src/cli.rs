@@ -20,7 +20,7 @@ pub struct Cli {
 }
 
 /// The health gates, as the command line names them.
-const GATES: [&str; 5] = ["etcd", "containerd", "wireguard", "kubelet", "sshd"];
+const GATES: [&str; 6] = cairn_node_config::HEALTH_GATES;
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -63,6 +63,13 @@ enum Command {
     },
     /// Print the ready line (cairn-ready.service).
     Ready,
+    /// Enroll with the keyserver of node.toml's [key-agent], then keep the node's
+    /// certificates renewed (cairn-key-agent.service).
+    KeyAgent {
+        /// Show each certificate, its end, when it renews and the last failure.
+        #[arg(long)]
+        status: bool,
+    },
     /// Install a signed bundle into the inactive slot, poll for one, or show the slots.
     Update {
         /// The bundle: https://, http:// or a file.
@@ -135,6 +142,19 @@ pub fn run(argv: Vec<OsString>) -> ExitCode {
             println!("{}", crate::ready::line(&crate::system::Root::default()));
             ExitCode::SUCCESS
         }
+        Command::KeyAgent { status: true } => {
+            match crate::key_agent::status::status(Path::new("/"), cairn_keys::Clock::system().now()) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("cairn: key agent status: {}", chain(&e));
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::KeyAgent { status: false } => key_agent(),
         Command::Update { status: true, .. } => match update::Target::discover().and_then(|t| update::status(&t)) {
             Ok(text) => {
                 print!("{text}");
@@ -210,6 +230,20 @@ fn health_gate(gate: &str, timeout: Option<u64>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn key_agent() -> ExitCode {
+    use crate::key_agent::{run, state};
+    let config = match applied("key agent") {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if config.key_agent.is_none() && !state::enrolled(Path::new("/")) {
+        println!("cairn: key agent: node.toml has no [key-agent] and the node never enrolled; nothing to do");
+        run::notify_ready();
+        return ExitCode::SUCCESS;
+    }
+    run::run(Path::new("/"), run::Settings::from_config(&config))
 }
 
 fn update_auto() -> ExitCode {
@@ -319,6 +353,8 @@ mod tests {
             &["prestart", "containerd"],
             &["ready"],
             &["update", "--auto"],
+            &["key-agent"],
+            &["key-agent", "--status"],
             &["update", "--status"],
             &["update", "http://10.0.0.5/node_0.2.0.cairn", "--force", "--reboot"],
         ] {

@@ -29,6 +29,9 @@ pub enum Gate {
     Kubelet,
     /// sshd answers on port 22 with its SSH banner: the way an operator reaches the node.
     Sshd,
+    /// With a keyserver: the node holds a certificate for every profile of its role, each
+    /// for the key beside it.
+    Keys,
 }
 
 impl Gate {
@@ -40,6 +43,7 @@ impl Gate {
             "wireguard" => Gate::Wireguard,
             "kubelet" => Gate::Kubelet,
             "sshd" => Gate::Sshd,
+            "keys" => Gate::Keys,
             _ => return None,
         })
     }
@@ -52,6 +56,7 @@ impl Gate {
             Gate::Wireguard => "wireguard",
             Gate::Kubelet => "kubelet",
             Gate::Sshd => "sshd",
+            Gate::Keys => "keys",
         }
     }
 
@@ -61,6 +66,8 @@ impl Gate {
             Gate::Etcd | Gate::Kubelet => 180,
             Gate::Containerd => 120,
             Gate::Wireguard | Gate::Sshd => 60,
+            // Its unit runs after the key agent is ready (or gave up): nothing to wait for.
+            Gate::Keys => 30,
         })
     }
 }
@@ -196,6 +203,13 @@ pub fn probe(gate: Gate, config: &NodeConfig, root: &Path) -> Probe {
             }))
         }
         Gate::Sshd => Probe::Check(Box::new(|| ssh_banner("127.0.0.1:22", Duration::from_secs(5)))),
+        Gate::Keys => {
+            if config.key_agent.is_none() && !crate::key_agent::state::enrolled(root) {
+                return Probe::Skip("no keyserver is configured ([key-agent] in node.toml)".into());
+            }
+            let root = root.to_path_buf();
+            Probe::Check(Box::new(move || keys_held(&root, cairn_keys::Clock::system().now())))
+        }
         Gate::Kubelet => {
             if !crate::apply::at(root, "/usr/bin/kubelet").exists() {
                 return Probe::Skip("this image has no kubelet: no [kubelet] artifact was pinned".into());
@@ -212,6 +226,45 @@ pub fn probe(gate: Gate, config: &NodeConfig, root: &Path) -> Probe {
     }
 }
 
+/// The keys gate's check: every certificate of the role on disk and for its key. One that
+/// has ended passes with a warning: rolling back the OS cannot bring a keyserver back.
+pub fn keys_held(root: &Path, now: u64) -> Result<String, String> {
+    use crate::key_agent::{current, state::AgentState};
+    let state = AgentState::load(root)
+        .map_err(|e| e.to_string())?
+        .ok_or("the key agent has not enrolled (`cairn-node key-agent --status`, `journalctl -u cairn-key-agent`)")?;
+    let names = cairn_keys::profiles::profile_names(state.role);
+    let mut ended = Vec::new();
+    let mut earliest = u64::MAX;
+    for p in &names {
+        let c = current(root, p).map_err(|e| {
+            let last = state
+                .last_error
+                .as_ref()
+                .map_or(String::new(), |(_, e)| format!("; the agent's last error: {e}"));
+            format!("{e}{last}")
+        })?;
+        if now >= c.validity.not_after {
+            ended.push(*p);
+        }
+        earliest = earliest.min(c.validity.not_after);
+    }
+    let mut line = format!(
+        "{} holds {} certificates of generation {}, the first ends {}",
+        state.node,
+        names.len(),
+        state.generation,
+        crate::key_agent::run::date(earliest)
+    );
+    if !ended.is_empty() {
+        line.push_str(&format!(
+            "; WARNING: {} ended (the keyserver has not been reached; they renew when it answers)",
+            ended.join(", ")
+        ));
+    }
+    Ok(line)
+}
+
 impl Gate {
     /// The systemd unit that runs the component, when systemd can give up on it.
     pub fn unit(self) -> Option<&'static str> {
@@ -221,6 +274,7 @@ impl Gate {
             Gate::Kubelet => Some("kubelet.service"),
             Gate::Sshd => Some("ssh.service"),
             Gate::Wireguard => None,
+            Gate::Keys => Some("cairn-key-agent.service"),
         }
     }
 }

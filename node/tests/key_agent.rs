@@ -8,6 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use cairn_keys::profiles::Role;
+use cairn_keys::Clock;
 use cairn_keyserver::serve::Server;
 use cairn_keyserver::tokens::{self, TokenState};
 use cairn_keyserver::{ca, Keyserver};
@@ -79,12 +80,15 @@ fn a_control_plane_node_enrolls_and_writes_its_certificates() {
 
     let got = key_agent::enroll(
         root.path(),
-        &server(&r),
-        &token.to_string(),
-        Some(&token_file),
-        "cp-1",
-        Role::ControlPlane,
+        &key_agent::Enrollment {
+            server: &server(&r),
+            token: &token.to_string(),
+            token_file: Some(&token_file),
+            hostname: "cp-1",
+            role: Role::ControlPlane,
+        },
         Duration::from_secs(20),
+        &Clock::system(),
     )
     .unwrap();
     assert_eq!((got.node.as_str(), got.generation, got.profiles.len()), ("cp-1", 1, 6));
@@ -136,12 +140,15 @@ fn a_server_without_the_pinned_ca_never_sees_the_token() {
     wrong.ca_fingerprint[0] ^= 1;
     let e = key_agent::enroll(
         root.path(),
-        &wrong,
-        &token.to_string(),
-        None,
-        "w-1",
-        Role::Worker,
+        &key_agent::Enrollment {
+            server: &wrong,
+            token: &token.to_string(),
+            token_file: None,
+            hostname: "w-1",
+            role: Role::Worker,
+        },
         Duration::from_secs(20),
+        &Clock::system(),
     )
     .unwrap_err();
     assert!(
@@ -162,12 +169,15 @@ fn refusals_and_an_absent_keyserver_leave_nothing_behind() {
     let root = tempfile::tempdir().unwrap();
     let e = key_agent::enroll(
         root.path(),
-        &server(&r),
-        &token.to_string(),
-        None,
-        "w-2",
-        Role::ControlPlane,
+        &key_agent::Enrollment {
+            server: &server(&r),
+            token: &token.to_string(),
+            token_file: None,
+            hostname: "w-2",
+            role: Role::ControlPlane,
+        },
         Duration::from_secs(20),
+        &Clock::system(),
     )
     .unwrap_err();
     match e {
@@ -184,12 +194,15 @@ fn refusals_and_an_absent_keyserver_leave_nothing_behind() {
     down.port = closed;
     let e = key_agent::enroll(
         root.path(),
-        &down,
-        &token.to_string(),
-        None,
-        "w-2",
-        Role::Worker,
+        &key_agent::Enrollment {
+            server: &down,
+            token: &token.to_string(),
+            token_file: None,
+            hostname: "w-2",
+            role: Role::Worker,
+        },
         Duration::from_secs(5),
+        &Clock::system(),
     )
     .unwrap_err();
     assert!(matches!(e, AgentError::Unreachable(_)), "{e}");
@@ -197,12 +210,75 @@ fn refusals_and_an_absent_keyserver_leave_nothing_behind() {
     // And with the right role the token still works.
     key_agent::enroll(
         root.path(),
-        &server(&r),
-        &token.to_string(),
-        None,
-        "w-2",
-        Role::Worker,
+        &key_agent::Enrollment {
+            server: &server(&r),
+            token: &token.to_string(),
+            token_file: None,
+            hostname: "w-2",
+            role: Role::Worker,
+        },
         Duration::from_secs(20),
+        &Clock::system(),
     )
     .unwrap();
+}
+
+#[test]
+fn apply_writes_the_token_until_the_node_has_enrolled_and_keeps_the_agents_state() {
+    let r = start();
+    let ks = Keyserver::open(&r.state).unwrap();
+    let (token, _) = tokens::create(&ks, "w-3", Role::Worker, 3600, "alice", cairn_signing::time::now()).unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let saved = root.path().join("var/lib/cairn/node.toml");
+    std::fs::create_dir_all(saved.parent().unwrap()).unwrap();
+    std::fs::write(
+        &saved,
+        format!(
+            "version = 1\ngeneration = 1\nhostname = \"w-3\"\nrole = \"worker\"\n[key-agent]\nserver = \"https://127.0.0.1:{}\"\nca-fingerprint = \"sha256:{}\"\nbootstrap-token = \"{token}\"\n",
+            r.port,
+            hex::encode(r.fingerprint)
+        ),
+    )
+    .unwrap();
+    let agent_dir = root.path().join("var/lib/cairn/key-agent");
+    cairn_node::apply::apply(root.path()).unwrap();
+    let token_file = agent_dir.join("token");
+    assert_eq!(std::fs::read_to_string(&token_file).unwrap().trim(), token.to_string());
+    assert_eq!(
+        std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // The agent enrolls with what apply wrote.
+    let config = cairn_node::config::NodeConfig::parse(&std::fs::read_to_string(&saved).unwrap(), "node.toml").unwrap();
+    let p = key_agent::run::Agent::new(
+        root.path(),
+        key_agent::run::Settings::from_config(&config),
+        Clock::system(),
+    )
+    .pass();
+    assert!(p.ready && p.lines[0].contains("enrolled w-3 (worker)"), "{p:?}");
+    assert!(!token_file.exists());
+
+    // Every later boot applies the same config: the spent token is not written again, and
+    // the agent's state stays.
+    cairn_node::apply::apply(root.path()).unwrap();
+    assert!(!token_file.exists(), "a spent token is not written again");
+    assert!(agent_dir.join("state.json").exists() && agent_dir.join("server.toml").exists());
+    let status = key_agent::status::status(root.path(), cairn_signing::time::now()).unwrap();
+    assert!(
+        status.starts_with("key agent: w-3 (worker) enrolled with 127.0.0.1:"),
+        "{status}"
+    );
+    assert!(cairn_node::health::keys_held(root.path(), cairn_signing::time::now())
+        .unwrap()
+        .starts_with("w-3 holds 3 certificates of generation 1"),);
+    // A broken key fails the gate, naming the file.
+    std::fs::write(
+        root.path().join("var/lib/cairn/pki/kubelet-serving/current/key.pem"),
+        "x",
+    )
+    .unwrap();
+    let e = cairn_node::health::keys_held(root.path(), cairn_signing::time::now()).unwrap_err();
+    assert!(e.contains("kubelet-serving"), "{e}");
 }

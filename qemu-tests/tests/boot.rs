@@ -117,7 +117,7 @@ fn a_configured_node_boots_onto_its_verity_root_with_healthy_components() {
     let order = run_ok(
         &mut vm,
         "for u in cairn-health-etcd cairn-health-containerd cairn-health-wireguard cairn-health-kubelet \
-         cairn-health-sshd boot-complete.target; do echo \"$u $(systemctl show -P ActiveState $u) \
+         cairn-health-sshd cairn-health-keys boot-complete.target; do echo \"$u $(systemctl show -P ActiveState $u) \
          $(systemctl show -P ActiveEnterTimestampMonotonic $u)\"; done",
     );
     let rows: Vec<(String, String, u64)> = order
@@ -127,8 +127,8 @@ fn a_configured_node_boots_onto_its_verity_root_with_healthy_components() {
             (f.len() == 3).then(|| (f[0].to_string(), f[1].to_string(), f[2].parse().unwrap_or(0)))
         })
         .collect();
-    assert_eq!(rows.len(), 6, "{order}");
-    let complete = rows[5].2;
+    assert_eq!(rows.len(), 7, "{order}");
+    let complete = rows[6].2;
     for (unit, state, at) in &rows {
         assert_eq!(state, "active", "{unit}: {order}");
         assert!(
@@ -141,7 +141,7 @@ fn a_configured_node_boots_onto_its_verity_root_with_healthy_components() {
         .iter()
         .filter(|(_, l)| l.contains("cairn: health gate") && l.contains("passed"))
         .count();
-    assert_eq!(gates, 5, "every gate logs that it passed on the console");
+    assert_eq!(gates, 6, "every gate logs that it passed on the console");
 
     // What Cairn generated passes systemd's own checks: the factory /var tmpfiles file
     // (re-applying it reports nothing) and every unit Cairn installs or extends.
@@ -155,7 +155,8 @@ fn a_configured_node_boots_onto_its_verity_root_with_healthy_components() {
         &mut vm,
         "systemd-analyze verify --man=no cairn-firstboot.service cairn-ready.service cairn-ssh-hostkeys.service \
          cairn-health-etcd.service cairn-health-containerd.service cairn-health-wireguard.service \
-         cairn-health-kubelet.service cairn-health-sshd.service cairn-gate-failed@etcd.service cairn-update.service cairn-update.timer cairn-boot-deadline.service \
+         cairn-health-kubelet.service cairn-health-sshd.service cairn-health-keys.service cairn-key-agent.service \
+         cairn-gate-failed@etcd.service cairn-update.service cairn-update.timer cairn-boot-deadline.service \
          etcd.service containerd.service 2>&1",
     );
     assert!(verify.trim().is_empty(), "systemd-analyze verify:\n{verify}");
@@ -247,6 +248,7 @@ fn without_a_node_config_the_image_is_a_healthy_single_node() {
         "wireguard passed: nothing to check",
         "kubelet passed: nothing to check",
         "sshd passed after",
+        "keys passed: nothing to check (no keyserver is configured",
     ] {
         assert!(
             lines

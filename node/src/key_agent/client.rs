@@ -10,8 +10,9 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
+use cairn_keys::clock::{Clock, TlsTime};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use sha2::{Digest, Sha256};
 
@@ -95,6 +96,14 @@ pub enum ClientError {
     },
 }
 
+/// A client certificate: the node's identity (chain, PKCS#8 key), for renewals.
+pub struct ClientIdentity {
+    /// The certificate and its CA (DER).
+    pub chain: Vec<CertificateDer<'static>>,
+    /// Its key (PKCS#8 DER).
+    pub key: Vec<u8>,
+}
+
 /// `https://HOST:PORT` of a keyserver, with the pinned CA.
 pub struct Keyserver {
     host: String,
@@ -104,24 +113,42 @@ pub struct Keyserver {
 }
 
 impl Keyserver {
-    /// A client for the server at `host:port` whose CA has `fingerprint`.
-    pub fn new(host: &str, port: u16, fingerprint: [u8; 32], timeout: Duration) -> Keyserver {
+    /// A client for the server at `host:port` whose CA has `fingerprint`, checking
+    /// certificates' times on `clock`, showing `identity` when asked for a client
+    /// certificate.
+    pub fn new(
+        host: &str,
+        port: u16,
+        fingerprint: [u8; 32],
+        timeout: Duration,
+        clock: Clock,
+        identity: Option<ClientIdentity>,
+    ) -> Result<Keyserver, ClientError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+        let builder = rustls::ClientConfig::builder_with_details(provider.clone(), Arc::new(TlsTime(clock)))
             .with_protocol_versions(&[&rustls::version::TLS13])
             .expect("ring supports TLS 1.3")
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinnedCa { fingerprint, provider }))
-            .with_no_client_auth();
-        Keyserver {
+            .with_custom_certificate_verifier(Arc::new(PinnedCa { fingerprint, provider }));
+        let tls = match identity {
+            None => builder.with_no_client_auth(),
+            Some(id) => builder
+                .with_client_auth_cert(id.chain, PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(id.key)))
+                .map_err(|e| ClientError::Garbled {
+                    server: format!("{host}:{port}"),
+                    detail: format!("the identity certificate cannot be used: {e}"),
+                })?,
+        };
+        Ok(Keyserver {
             host: host.to_string(),
             port,
             tls: Arc::new(tls),
             timeout,
-        }
+        })
     }
 
-    fn name(&self) -> String {
+    /// `https://HOST:PORT`.
+    pub fn name(&self) -> String {
         if self.host.contains(':') {
             format!("https://[{}]:{}", self.host, self.port)
         } else {

@@ -15,16 +15,28 @@
 //! Each generation is written whole and fsynced before `current` is switched to it (a
 //! symlink renamed over the old one), so a power cut leaves the old certificates or the new
 //! ones, never a certificate beside the wrong key. The token file is removed only after
-//! that. Keys never leave the node.
+//! that. Keys never leave the node. The generation before the current one is kept; older
+//! ones are removed.
+//!
+//! Then [`run`] keeps them: [`renew`] over TLS with the identity certificate when a third of
+//! their life (or the ten-day outage budget) remains, [`state`] remembers which keyserver
+//! and generation the node has, and [`status`] shows it all (`cairn-node key-agent
+//! --status`).
 
 pub mod client;
+pub mod renew;
+pub mod run;
+pub mod state;
+pub mod status;
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use cairn_keys::profiles::{profile_names, Role};
 use cairn_keys::wire::{EnrollRequest, EnrollResponse, ErrorResponse};
+use cairn_keys::Clock;
 use rcgen::{CertificateParams, KeyPair, PublicKeyData};
 
 use crate::apply::{at, write_atomic};
@@ -51,6 +63,9 @@ pub enum AgentError {
     /// An answer the agent will not install.
     #[error("the keyserver's answer cannot be used: {0}")]
     BadAnswer(String),
+    /// The agent's own state cannot be read.
+    #[error("the key agent's state: {0}")]
+    BadState(String),
     /// Writing the certificates.
     #[error("{what} {path}: {source}")]
     Io {
@@ -69,43 +84,29 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> AgentEr
     move |source| AgentError::Io { what, path, source }
 }
 
-/// What enrollment installed.
+/// What an enrollment or a renewal installed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Enrolled {
+pub struct Installed {
     /// The node's name, as the keyserver knows it.
     pub node: String,
     /// The certificates, by profile.
     pub profiles: Vec<String>,
-    /// The generation written.
-    pub generation: u32,
+    /// The keyserver's generation of them.
+    pub generation: u64,
+    /// The directory generation written (`gen-<n>`).
+    pub dir_generation: u32,
+    /// The earliest end of the certificates installed (Unix seconds).
+    pub not_after: u64,
 }
 
-/// Where to enroll.
-#[derive(Debug, Clone)]
-pub struct Server {
-    /// Host name or address.
-    pub host: String,
-    /// Port.
-    pub port: u16,
-    /// sha256 of the keyserver CA's certificate.
-    pub ca_fingerprint: [u8; 32],
-}
+/// PEM texts by profile name.
+pub(crate) type ByProfile = BTreeMap<String, String>;
 
-/// Enroll with `server` using `token` (removed from `token_file` once the certificates are
-/// written), for a node of `role` named `hostname`. `root` is the file system root (`/`
-/// on a node; a directory in tests).
-pub fn enroll(
-    root: &Path,
-    server: &Server,
-    token: &str,
-    token_file: Option<&Path>,
-    hostname: &str,
-    role: Role,
-    timeout: Duration,
-) -> Result<Enrolled, AgentError> {
-    let mut keys = Vec::new();
-    let mut csrs = std::collections::BTreeMap::new();
-    for name in profile_names(role) {
+/// A fresh ECDSA P-256 key per profile (PEM), and a signing request for each.
+pub(crate) fn keys_and_csrs(names: &[&str]) -> Result<(ByProfile, ByProfile), AgentError> {
+    let mut keys = BTreeMap::new();
+    let mut csrs = BTreeMap::new();
+    for name in names {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
             .map_err(|e| AgentError::BadAnswer(format!("making a key: {e}")))?;
         let csr = CertificateParams::new(Vec::<String>::new())
@@ -113,18 +114,15 @@ pub fn enroll(
             .and_then(|c| c.pem())
             .map_err(|e| AgentError::BadAnswer(format!("making a request: {e}")))?;
         csrs.insert(name.to_string(), csr);
-        keys.push((name, key));
+        keys.insert(name.to_string(), key.serialize_pem());
     }
-    let req = EnrollRequest {
-        token: token.to_string(),
-        role: role.as_str().to_string(),
-        csrs,
-    };
-    let ks = client::Keyserver::new(&server.host, server.port, server.ca_fingerprint, timeout);
-    let body = serde_json::to_vec(&req).expect("a request always serializes");
-    let (status, answer) = ks.post("/v1/enroll", &body)?;
+    Ok((keys, csrs))
+}
+
+/// The status and body of an answer, as an answer or the keyserver's refusal.
+pub(crate) fn answer(status: u16, body: &[u8]) -> Result<EnrollResponse, AgentError> {
     if status != 200 {
-        let e: ErrorResponse = serde_json::from_slice(&answer)
+        let e: ErrorResponse = serde_json::from_slice(body)
             .map_err(|_| AgentError::BadAnswer(format!("HTTP {status} without an error the keyserver gives")))?;
         return Err(AgentError::Refused {
             code: e.code,
@@ -132,8 +130,27 @@ pub fn enroll(
             retry: e.retry,
         });
     }
-    let resp: EnrollResponse =
-        serde_json::from_slice(&answer).map_err(|e| AgentError::BadAnswer(format!("not an enroll answer: {e}")))?;
+    serde_json::from_slice(body).map_err(|e| AgentError::BadAnswer(format!("not an answer the keyserver gives: {e}")))
+}
+
+/// Who owns a profile's key: etcd's files belong to the `etcd` user (etcd runs as it),
+/// the rest to root.
+fn key_owner(root: &Path, profile: &str) -> Option<(u32, u32)> {
+    if !profile.starts_with("etcd-") || profile == "etcd-client" || !crate::apply::running_as_root() {
+        return None;
+    }
+    crate::apply::lookup_user(root, "etcd")
+}
+
+/// Check that `resp` is for this node and that each certificate is for the key made for it
+/// and comes with its CA; write them as a new generation and switch `current` to it.
+pub(crate) fn install(
+    root: &Path,
+    resp: &EnrollResponse,
+    keys: &BTreeMap<String, String>,
+    hostname: &str,
+    role: Role,
+) -> Result<Installed, AgentError> {
     if resp.node != hostname || resp.role != role {
         return Err(AgentError::BadAnswer(format!(
             "it is for {} ({}), this node is {hostname} ({})",
@@ -142,12 +159,12 @@ pub fn enroll(
             role.as_str()
         )));
     }
-    // Every certificate must be for the key made for it, and come with its CA.
     let mut files = Vec::new();
-    for (name, key) in &keys {
+    let mut not_after = u64::MAX;
+    for (name, key_pem) in keys {
         let chain = resp
             .certs
-            .get(*name)
+            .get(name)
             .ok_or_else(|| AgentError::BadAnswer(format!("no {name} certificate")))?;
         let certs = cairn_keys::pem::blocks(chain, "CERTIFICATE")
             .map_err(|why| AgentError::BadAnswer(format!("the {name} certificate: {why}")))?;
@@ -159,26 +176,116 @@ pub fn enroll(
         };
         let (_, parsed) = x509_parser::parse_x509_certificate(&leaf.der)
             .map_err(|e| AgentError::BadAnswer(format!("the {name} certificate: not a certificate ({e})")))?;
+        let key = KeyPair::from_pem(key_pem).map_err(|e| AgentError::BadAnswer(format!("the {name} key: {e}")))?;
         if parsed.tbs_certificate.subject_pki.raw != key.subject_public_key_info() {
             return Err(AgentError::BadAnswer(format!(
                 "the {name} certificate is not for this node's key"
             )));
         }
-        let ca_pem = ca.text.clone();
-        files.push((name.to_string(), chain.clone(), key.serialize_pem(), ca_pem));
+        not_after = not_after.min(parsed.validity().not_after.timestamp().max(0) as u64);
+        files.push((name.clone(), chain.clone(), key_pem.clone(), ca.text.clone()));
     }
     let generation = next_generation(root)?;
     for (name, chain, key, ca) in &files {
         let dir = at(root, PKI_DIR).join(name).join(format!("gen-{generation}"));
-        write_atomic(&dir.join("key.pem"), key.as_bytes(), 0o600, None).map_err(io("writing", &dir))?;
+        let owner = key_owner(root, name);
+        write_atomic(&dir.join("key.pem"), key.as_bytes(), 0o600, owner).map_err(io("writing", &dir))?;
         write_atomic(&dir.join("cert.pem"), chain.as_bytes(), 0o644, None).map_err(io("writing", &dir))?;
         write_atomic(&dir.join("bundle.pem"), ca.as_bytes(), 0o644, None).map_err(io("writing", &dir))?;
-        write_atomic(&dir.join("both.pem"), format!("{chain}{key}").as_bytes(), 0o600, None)
+        write_atomic(&dir.join("both.pem"), format!("{chain}{key}").as_bytes(), 0o600, owner)
             .map_err(io("writing", &dir))?;
     }
     for (name, ..) in &files {
-        switch_current(&at(root, PKI_DIR).join(name), generation)?;
+        let dir = at(root, PKI_DIR).join(name);
+        switch_current(&dir, generation)?;
+        prune(&dir, generation);
     }
+    Ok(Installed {
+        node: resp.node.clone(),
+        profiles: files.into_iter().map(|f| f.0).collect(),
+        generation: resp.generation,
+        dir_generation: generation,
+        not_after,
+    })
+}
+
+/// Remove generations older than the one before `current`.
+fn prune(dir: &Path, current: u32) {
+    for g in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = g.file_name().to_string_lossy().into_owned();
+        if let Some(n) = name.strip_prefix("gen-").and_then(|n| n.parse::<u32>().ok()) {
+            if n + 1 < current {
+                let _ = fs::remove_dir_all(g.path());
+            }
+        }
+    }
+}
+
+/// Where to enroll.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Server {
+    /// Host name or address.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// sha256 of the keyserver CA's certificate.
+    pub ca_fingerprint: [u8; 32],
+}
+
+/// What a node enrolls with.
+#[derive(Debug, Clone, Copy)]
+pub struct Enrollment<'a> {
+    /// The keyserver.
+    pub server: &'a Server,
+    /// The bootstrap token.
+    pub token: &'a str,
+    /// The file it came from, removed once the certificates are written.
+    pub token_file: Option<&'a Path>,
+    /// The node's name.
+    pub hostname: &'a str,
+    /// Its role.
+    pub role: Role,
+}
+
+/// Enroll as `e` says. `root` is the file system root (`/` on a node; a directory in
+/// tests). Records the keyserver and generation in [`state::AgentState`].
+pub fn enroll(root: &Path, e: &Enrollment, timeout: Duration, clock: &Clock) -> Result<Installed, AgentError> {
+    let Enrollment {
+        server,
+        token,
+        token_file,
+        hostname,
+        role,
+    } = *e;
+    let names = profile_names(role);
+    let (keys, csrs) = keys_and_csrs(&names)?;
+    let req = EnrollRequest {
+        token: token.to_string(),
+        role: role.as_str().to_string(),
+        csrs,
+    };
+    let ks = client::Keyserver::new(
+        &server.host,
+        server.port,
+        server.ca_fingerprint,
+        timeout,
+        clock.clone(),
+        None,
+    )?;
+    let body = serde_json::to_vec(&req).expect("a request always serializes");
+    let (status, body) = ks.post("/v1/enroll", &body)?;
+    let resp = answer(status, &body)?;
+    let installed = install(root, &resp, &keys, hostname, role)?;
+    state::AgentState {
+        node: resp.node.clone(),
+        role,
+        server: server.clone().into(),
+        generation: resp.generation,
+        enrolled_at: clock.now(),
+        renewed_at: None,
+        last_error: None,
+    }
+    .save(root)?;
     if let Some(t) = token_file {
         match fs::remove_file(t) {
             Ok(()) => {}
@@ -186,11 +293,7 @@ pub fn enroll(
             Err(e) => return Err(io("removing", t)(e)),
         }
     }
-    Ok(Enrolled {
-        node: resp.node,
-        profiles: files.into_iter().map(|f| f.0).collect(),
-        generation,
-    })
+    Ok(installed)
 }
 
 /// One more than the highest generation any profile has.
@@ -220,4 +323,36 @@ fn switch_current(dir: &Path, generation: u32) -> Result<(), AgentError> {
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io("syncing", dir))
+}
+
+/// A profile's current certificate, as the node holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Current {
+    /// Its validity.
+    pub validity: cairn_keys::schedule::Validity,
+    /// Its serial (hex).
+    pub serial: String,
+}
+
+/// Read `profile`'s current certificate and check it is for the key beside it.
+pub fn current(root: &Path, profile: &str) -> Result<Current, String> {
+    let dir = at(root, PKI_DIR).join(profile).join("current");
+    let chain =
+        fs::read_to_string(dir.join("cert.pem")).map_err(|e| format!("{}: {e}", dir.join("cert.pem").display()))?;
+    let key = fs::read_to_string(dir.join("key.pem")).map_err(|e| format!("{}: {e}", dir.join("key.pem").display()))?;
+    let certs = cairn_keys::pem::blocks(&chain, "CERTIFICATE").map_err(|why| format!("{profile}: {why}"))?;
+    let leaf = certs.first().ok_or_else(|| format!("{profile}: no certificate"))?;
+    let (_, parsed) =
+        x509_parser::parse_x509_certificate(&leaf.der).map_err(|e| format!("{profile}: not a certificate ({e})"))?;
+    let key = KeyPair::from_pem(&key).map_err(|e| format!("{profile}: its key: {e}"))?;
+    if parsed.tbs_certificate.subject_pki.raw != key.subject_public_key_info() {
+        return Err(format!("{profile}: the certificate is not for the key beside it"));
+    }
+    Ok(Current {
+        validity: cairn_keys::schedule::Validity {
+            not_before: parsed.validity().not_before.timestamp().max(0) as u64,
+            not_after: parsed.validity().not_after.timestamp().max(0) as u64,
+        },
+        serial: hex::encode(parsed.raw_serial()),
+    })
 }
