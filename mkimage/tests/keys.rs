@@ -107,3 +107,96 @@ fn bad_values_are_refused_and_change_nothing() {
     let (_, out, _) = cairn(&["token", "list", "--state", &st]);
     assert_eq!(out.lines().count(), 1, "only the header: {out}");
 }
+
+#[test]
+fn a_config_drive_with_keyserver_registers_the_node_and_carries_its_token() {
+    let tmp = tempfile::tempdir().unwrap();
+    let st = state(tmp.path());
+    let (ok, out, err) = cairn(&["keyserver", "init", &st, "--cluster", "demo"]);
+    assert!(ok, "{err}");
+    let fingerprint = out
+        .lines()
+        .find_map(|l| l.strip_prefix("ca-fingerprint   "))
+        .unwrap()
+        .to_string();
+    let node = tmp.path().join("cp-1.toml");
+    std::fs::write(
+        &node,
+        "# cp-1, first of three\nversion = 1\ngeneration = 1\nhostname = \"cp-1\"\n[etcd]\nclient-urls = [\"https://10.90.0.1:2379\"]\npeer-urls = [\"https://10.90.0.1:2380\"]\n[key-agent]\nserver = \"https://10.0.0.5:8443\" # the admin machine\n",
+    )
+    .unwrap();
+    let drive = tmp.path().join("cp-1.img");
+    let drive_s = drive.display().to_string();
+    let (ok, out, err) = cairn(&[
+        "config-drive",
+        &node.display().to_string(),
+        "--out",
+        &drive_s,
+        "--keyserver",
+        &st,
+        "--token-ttl",
+        "7d",
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("key agent  token ")
+            && out.contains("for cp-1 (control-plane) until ")
+            && out.contains("registered with 2 addresses"),
+        "{out}"
+    );
+    // The drive's node.toml: the admin's file with the fingerprint and a token filled in.
+    let got = Command::new("mtype")
+        .args(["-i", &drive_s, "::node.toml"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(got.stdout).unwrap();
+    assert!(
+        text.starts_with("# cp-1, first of three\n") && text.contains("# the admin machine"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("ca-fingerprint = \"{fingerprint}\"")), "{text}");
+    let token_line = text.lines().find(|l| l.starts_with("bootstrap-token = ")).unwrap();
+    let token =
+        cairn_keys::Token::parse(token_line.trim_start_matches("bootstrap-token = ").trim_matches('"')).unwrap();
+    let (_, list, _) = cairn(&["token", "list", "--state", &st]);
+    assert!(list.contains(token.id()) && list.contains("cp-1"), "{list}");
+    let record = std::fs::read_to_string(tmp.path().join("ks/nodes/cp-1.json")).unwrap();
+    assert!(record.contains("10.90.0.1"), "{record}");
+
+    // Without [key-agent] server, or with a node.toml that does not validate: refused, and
+    // the keyserver neither registers anything nor makes a token.
+    for (name, body, says) in [
+        (
+            "no-server.toml",
+            "version = 1\ngeneration = 1\nhostname = \"cp-2\"\n",
+            "has no [key-agent] server",
+        ),
+        (
+            "bad-host.toml",
+            "version = 1\ngeneration = 1\nhostname = \"cp 2\"\n[key-agent]\nserver = \"https://10.0.0.5:8443\"\n",
+            "is not a valid host name",
+        ),
+        (
+            "http.toml",
+            "version = 1\ngeneration = 1\nhostname = \"cp-2\"\n[key-agent]\nserver = \"http://10.0.0.5:8443\"\n",
+            "https",
+        ),
+    ] {
+        let f = tmp.path().join(name);
+        std::fs::write(&f, body).unwrap();
+        let out2 = tmp.path().join(format!("{name}.img"));
+        let (ok, _, err) = cairn(&[
+            "config-drive",
+            &f.display().to_string(),
+            "--out",
+            &out2.display().to_string(),
+            "--keyserver",
+            &st,
+        ]);
+        assert!(!ok && err.contains(says), "{name}: {err}");
+        assert!(!out2.exists(), "{name}");
+    }
+    let (_, list, _) = cairn(&["token", "list", "--state", &st]);
+    assert_eq!(list.matches("cp-").count(), 1, "{list}");
+    assert!(!tmp.path().join("ks/nodes/cp-2.json").exists());
+}

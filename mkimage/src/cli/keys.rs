@@ -148,7 +148,7 @@ pub(super) enum TokenCommand {
 }
 
 /// Who runs the command, for the audit log: the login name, else the user id.
-fn admin() -> String {
+pub(super) fn admin() -> String {
     use std::os::unix::fs::MetadataExt;
     ["SUDO_USER", "USER", "LOGNAME"]
         .iter()

@@ -156,6 +156,33 @@ pub(super) struct ConfigDriveArgs {
     /// required by images built with a node-config key.
     #[arg(long, value_name = "KEY")]
     sign: Option<PathBuf>,
+    /// Enroll the node with the keyserver whose state is STATE: register what its
+    /// certificates may name (from NODE.toml), make a one-time token, and put the token
+    /// and the keyserver CA's fingerprint in the drive's node.toml ([key-agent] server
+    /// must say where the node reaches the keyserver).
+    #[arg(long, value_name = "STATE")]
+    keyserver: Option<PathBuf>,
+    /// How long the token lives (with --keyserver): until the node first boots.
+    #[arg(long, value_name = "DURATION", default_value = "24h", requires = "keyserver")]
+    token_ttl: String,
+}
+
+/// node.toml's text with `[key-agent]`'s ca-fingerprint and bootstrap-token set (the
+/// rest of the file, comments included, as written).
+fn with_key_agent(text: &str, file: &str, fingerprint: &str, token: &str) -> Result<String> {
+    let mut doc: toml_edit::DocumentMut = text.parse().map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
+    let table = doc
+        .get_mut("key-agent")
+        .and_then(|t| t.as_table_mut())
+        .filter(|t| t.contains_key("server"))
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "{file} has no [key-agent] server, so the node would not know where the keyserver is\n  hint: add [key-agent] with server = \"https://HOST:PORT\" (the address nodes reach `cairn keyserver serve` at); --keyserver fills in the rest"
+            )
+        })?;
+    table["ca-fingerprint"] = toml_edit::value(fingerprint);
+    table["bootstrap-token"] = toml_edit::value(token);
+    Ok(doc.to_string())
 }
 
 pub(super) fn config_drive(args: ConfigDriveArgs, out: &mut dyn Write, _err: &mut dyn Write) -> Result<()> {
@@ -164,10 +191,40 @@ pub(super) fn config_drive(args: ConfigDriveArgs, out: &mut dyn Write, _err: &mu
         out: drive,
         format,
         sign,
+        keyserver,
+        token_ttl,
     } = args;
-    let text = std::fs::read_to_string(&node).with_context(|| format!("reading {}", node.display()))?;
-    let config =
-        cairn_node_config::NodeConfig::parse(&text, &node.display().to_string()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut text = std::fs::read_to_string(&node).with_context(|| format!("reading {}", node.display()))?;
+    let file = node.display().to_string();
+    let mut enrolled = None;
+    if let Some(state) = &keyserver {
+        let ks = cairn_keyserver::Keyserver::open(state)?;
+        let ttl = cairn_keyserver::parse_duration(&token_ttl)?;
+        let fingerprint = cairn_keyserver::ca::fingerprint(&cairn_keyserver::ca::certificate(&ks, "keyserver")?)
+            .map_err(|why| anyhow::anyhow!("the keyserver CA: {why}"))?;
+        // Everything is checked with a stand-in token before the keyserver registers the
+        // node or makes its token: a bad node.toml changes nothing there.
+        let stand_in = cairn_keys::Token::generate(&mut rand_core::OsRng).to_string();
+        let trial = with_key_agent(&text, &file, &fingerprint, &stand_in)?;
+        let config = cairn_node_config::NodeConfig::parse(&trial, &file).map_err(|e| anyhow::anyhow!("{e}"))?;
+        cairn_node_config::render::plan(&config, &trial).map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
+        let now = cairn_signing::time::now();
+        let record = cairn_keyserver::registry::record_for(&config);
+        cairn_keyserver::registry::register(&ks, &record, &super::keys::admin(), now)?;
+        let (token, rec) =
+            cairn_keyserver::tokens::create(&ks, &config.hostname, config.role, ttl, &super::keys::admin(), now)?;
+        text = with_key_agent(&text, &file, &fingerprint, &token.to_string())?;
+        let addresses = record.addresses.len() + record.etcd_client_ips.len() + record.etcd_peer_ips.len();
+        enrolled = Some(format!(
+            "  key agent  token {} for {} ({}) until {}; registered with {addresses} addresses in {}",
+            rec.id,
+            rec.node,
+            rec.role.as_str(),
+            cairn_signing::time::format_utc(rec.not_after),
+            state.display()
+        ));
+    }
+    let config = cairn_node_config::NodeConfig::parse(&text, &file).map_err(|e| anyhow::anyhow!("{e}"))?;
     // What the node will render from it must be writable too (the second wall).
     cairn_node_config::render::plan(&config, &text).map_err(|e| anyhow::anyhow!("{}: {e}", node.display()))?;
     let mut files = vec![("node.toml".to_string(), text.clone().into_bytes())];
@@ -193,6 +250,9 @@ pub(super) fn config_drive(args: ConfigDriveArgs, out: &mut dyn Write, _err: &mu
         config.generation,
         config.role.as_str()
     )?;
+    if let Some(line) = &enrolled {
+        writeln!(out, "{line}")?;
+    }
     if let Some(w) = &config.wireguard {
         writeln!(
             out,

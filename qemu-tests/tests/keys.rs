@@ -1,0 +1,177 @@
+//! The key agent in the image, under QEMU: a node whose config drive was written with
+//! `cairn config-drive --keyserver` enrolls at first boot with a keyserver on the host
+//! (10.0.2.2 from the guest) before its ready line; etcd serves https with the certificate
+//! it was issued, the token is gone, and the next boot, with the keyserver stopped, is as
+//! fast as the first.
+
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cairn_qemu_tests::*;
+
+/// `cairn keyserver serve`, stopped when dropped.
+struct Keyserver(Child);
+
+impl Drop for Keyserver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn cairn(args: &[&str]) -> String {
+    let o = Command::new(cairn_bin()).args(args).output().expect("running cairn");
+    assert!(
+        o.status.success(),
+        "cairn {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn serve(state: &Path, port: u16, log: &Path) -> Keyserver {
+    let child = Command::new(cairn_bin())
+        .args(["keyserver", "serve"])
+        .arg(state)
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--name", "10.0.2.2"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .expect("cairn keyserver serve");
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the keyserver did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Keyserver(child)
+}
+
+/// The `boot=` seconds of the ready line.
+fn boot_secs(vm: &Vm) -> f64 {
+    let line = vm
+        .lines()
+        .into_iter()
+        .find(|(_, l)| l.contains("cairn: ready "))
+        .unwrap()
+        .1;
+    line.split("boot=")
+        .nth(1)
+        .unwrap()
+        .trim_end_matches('s')
+        .parse()
+        .unwrap()
+}
+
+fn index_of(vm: &Vm, needle: &str) -> usize {
+    vm.lines()
+        .iter()
+        .position(|(_, l)| l.contains(needle))
+        .unwrap_or_else(|| panic!("no console line with '{needle}'"))
+}
+
+/// What the node says about its certificates, and the serial etcd serves on 2379.
+const CHECK: &str = "test -e /var/lib/cairn/key-agent/token && echo TOKEN-LEFT; cairn-node key-agent --status; \
+    echo served $(openssl s_client -connect 10.0.2.15:2379 -verify_return_error \
+      -CAfile /var/lib/cairn/pki/etcd-server/current/bundle.pem \
+      -cert /var/lib/cairn/pki/etcd-client/current/cert.pem -key /var/lib/cairn/pki/etcd-client/current/key.pem \
+      </dev/null 2>/dev/null | openssl x509 -noout -serial); \
+    stat -c 'owner %U %a' /var/lib/cairn/pki/etcd-server/current/both.pem";
+
+#[test]
+fn a_node_enrolls_at_first_boot_and_boots_as_fast_without_its_keyserver() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("ks");
+    let st = state.display().to_string();
+    cairn(&["keyserver", "init", &st, "--cluster", "qemu"]);
+    let port = free_port();
+    let server = serve(&state, port, &dir.path().join("keyserver.log"));
+    let (key, public) = ssh_keypair(dir.path(), "admin");
+    let node = dir.path().join("cp-k.toml");
+    std::fs::write(
+        &node,
+        format!(
+            "version = 1\ngeneration = 1\nhostname = \"cp-k\"\n\n\
+             [[network.interface]]\nname = \"en*\"\naddress = [\"10.0.2.15/24\"]\ngateway = [\"10.0.2.2\"]\ndns = [\"10.0.2.3\"]\n\n\
+             [etcd]\nclient-urls = [\"https://10.0.2.15:2379\"]\npeer-urls = [\"https://10.0.2.15:2380\"]\n\n\
+             [ssh]\nauthorized-keys = [\"{public}\"]\n\n\
+             [key-agent]\nserver = \"https://10.0.2.2:{port}\"\n"
+        ),
+    )
+    .unwrap();
+    let drive = dir.path().join("cp-k.img");
+    let said = cairn(&[
+        "config-drive",
+        &node.display().to_string(),
+        "--out",
+        &drive.display().to_string(),
+        "--keyserver",
+        &st,
+    ]);
+    assert!(said.contains("key agent  token "), "{said}");
+
+    let (_tmp, disk) = copy_disk("keys");
+    let _slot = vm_slot();
+    let boot = |drive: Option<&Path>| {
+        let port = free_port();
+        let mut s = spec(&disk);
+        s.config_drive = drive.map(Path::to_owned);
+        s.ssh_port = Some(port);
+        s.writable = true;
+        let mut vm = Vm::start(&s).expect("starting QEMU");
+        vm.wait_for_line("cairn: ready ", BOOT_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{e}"));
+        (vm, port)
+    };
+
+    // First boot: enrolled before the ready line, and every gate passed.
+    let (mut vm, ssh_port) = boot(Some(&drive));
+    let enrolled = index_of(&vm, "cairn: key agent enrolled cp-k (control-plane) with 10.0.2.2:");
+    assert!(enrolled < index_of(&vm, "cairn: ready "));
+    let gate = &vm.lines()[index_of(&vm, "cairn: health gate keys passed")].1;
+    assert!(gate.contains("cp-k holds 6 certificates of generation 1"), "{gate}");
+    let first = boot_secs(&vm);
+    let (out, ok) = ssh(&mut vm, ssh_port, &key, CHECK);
+    assert!(ok, "{out}");
+    assert!(!out.contains("TOKEN-LEFT"), "the token is removed once used: {out}");
+    assert!(out.contains("last error: none"), "{out}");
+    let status_serial = out
+        .lines()
+        .find(|l| l.starts_with("etcd-server "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or_else(|| panic!("{out}"))
+        .to_string();
+    let served = out
+        .lines()
+        .find_map(|l| l.strip_prefix("served serial="))
+        .unwrap_or_else(|| panic!("etcd served no certificate that verifies: {out}"))
+        .to_lowercase();
+    assert!(
+        served.starts_with(&status_serial),
+        "etcd serves {served}, the agent holds {status_serial}"
+    );
+    assert!(out.contains("owner etcd 600"), "{out}");
+    vm.kill();
+
+    // The keyserver goes away; the node boots as fast, on the certificates it has.
+    drop(server);
+    let (mut vm, ssh_port) = boot(None);
+    let second = boot_secs(&vm);
+    assert!(
+        !vm.lines().iter().any(|(_, l)| l.contains("cairn: key agent")),
+        "the agent had nothing to say: its certificates are not due"
+    );
+    index_of(&vm, "cairn: health gate keys passed");
+    let (out, ok) = ssh(&mut vm, ssh_port, &key, CHECK);
+    assert!(ok && out.contains("served serial="), "{out}");
+    assert!(
+        second <= first + 10.0,
+        "the second boot took {second:.1}s, the first {first:.1}s"
+    );
+    eprintln!("boot with enrollment {first:.1}s, with the keyserver stopped {second:.1}s");
+    vm.kill();
+}
