@@ -10,7 +10,8 @@
 //! - [`profiles`]: which certificates a node of a role gets, with every name in them taken
 //!   from the keyserver's record of the node;
 //! - [`wire`]: the JSON the agent and the keyserver exchange;
-//! - [`clock`]: the wall clock both read, which tests set by hand.
+//! - [`clock`]: the wall clock both read, which tests set by hand;
+//! - [`ssh`]: OpenSSH certificates for ed25519 keys, as the SSH CAs sign them.
 //!
 //! The design, with the evidence behind it, is `shared/design/keys.md`; the agent never
 //! links the keyserver, and neither links the image builder.
@@ -21,6 +22,7 @@ pub mod harness;
 pub mod pem;
 pub mod profiles;
 pub mod schedule;
+pub mod ssh;
 pub mod token;
 pub mod wire;
 

@@ -18,6 +18,9 @@ pub struct EnrollRequest {
     /// One PEM certificate signing request per profile of the role, by profile name; the
     /// `identity` key is the one the token is bound to.
     pub csrs: BTreeMap<String, String>,
+    /// The node's ed25519 SSH host key (public line), for a host certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_host_key: Option<String>,
 }
 
 /// `POST /v1/renew`, over TLS with the node's identity certificate as its client
@@ -31,6 +34,9 @@ pub struct RenewRequest {
     pub generation: u64,
     /// One PEM certificate signing request per profile to renew, each for a new key.
     pub csrs: BTreeMap<String, String>,
+    /// The node's ed25519 SSH host key (public line), for a new host certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_host_key: Option<String>,
 }
 
 /// The answer to an enrollment or a renewal.
@@ -49,6 +55,12 @@ pub struct EnrollResponse {
     pub bundles: BTreeMap<String, String>,
     /// The keyserver's clock (Unix seconds), for the node to compare its own with.
     pub server_time: u64,
+    /// The SSH host certificate for the key the request sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_host_cert: Option<String>,
+    /// The SSH user CA's public key line, for sshd's `TrustedUserCAKeys`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_user_ca: Option<String>,
 }
 
 /// A refusal: a code the agent acts on, a sentence for people, and whether trying again

@@ -94,6 +94,7 @@ fn main() {
                 .unwrap();
                 let csrs: BTreeMap<String, String> = profiles.iter().map(|p| (p.to_string(), csr())).collect();
                 serde_json::to_string(&EnrollRequest {
+                    ssh_host_key: None,
                     token: token.to_string(),
                     role: role.as_str().into(),
                     csrs,

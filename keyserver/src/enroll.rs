@@ -69,6 +69,10 @@ pub fn enroll(
             Err(r) => return Ok(Err(r)),
         }
     }
+    let host_key = match req.ssh_host_key.as_deref().map(crate::ssh::check_host_key).transpose() {
+        Ok(k) => k,
+        Err(r) => return Ok(Err(r)),
+    };
     let identity = csrs["identity"].spki_sha256;
     let claimed = match claim(ks, &token, role, &identity, client, now)? {
         Ok(c) => c,
@@ -101,6 +105,9 @@ pub fn enroll(
     // one it had: a copy of its old disk can no longer renew.
     let before: Option<Issued> = ks.read(&issued_path(&node))?;
     let generation = before.map_or(1, |b| b.generation + 1);
+    let ssh_host_cert = host_key
+        .map(|k| crate::ssh::sign_host(ks, &record, k, now))
+        .transpose()?;
     let response = EnrollResponse {
         node: node.clone(),
         role: record.role,
@@ -108,6 +115,8 @@ pub fn enroll(
         certs: set.certs,
         bundles: set.bundles,
         server_time: now,
+        ssh_host_cert,
+        ssh_user_ca: Some(crate::ssh::user_ca(ks)?),
     };
     let state = Issued {
         generation,

@@ -26,6 +26,7 @@ pub mod issue;
 pub mod registry;
 pub mod renew;
 pub mod serve;
+pub mod ssh;
 pub mod state;
 pub mod tokens;
 

@@ -160,6 +160,10 @@ pub fn renew(
             Err(r) => return Ok(Err(r)),
         }
     }
+    let host_key = match req.ssh_host_key.as_deref().map(crate::ssh::check_host_key).transpose() {
+        Ok(k) => k,
+        Err(r) => return Ok(Err(r)),
+    };
     let request_sha256 = hex::encode(Sha256::digest(body));
 
     let lock = ks.lock()?;
@@ -173,7 +177,13 @@ pub fn renew(
     );
     r.node = Some(identity.node.clone());
     r.client = client.map(str::to_string);
-    let decision = decide(ks, &lock, identity, req, &csrs, request_sha256, now)?;
+    let asked = Asked {
+        generation: req.generation,
+        csrs: &csrs,
+        host_key,
+        request_sha256,
+    };
+    let decision = decide(ks, &lock, identity, asked, now)?;
     let result = match decision {
         Decision::Answer {
             response,
@@ -205,15 +215,27 @@ enum Decision {
     Refuse(Outcome, Refusal),
 }
 
+/// A renewal request, checked.
+struct Asked<'a> {
+    generation: u64,
+    csrs: &'a BTreeMap<&'a str, crate::issue::Csr>,
+    host_key: Option<[u8; 32]>,
+    request_sha256: String,
+}
+
 fn decide(
     ks: &Keyserver,
     lock: &crate::state::Lock,
     identity: &Identity,
-    req: &RenewRequest,
-    csrs: &BTreeMap<&str, crate::issue::Csr>,
-    request_sha256: String,
+    asked: Asked,
     now: u64,
 ) -> Result<Decision, KeyserverError> {
+    let Asked {
+        generation: asked_generation,
+        csrs,
+        host_key,
+        request_sha256,
+    } = asked;
     let refuse = |outcome, code, message| Ok(Decision::Refuse(outcome, refusal(code, message)));
     let Some(mut state) = ks.read::<Issued>(&issued_path(&identity.node))? else {
         return refuse(
@@ -232,9 +254,11 @@ fn decide(
             ),
         );
     }
-    if identity.serial != state.identity_serial || req.generation != state.generation {
+    if identity.serial != state.identity_serial || asked_generation != state.generation {
         let retry = state.previous.as_ref().is_some_and(|p| {
-            p.identity_serial == identity.serial && p.generation == req.generation && p.request_sha256 == request_sha256
+            p.identity_serial == identity.serial
+                && p.generation == asked_generation
+                && p.request_sha256 == request_sha256
         });
         if retry {
             if let Some(response) = ks.read::<EnrollResponse>(&answer_path(&identity.node))? {
@@ -247,7 +271,7 @@ fn decide(
         }
         let why = format!(
             "generation {} from identity {} while generation {} with identity {} is current: two machines hold this node's key",
-            req.generation, identity.serial, state.generation, state.identity_serial
+            asked_generation, identity.serial, state.generation, state.identity_serial
         );
         state.locked = Some(format!("at {now}: {why}"));
         ks.write(lock, &issued_path(&identity.node), &state, 0o644)?;
@@ -272,6 +296,9 @@ fn decide(
     }
     let set = issue_set(ks, &record, csrs, now)?;
     let generation = state.generation + 1;
+    let ssh_host_cert = host_key
+        .map(|k| crate::ssh::sign_host(ks, &record, k, now))
+        .transpose()?;
     let response = EnrollResponse {
         node: identity.node.clone(),
         role: record.role,
@@ -279,6 +306,8 @@ fn decide(
         certs: set.certs,
         bundles: set.bundles,
         server_time: now,
+        ssh_host_cert,
+        ssh_user_ca: Some(crate::ssh::user_ca(ks)?),
     };
     let next = Issued {
         generation,

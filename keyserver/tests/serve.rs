@@ -148,6 +148,7 @@ fn curl_trusts_the_keyserver_only_through_its_ca_and_enrolls() {
         .map(|n| (n.to_string(), csr(&r.state, n)))
         .collect();
     let req = EnrollRequest {
+        ssh_host_key: None,
         token: token.to_string(),
         role: "worker".into(),
         csrs,
@@ -212,6 +213,7 @@ fn ten_clients_racing_for_one_token_one_enrolls() {
                 .map(|n| (n.to_string(), csr(&r.state, &format!("{i}-{n}"))))
                 .collect();
             let req = EnrollRequest {
+                ssh_host_key: None,
                 token: token.to_string(),
                 role: "worker".into(),
                 csrs,
@@ -296,6 +298,7 @@ fn renewal_needs_the_identity_certificate_as_the_client_certificate() {
     let (token, _) = tokens::create(&ks, "w-9", Role::Worker, 3600, "alice", cairn_signing::time::now()).unwrap();
     let names = ["identity", "kubelet-client", "kubelet-serving"];
     let req = EnrollRequest {
+        ssh_host_key: None,
         token: token.to_string(),
         role: "worker".into(),
         csrs: names.iter().map(|n| (n.to_string(), csr(&r.state, n))).collect(),
@@ -311,6 +314,7 @@ fn renewal_needs_the_identity_certificate_as_the_client_certificate() {
     let keep = |n: &str| std::fs::copy(r.state.join(format!("{n}.key")), r.state.join(format!("{n}.old.key"))).unwrap();
     names.iter().for_each(|n| _ = keep(n));
     let renew = cairn_keys::wire::RenewRequest {
+        ssh_host_key: None,
         generation: 1,
         csrs: names.iter().map(|n| (n.to_string(), csr(&r.state, n))).collect(),
     };

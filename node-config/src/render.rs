@@ -27,6 +27,9 @@ pub const KUBERNETES_CA: &str = "/var/lib/cairn/pki/kubelet-client/current/bundl
 pub const KUBECONFIG: &str = "/var/lib/cairn/kubelet/kubeconfig";
 /// Where sshd reads root's authorized keys (`AuthorizedKeysFile` in the image's sshd config).
 pub const SSH_AUTHORIZED_KEYS: &str = "/run/cairn/ssh/authorized_keys/root";
+/// sshd's settings for the keyserver's SSH certificates (included by the image's sshd
+/// config).
+pub const SSHD_KEYS: &str = "/run/cairn/ssh/sshd-keys.conf";
 /// The key agent's bootstrap token (0600).
 pub const KEY_AGENT_TOKEN: &str = "/var/lib/cairn/key-agent/token";
 /// The key agent's server settings.
@@ -404,6 +407,17 @@ pub fn plan(c: &NodeConfig, effective: &str) -> Result<Vec<Output>, RenderError>
     }
     if let Some(k) = &c.key_agent {
         out.push(file(KEY_AGENT_CONFIG, 0o644, Owner::Root, render_key_agent(c, k)?));
+        // The key agent writes both files; sshd reads the CA at every login and the host
+        // certificate when it starts or reloads (the agent reloads it).
+        out.push(file(
+            SSHD_KEYS,
+            0o644,
+            Owner::Root,
+            format!(
+                "{}HostCertificate /var/lib/cairn/ssh/ssh_host_ed25519_key-cert.pub\nTrustedUserCAKeys /var/lib/cairn/pki/ssh/user-ca.pub\n",
+                header("#", c)
+            ),
+        ));
         out.push(file(
             KEY_AGENT_TOKEN,
             0o600,

@@ -1,8 +1,9 @@
 //! The key agent in the image, under QEMU: a node whose config drive was written with
 //! `cairn config-drive --keyserver` enrolls at first boot with a keyserver on the host
 //! (10.0.2.2 from the guest) before its ready line; etcd serves https with the certificate
-//! it was issued, the token is gone, and the next boot, with the keyserver stopped, is as
-//! fast as the first.
+//! it was issued, the token is gone, an admin logs in with a user certificate from
+//! `cairn ssh-cert` (the drive has no SSH keys) and checks the node by its host certificate,
+//! and the next boot, with the keyserver stopped, is as fast as the first.
 
 use std::net::TcpStream;
 use std::path::Path;
@@ -87,10 +88,17 @@ fn a_node_enrolls_at_first_boot_and_boots_as_fast_without_its_keyserver() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("ks");
     let st = state.display().to_string();
-    cairn(&["keyserver", "init", &st, "--cluster", "qemu"]);
+    let init = cairn(&["keyserver", "init", &st, "--cluster", "qemu"]);
+    let host_ca = init
+        .lines()
+        .find_map(|l| l.strip_prefix("known_hosts      "))
+        .unwrap_or_else(|| panic!("{init}"))
+        .to_string();
     let port = free_port();
     let server = serve(&state, port, &dir.path().join("keyserver.log"));
-    let (key, public) = ssh_keypair(dir.path(), "admin");
+    let (key, _) = ssh_keypair(dir.path(), "admin");
+    let said = cairn(&["ssh-cert", &st, &key.with_extension("pub").display().to_string()]);
+    assert!(said.contains("admin-cert.pub: root until "), "{said}");
     let node = dir.path().join("cp-k.toml");
     std::fs::write(
         &node,
@@ -98,7 +106,6 @@ fn a_node_enrolls_at_first_boot_and_boots_as_fast_without_its_keyserver() {
             "version = 1\ngeneration = 1\nhostname = \"cp-k\"\n\n\
              [[network.interface]]\nname = \"en*\"\naddress = [\"10.0.2.15/24\"]\ngateway = [\"10.0.2.2\"]\ndns = [\"10.0.2.3\"]\n\n\
              [etcd]\nclient-urls = [\"https://10.0.2.15:2379\"]\npeer-urls = [\"https://10.0.2.15:2380\"]\n\n\
-             [ssh]\nauthorized-keys = [\"{public}\"]\n\n\
              [key-agent]\nserver = \"https://10.0.2.2:{port}\"\n"
         ),
     )
@@ -155,6 +162,39 @@ fn a_node_enrolls_at_first_boot_and_boots_as_fast_without_its_keyserver() {
         "etcd serves {served}, the agent holds {status_serial}"
     );
     assert!(out.contains("owner etcd 600"), "{out}");
+    // The node is known by its host certificate alone (the forwarded port is 127.0.0.1, so
+    // ssh is told the node's name to check the certificate's principals against).
+    let known = dir.path().join("known_hosts");
+    std::fs::write(&known, format!("{host_ca}\n")).unwrap();
+    let o = Command::new("ssh")
+        .args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "HostKeyAlias=cp-k",
+        ])
+        .args([
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "ConnectTimeout=20",
+            "-o",
+            "LogLevel=ERROR",
+        ])
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", known.display()))
+        .arg("-i")
+        .arg(&key)
+        .args(["-p", &ssh_port.to_string(), "root@127.0.0.1", "hostname"])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "cp-k",
+        "ssh with the host CA and the user certificate: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     vm.kill();
 
     // The keyserver goes away; the node boots as fast, on the certificates it has.

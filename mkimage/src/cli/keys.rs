@@ -211,3 +211,54 @@ pub(super) fn token(command: TokenCommand, out: &mut dyn Write, err: &mut dyn Wr
     }
     Ok(())
 }
+
+/// `cairn ssh-cert`.
+#[derive(Debug, clap::Args)]
+pub(super) struct SshCertArgs {
+    /// The keyserver's state directory.
+    state: PathBuf,
+    /// The admin's ed25519 public key (`~/.ssh/id_ed25519.pub`).
+    key: PathBuf,
+    /// The account it may log in as on the nodes (repeatable).
+    #[arg(long = "principal", value_name = "USER", default_value = "root")]
+    principals: Vec<String>,
+    /// How long the certificate lives (at most 7d).
+    #[arg(long, default_value = "8h")]
+    ttl: String,
+    /// Where to write it (default: beside the key, `…-cert.pub`, where ssh looks for it).
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+}
+
+pub(super) fn ssh_cert(args: SshCertArgs, out: &mut dyn Write) -> Result<()> {
+    let SshCertArgs {
+        state,
+        key,
+        principals,
+        ttl,
+        out: dest,
+    } = args;
+    let ks = Keyserver::open(&state)?;
+    let ttl = cairn_keyserver::parse_duration(&ttl)?;
+    let line = std::fs::read_to_string(&key).map_err(|e| anyhow::anyhow!("reading {}: {e}", key.display()))?;
+    let now = cairn_signing::time::now();
+    let cert = cairn_keyserver::ssh::sign_user(&ks, line.trim(), &principals, ttl, &admin(), now)?;
+    let dest = dest.unwrap_or_else(|| {
+        let name = key
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let stem = name.strip_suffix(".pub").unwrap_or(&name);
+        key.with_file_name(format!("{stem}-cert.pub"))
+    });
+    cairn_signing::write_file_atomic(&dest, format!("{cert}\n").as_bytes(), 0o644)
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", dest.display()))?;
+    writeln!(
+        out,
+        "wrote {}: {} until {}",
+        dest.display(),
+        principals.join(", "),
+        format_utc(now + ttl)
+    )?;
+    Ok(())
+}

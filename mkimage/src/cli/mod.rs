@@ -95,6 +95,13 @@ enum Command {
     /// One-time tokens that let a new node enroll with the keyserver.
     #[command(subcommand)]
     Token(keys::TokenCommand),
+    /// Sign an admin's SSH key with the keyserver's user CA, for logging in to every node.
+    ///
+    /// Nodes that enrolled with the keyserver trust its SSH user CA (sshd's
+    /// `TrustedUserCAKeys`), so the certificate logs in without authorized_keys. It names
+    /// the accounts it may log in as and lives 8 hours unless --ttl says otherwise. ssh
+    /// finds it beside the key by itself.
+    SshCert(keys::SshCertArgs),
     /// Print this CLI's reference as Markdown (the source of docs/cli.md).
     #[command(hide = true)]
     HelpMarkdown,
@@ -141,6 +148,7 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
         Command::ConfigDrive(a) => release::config_drive(a, out, err),
         Command::Keyserver(c) => keys::keyserver(c, out, err),
         Command::Token(c) => keys::token(c, out, err),
+        Command::SshCert(a) => keys::ssh_cert(a, out),
         Command::HelpMarkdown => {
             write!(out, "{}", help_markdown())?;
             Ok(())

@@ -142,6 +142,54 @@ fn key_owner(root: &Path, profile: &str) -> Option<(u32, u32)> {
     crate::apply::lookup_user(root, "etcd")
 }
 
+/// The node's ed25519 SSH host key line (made by `cairn-node ssh-hostkeys`), when it has one.
+pub(crate) fn ssh_host_key(root: &Path) -> Option<String> {
+    let path = at(root, crate::hostkeys::DIR).join("ssh_host_ed25519_key.pub");
+    let line = fs::read_to_string(path).ok()?;
+    let line = line.trim();
+    cairn_keys::ssh::parse_public_line(line).ok()?;
+    Some(line.to_string())
+}
+
+/// Where the SSH host certificate goes (sshd's `HostCertificate`).
+pub const SSH_HOST_CERT: &str = "/var/lib/cairn/ssh/ssh_host_ed25519_key-cert.pub";
+/// Where the SSH user CA goes (sshd's `TrustedUserCAKeys`).
+pub const SSH_USER_CA: &str = "/var/lib/cairn/pki/ssh/user-ca.pub";
+
+/// Write the SSH host certificate (when it is for this node's host key) and the user CA
+/// of `resp`; on a running node, have sshd load the new certificate.
+pub(crate) fn install_ssh(root: &Path, resp: &EnrollResponse) -> Result<(), AgentError> {
+    if let Some(cert) = &resp.ssh_host_cert {
+        let (c, _) = cairn_keys::ssh::parse_cert_line(cert)
+            .map_err(|why| AgentError::BadAnswer(format!("the SSH host certificate: {why}")))?;
+        let ours = ssh_host_key(root)
+            .and_then(|l| cairn_keys::ssh::parse_public_line(&l).ok())
+            .ok_or_else(|| {
+                AgentError::BadAnswer("an SSH host certificate for a node without an ed25519 host key".into())
+            })?;
+        if c.key != ours || c.cert_type != cairn_keys::ssh::CertType::Host {
+            return Err(AgentError::BadAnswer(
+                "the SSH host certificate is not for this node's host key".into(),
+            ));
+        }
+        let path = at(root, SSH_HOST_CERT);
+        write_atomic(&path, format!("{}\n", cert.trim()).as_bytes(), 0o644, None).map_err(io("writing", &path))?;
+        if root == Path::new("/") {
+            // sshd reads its host certificate when it starts or is told to reload.
+            let _ = std::process::Command::new("systemctl")
+                .args(["try-reload-or-restart", "ssh.service"])
+                .status();
+        }
+    }
+    if let Some(ca) = &resp.ssh_user_ca {
+        cairn_keys::ssh::parse_public_line(ca)
+            .map_err(|why| AgentError::BadAnswer(format!("the SSH user CA: {why}")))?;
+        let path = at(root, SSH_USER_CA);
+        write_atomic(&path, format!("{}\n", ca.trim()).as_bytes(), 0o644, None).map_err(io("writing", &path))?;
+    }
+    Ok(())
+}
+
 /// Check that `resp` is for this node and that each certificate is for the key made for it
 /// and comes with its CA; write them as a new generation and switch `current` to it.
 pub(crate) fn install(
@@ -263,6 +311,7 @@ pub fn enroll(root: &Path, e: &Enrollment, timeout: Duration, clock: &Clock) -> 
         token: token.to_string(),
         role: role.as_str().to_string(),
         csrs,
+        ssh_host_key: ssh_host_key(root),
     };
     let ks = client::Keyserver::new(
         &server.host,
@@ -276,6 +325,7 @@ pub fn enroll(root: &Path, e: &Enrollment, timeout: Duration, clock: &Clock) -> 
     let (status, body) = ks.post("/v1/enroll", &body)?;
     let resp = answer(status, &body)?;
     let installed = install(root, &resp, &keys, hostname, role)?;
+    install_ssh(root, &resp)?;
     state::AgentState {
         node: resp.node.clone(),
         role,

@@ -89,6 +89,7 @@ fn pending(root: &Path, state: &AgentState) -> Result<Pending, AgentError> {
             let body = serde_json::to_string(&RenewRequest {
                 generation: state.generation,
                 csrs,
+                ssh_host_key: super::ssh_host_key(root),
             })
             .expect("a request always serializes");
             let p = Pending {
@@ -134,6 +135,7 @@ pub fn renew(root: &Path, state: &mut AgentState, timeout: Duration, clock: &Clo
     }
     let resp = pending.answer.as_ref().expect("answered above");
     let installed = install(root, resp, &pending.keys, &state.node, state.role)?;
+    super::install_ssh(root, resp)?;
     state.generation = resp.generation;
     state.renewed_at = Some(clock.now());
     state.last_error = None;
