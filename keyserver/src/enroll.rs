@@ -123,6 +123,7 @@ pub fn enroll(
         identity_serial: set.identity_serial.expect("every role has an identity"),
         previous: None,
         locked: None,
+        answer: None,
     };
     ks.write(&lock, &answer_path(token.id()), &response, 0o644)?;
     ks.write(&lock, &issued_path(&node), &state, 0o644)?;

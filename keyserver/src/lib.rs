@@ -11,8 +11,8 @@
 //! STATE/tokens/<id>.json        one record per bootstrap token (the secret only hashed)
 //! STATE/nodes/<name>.json       what each node's certificates may name (from its node.toml)
 //! STATE/enrolled/<id>.json      the answer each token bought, for a node that asks again
-//! STATE/issued/<node>.json      each node's generation and the identity that may renew it
-//! STATE/renewed/<node>.json     the answer to each node's last renewal, for a lost answer
+//! STATE/issued/<node>.json      each node's generation, the identity that may renew it, and
+//!                               the answer to its last renewal (for an answer that was lost)
 //! STATE/audit/<replica>.jsonl   the hash-chained audit log (cairn_keys::audit)
 //! ```
 //!

@@ -68,7 +68,7 @@ impl Identity {
     }
 }
 
-/// `STATE/issued/<node>.json`: what the keyserver last issued to a node.
+/// `STATE/issued/<node>.json`: what the keyserver last issued to a node, and its answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Issued {
@@ -83,6 +83,9 @@ pub struct Issued {
     /// Why the node may not renew, when it may not.
     #[serde(default)]
     pub locked: Option<String>,
+    /// The answer to the last renewal, for the node whose answer was lost.
+    #[serde(default)]
+    pub answer: Option<EnrollResponse>,
 }
 
 /// The state before the last renewal.
@@ -99,10 +102,6 @@ pub struct Previous {
 
 pub(crate) fn issued_path(node: &str) -> PathBuf {
     Path::new("issued").join(format!("{node}.json"))
-}
-
-fn answer_path(node: &str) -> PathBuf {
-    Path::new("renewed").join(format!("{node}.json"))
 }
 
 fn refusal(code: &'static str, message: String) -> Refusal {
@@ -261,7 +260,7 @@ fn decide(
                 && p.request_sha256 == request_sha256
         });
         if retry {
-            if let Some(response) = ks.read::<EnrollResponse>(&answer_path(&identity.node))? {
+            if let Some(response) = state.answer.take() {
                 return Ok(Decision::Answer {
                     response,
                     serials: vec![],
@@ -318,8 +317,9 @@ fn decide(
             request_sha256,
         }),
         locked: None,
+        answer: Some(response.clone()),
     };
-    ks.write(lock, &answer_path(&identity.node), &response, 0o644)?;
+    // One record, one write: the generation and the answer move together.
     ks.write(lock, &issued_path(&identity.node), &next, 0o644)?;
     Ok(Decision::Answer {
         response,

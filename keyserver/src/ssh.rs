@@ -19,20 +19,44 @@ pub const USER_DEFAULT: u64 = 8 * 3600;
 /// The longest a user certificate may be valid.
 pub const USER_MAX: u64 = 7 * 86_400;
 
-fn ca_key(ks: &Keyserver, name: &str) -> Result<cairn_signing::PrivateKey, KeyserverError> {
-    let path = ks.dir().join("ca").join(name).join("key.pem");
-    cairn_signing::PrivateKey::read(&path).map_err(|e| KeyserverError::Certificate {
+/// An SSH CA: its key and public line.
+pub struct SshCa {
+    key: cairn_signing::PrivateKey,
+    line: String,
+}
+
+impl std::fmt::Debug for SshCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SshCa({})", self.line)
+    }
+}
+
+/// SSH CA `name` of `ks`, read from disk the first time.
+fn ca(ks: &Keyserver, name: &str) -> Result<std::sync::Arc<SshCa>, KeyserverError> {
+    let mut cache = ks.ssh_cas.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(c) = cache.get(name) {
+        return Ok(c.clone());
+    }
+    let dir = ks.dir().join("ca").join(name);
+    let key = cairn_signing::PrivateKey::read(&dir.join("key.pem")).map_err(|e| KeyserverError::Certificate {
         what: format!("the {name} CA"),
         why: e.to_string(),
-    })
+    })?;
+    let line = std::fs::read_to_string(dir.join("key.pub"))
+        .map_err(crate::io_err("reading", dir.join("key.pub")))?
+        .trim()
+        .to_string();
+    let c = std::sync::Arc::new(SshCa { key, line });
+    cache.insert(name.to_string(), c.clone());
+    Ok(c)
 }
 
 fn random_u64() -> u64 {
     rand_core::RngCore::next_u64(&mut rand_core::OsRng)
 }
 
-fn sign(ks: &Keyserver, ca: &str, cert: &Cert, comment: &str) -> Result<String, KeyserverError> {
-    let key = ca_key(ks, ca)?;
+fn sign(ks: &Keyserver, name: &str, cert: &Cert, comment: &str) -> Result<String, KeyserverError> {
+    let key = &ca(ks, name)?.key;
     let mut nonce = [0u8; 32];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
     let tbs = ssh::to_be_signed(cert, &nonce, key.public().as_bytes());
@@ -85,10 +109,7 @@ pub fn sign_host(ks: &Keyserver, record: &NodeRecord, key: [u8; 32], now: u64) -
 
 /// The SSH user CA's public key line.
 pub fn user_ca(ks: &Keyserver) -> Result<String, KeyserverError> {
-    let path = ks.dir().join("ca/ssh-user/key.pub");
-    std::fs::read_to_string(&path)
-        .map(|s| s.trim().to_string())
-        .map_err(crate::io_err("reading", path))
+    Ok(ca(ks, "ssh-user")?.line.clone())
 }
 
 /// `cairn ssh-cert`: a user certificate for the public key `line`, for `principals`, valid

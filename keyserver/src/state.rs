@@ -38,6 +38,8 @@ pub struct Keyserver {
     audit_seen: std::sync::Mutex<Option<Seen>>,
     /// The CAs' signing keys, read once.
     pub(crate) issuers: std::sync::Mutex<std::collections::BTreeMap<String, std::sync::Arc<crate::issue::Ca>>>,
+    /// The SSH CAs' keys and public lines, read once.
+    pub(crate) ssh_cas: std::sync::Mutex<std::collections::BTreeMap<String, std::sync::Arc<crate::ssh::SshCa>>>,
 }
 
 /// The audit log's size and modification time, and where its chain ended then.
@@ -76,6 +78,7 @@ impl Keyserver {
             replica: "admin".into(),
             audit_seen: Default::default(),
             issuers: Default::default(),
+            ssh_cas: Default::default(),
         })
     }
 
@@ -96,6 +99,7 @@ impl Keyserver {
             replica: "admin".into(),
             audit_seen: Default::default(),
             issuers: Default::default(),
+            ssh_cas: Default::default(),
         };
         let lock = ks.lock()?;
         // Another init may have won while this one waited for the lock.

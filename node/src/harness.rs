@@ -75,9 +75,10 @@ fn cloud(data: &[u8], format: Format) {
     }
 }
 
-/// What the keyserver answers an enrollment: whatever is taken as an answer has a body no
-/// longer than the bytes received, and an enroll answer that decodes encodes back to JSON
-/// that decodes to the same.
+/// What the keyserver answers an enrollment or a renewal: whatever is taken as an answer
+/// has a body no longer than the bytes received, an answer that decodes encodes back to
+/// JSON that decodes to the same, and its SSH lines are read without a panic (a host
+/// certificate that reads writes back to the same fields).
 pub fn key_agent_answer(data: &[u8]) {
     if let Ok((_, body)) = crate::key_agent::client::parse_answer(data) {
         assert!(body.len() <= data.len());
@@ -85,8 +86,21 @@ pub fn key_agent_answer(data: &[u8]) {
             let again = serde_json::to_vec(&r).expect("serializes");
             assert_eq!(
                 serde_json::from_slice::<cairn_keys::wire::EnrollResponse>(&again).ok(),
-                Some(r)
+                Some(r.clone())
             );
+            if let Some(line) = &r.ssh_host_cert {
+                if let Ok((c, ca)) = cairn_keys::ssh::parse_cert_line(line) {
+                    let tbs = cairn_keys::ssh::to_be_signed(&c, &[0; 32], &ca);
+                    let back = cairn_keys::ssh::finish(tbs, &[0; 64], "");
+                    let (c2, ca2) = cairn_keys::ssh::parse_cert_line(&back).expect("what was written reads");
+                    let mut sorted = c.clone();
+                    sorted.extensions.sort();
+                    assert_eq!((c2, ca2), (sorted, ca));
+                }
+            }
+            if let Some(line) = &r.ssh_user_ca {
+                let _ = cairn_keys::ssh::parse_public_line(line);
+            }
         }
     }
 }

@@ -81,7 +81,8 @@ const CHECK: &str = "test -e /var/lib/cairn/key-agent/token && echo TOKEN-LEFT; 
       -CAfile /var/lib/cairn/pki/etcd-server/current/bundle.pem \
       -cert /var/lib/cairn/pki/etcd-client/current/cert.pem -key /var/lib/cairn/pki/etcd-client/current/key.pem \
       </dev/null 2>/dev/null | openssl x509 -noout -serial); \
-    stat -c 'owner %U %a' /var/lib/cairn/pki/etcd-server/current/both.pem";
+    stat -c 'owner %U %a' /var/lib/cairn/pki/etcd-server/current/both.pem; \
+    grep VmRSS /proc/$(systemctl show -P MainPID cairn-key-agent.service)/status";
 
 #[test]
 fn a_node_enrolls_at_first_boot_and_boots_as_fast_without_its_keyserver() {
@@ -162,6 +163,13 @@ fn a_node_enrolls_at_first_boot_and_boots_as_fast_without_its_keyserver() {
         "etcd serves {served}, the agent holds {status_serial}"
     );
     assert!(out.contains("owner etcd 600"), "{out}");
+    let rss = out
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .unwrap_or_else(|| panic!("the key agent is not running: {out}"))
+        .trim()
+        .to_string();
+    eprintln!("key agent resident, idle after enrolling: {rss}");
     // The node is known by its host certificate alone (the forwarded port is 127.0.0.1, so
     // ssh is told the node's name to check the certificate's principals against).
     let known = dir.path().join("known_hosts");
