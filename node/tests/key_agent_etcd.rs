@@ -144,6 +144,11 @@ fn three_etcd_members_run_on_the_key_agents_certificates() {
         std::fs::create_dir_all(token_file.parent().unwrap()).unwrap();
         std::fs::write(&token_file, token.to_string()).unwrap();
         let mut settings = Settings::from_config(&config);
+        assert_eq!(
+            settings.etcd,
+            Some("127.0.0.1:2379".parse().unwrap()),
+            "etcd runs on the agent's certificates: the agent checks it after renewals"
+        );
         settings.server = Some(key_agent::Server {
             host: "127.0.0.1".into(),
             port,
@@ -243,11 +248,25 @@ fn three_etcd_members_run_on_the_key_agents_certificates() {
     key_agent::renew::renew(&roots[0], &mut st, Duration::from_secs(10), &clock).unwrap();
     let after = key_agent::current(&roots[0], "etcd-server").unwrap().serial;
     assert_ne!(before, after);
-    let start = Instant::now();
-    while served_serial(&roots[0], "127.0.0.1:2379") != after {
-        assert!(start.elapsed() < Duration::from_secs(10), "etcd still serves {before}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    // The agent's own check, then OpenSSL's.
+    let line = key_agent::consumers::check_etcd(
+        &roots[0],
+        "127.0.0.1:2379".parse().unwrap(),
+        &clock,
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert!(line.contains("serves the renewed certificate"), "{line}");
+    assert_eq!(served_serial(&roots[0], "127.0.0.1:2379"), after);
+    // A member that serves something else is reported (cp-2 shows its own certificate).
+    let e = key_agent::consumers::check_etcd(
+        &roots[0],
+        "127.0.0.2:2379".parse().unwrap(),
+        &clock,
+        Duration::from_secs(1),
+    )
+    .unwrap_err();
+    assert!(e.contains("still serves certificate"), "{e}");
     assert!(
         members.0.iter_mut().all(|c| c.try_wait().unwrap().is_none()),
         "no member restarted"

@@ -79,6 +79,7 @@ impl World {
                 ca_fingerprint: self.fingerprint,
             }),
             token_file: "/var/lib/cairn/key-agent/token".into(),
+            etcd: None,
         }
     }
 

@@ -100,6 +100,7 @@ fn sshd_presents_the_host_certificate_and_takes_user_certificates() {
                 .unwrap(),
         }),
         token_file: "/var/lib/cairn/key-agent/token".into(),
+        etcd: None,
     };
     let p = Agent::new(&root, settings, clock.clone()).pass();
     assert!(p.ready, "{p:?}");

@@ -24,6 +24,7 @@
 //! --status`).
 
 pub mod client;
+pub mod consumers;
 pub mod renew;
 pub mod run;
 pub mod state;

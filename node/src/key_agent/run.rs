@@ -39,6 +39,9 @@ pub struct Settings {
     pub server: Option<Server>,
     /// Where the bootstrap token is.
     pub token_file: PathBuf,
+    /// etcd's local client address, when etcd runs on the agent's certificates: checked to
+    /// serve each renewed one.
+    pub etcd: Option<std::net::SocketAddr>,
 }
 
 impl Settings {
@@ -53,6 +56,11 @@ impl Settings {
                 ca_fingerprint: k.ca_fingerprint,
             }),
             token_file: PathBuf::from(cairn_node_config::render::KEY_AGENT_TOKEN),
+            etcd: c
+                .etcd
+                .as_ref()
+                .filter(|e| e.tls.as_ref() == Some(&cairn_node_config::EtcdTls::from_key_agent()))
+                .map(|e| std::net::SocketAddr::from(([127, 0, 0, 1], e.client_urls[0].port))),
         }
     }
 }
@@ -172,6 +180,9 @@ impl Agent {
                         i.generation,
                         date(i.not_after)
                     ));
+                    if let Some(addr) = self.settings.etcd {
+                        lines.push(self.check_etcd(addr));
+                    }
                     let deadline = self.next_deadline(state.role, now).unwrap_or(now + 1);
                     Pass {
                         lines,
@@ -186,6 +197,28 @@ impl Agent {
                     p
                 }
             },
+        }
+    }
+
+    /// Check etcd serves the renewed certificate; restart it (on a node) when it does not.
+    fn check_etcd(&self, addr: std::net::SocketAddr) -> String {
+        match super::consumers::check_etcd(&self.root, addr, &self.clock, super::consumers::SETTLE) {
+            Ok(line) => line,
+            Err(why) if self.root == Path::new("/") => {
+                let restarted = std::process::Command::new("systemctl")
+                    .args(["try-restart", "etcd.service"])
+                    .status()
+                    .is_ok_and(|s| s.success());
+                format!(
+                    "cairn: key agent: {why}; {}",
+                    if restarted {
+                        "restarted etcd"
+                    } else {
+                        "restarting etcd FAILED"
+                    }
+                )
+            }
+            Err(why) => format!("cairn: key agent: {why}"),
         }
     }
 
