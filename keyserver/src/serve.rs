@@ -185,7 +185,7 @@ impl ClientCertVerifier for IdentityVerifier {
 }
 
 /// Check a serving name (a DNS name or an IP address).
-fn check_name(n: &str) -> Result<(), KeyserverError> {
+pub(crate) fn check_name(n: &str) -> Result<(), KeyserverError> {
     if n.parse::<std::net::IpAddr>().is_ok() || crate::check_node_name(n).is_ok() {
         Ok(())
     } else {

@@ -174,11 +174,18 @@ fn disk_passes_the_reference_tools() {
             "etc/motd",
             "etc/os-release",
             "usr/lib",
+            "usr/lib/clock-epoch",
             "usr/lib/os-release",
             "usr/share",
             "usr/share/cairn",
             "usr/share/cairn/release.pub"
         ]
+    );
+    let epoch_file = &got["usr/lib/clock-epoch"];
+    assert_eq!(
+        (epoch_file.kind.as_str(), epoch_file.mtime),
+        ("file", EPOCH),
+        "systemd's clock floor is the build time"
     );
     let motd = &got["etc/motd"];
     assert_eq!(

@@ -48,10 +48,10 @@ fn the_preset_enables_every_cairn_unit_that_can_be_enabled() {
             }
             continue;
         }
-        if p.with_extension("timer").is_file() {
-            // Started by its timer, which is what the preset enables.
-            let timer = format!("{}.timer", name.trim_end_matches(".service"));
-            let ttext = std::fs::read_to_string(p.with_extension("timer")).unwrap();
+        if let Some(trigger) = ["timer", "path"].into_iter().find(|e| p.with_extension(e).is_file()) {
+            // Started by its timer or path unit, which is what the preset enables.
+            let timer = format!("{}.{trigger}", name.trim_end_matches(".service"));
+            let ttext = std::fs::read_to_string(p.with_extension(trigger)).unwrap();
             assert!(
                 !cairn_mkimage::tree::customize::install_targets(&ttext).is_empty(),
                 "{timer}"

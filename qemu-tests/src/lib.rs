@@ -33,8 +33,8 @@ pub fn cairn_bin() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace().join("target/release/cairn"));
     assert!(
-        p.is_file() && p.with_file_name("cairn-node").is_file(),
-        "{} (and cairn-node beside it) missing: run `cargo build --release` first (./test.sh does)",
+        p.is_file() && p.with_file_name("cairn-node").is_file() && p.with_file_name("cairn-keyserver").is_file(),
+        "{} (and cairn-node and cairn-keyserver beside it) missing: run `cargo build --release` first (./test.sh does)",
         p.display()
     );
     p

@@ -3,7 +3,8 @@
 //! (10.0.2.2 from the guest) before its ready line; etcd serves https with the certificate
 //! it was issued, the token is gone, an admin logs in with a user certificate from
 //! `cairn ssh-cert` (the drive has no SSH keys) and checks the node by its host certificate,
-//! and the next boot, with the keyserver stopped, is as fast as the first.
+//! and the next boot, with the keyserver stopped, is as fast as the first. Then the
+//! keyserver's state moves onto the node and cairn-keyserver.service serves it there.
 
 use std::net::TcpStream;
 use std::path::Path;
@@ -221,5 +222,42 @@ fn a_node_enrolls_at_first_boot_and_boots_as_fast_without_its_keyserver() {
         "the second boot took {second:.1}s, the first {first:.1}s"
     );
     eprintln!("boot with enrollment {first:.1}s, with the keyserver stopped {second:.1}s");
+
+    // The keyserver moves into the cluster: its state goes to this control-plane node, and
+    // cairn-keyserver.path starts the server there once serve.toml is in place.
+    std::fs::write(
+        state.join("serve.toml"),
+        "listen = \"[::]:8443\"\nnames = [\"cp-k\", \"10.0.2.15\"]\n",
+    )
+    .unwrap();
+    let tar = Command::new("sh")
+        .arg("-c")
+        .arg(format!("tar -C '{}' -czf - . | base64 -w0", state.display()))
+        .output()
+        .unwrap();
+    assert!(tar.status.success());
+    let b64 = String::from_utf8(tar.stdout).unwrap();
+    let (out, ok) = ssh(
+        &mut vm,
+        ssh_port,
+        &key,
+        &format!(
+            "set -e; d=/var/lib/cairn/keyserver; mkdir $d.new; echo {b64} | base64 -d | tar -C $d.new --no-same-owner -xzf -; \
+             mv $d.new $d; for i in $(seq 100); do systemctl is-active -q cairn-keyserver.service && break; sleep 0.2; done; \
+             printf 'GET /healthz HTTP/1.1\\r\\nHost: cp-k\\r\\nConnection: close\\r\\n\\r\\n' | \
+               openssl s_client -quiet -connect 10.0.2.15:8443 -verify_return_error -verify_hostname cp-k \
+               -CAfile /var/lib/cairn/pki/identity/current/bundle.pem 2>&1"
+        ),
+    );
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("HTTP/1.1 200") && out.lines().any(|l| l.trim() == "ok"),
+        "the keyserver on the node answers with a certificate from the keyserver CA for cp-k: {out}"
+    );
+    vm.wait_for_line(
+        "cairn-keyserver: serving /var/lib/cairn/keyserver on https://[::]:8443 as cp-k, 10.0.2.15",
+        Duration::from_secs(30),
+    )
+    .unwrap_or_else(|e| panic!("the unit says where it serves: {e}"));
     vm.kill();
 }

@@ -208,10 +208,10 @@ pub fn beside_cairn(name: &str) -> Result<PathBuf, BuildError> {
         Ok(p)
     } else {
         Err(BuildError::Input {
-            what: "node agent",
+            what: "Cairn binary",
             path: p,
             source: io::Error::from(io::ErrorKind::NotFound),
-            hint: "build the workspace (`cargo build --release`) so cairn-node sits beside cairn",
+            hint: "build the workspace (`cargo build --release`) so cairn-node and cairn-keyserver sit beside cairn",
         })
     }
 }
@@ -632,6 +632,18 @@ fn root_tree(
             "build it with `cargo build --release -p cairn-node`",
         )?;
         tree.add_file("usr/bin/cairn-node", 0o755, bytes, epoch)?;
+    }
+    // systemd never starts with the clock before this file's time, and the key agent
+    // refuses to enroll on a clock before it: the image cannot have been built later than
+    // it runs (a board without a hardware clock starts in 1970).
+    tree.add_file("usr/lib/clock-epoch", 0o644, Vec::new(), epoch)?;
+    if let Some(k) = &plan.keyserver {
+        let bytes = read_input(
+            k,
+            "keyserver",
+            "build it with `cargo build --release -p cairn-keyserver`",
+        )?;
+        tree.add_file("usr/bin/cairn-keyserver", 0o755, bytes, epoch)?;
     }
     let kubelet = match &def.kubelet {
         None => None,

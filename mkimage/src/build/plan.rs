@@ -156,6 +156,8 @@ pub struct Plan {
     pub esp: Vec<(String, EspSource)>,
     /// The node agent to install, resolved.
     pub agent: Option<PathBuf>,
+    /// The keyserver to install, resolved.
+    pub keyserver: Option<PathBuf>,
     /// The Debian root, for Debian roots.
     pub packages: Option<PackagePlan>,
     /// Fingerprint of the key config drives must be signed with, if the image pins one.
@@ -238,6 +240,11 @@ impl Plan {
             Some(NodeAgent::Path(p)) => Some(p.clone()),
             Some(NodeAgent::BesideCairn) => Some(super::beside_cairn("cairn-node")?),
         };
+        let keyserver = match &def.keyserver {
+            None => None,
+            Some(NodeAgent::Path(p)) => Some(p.clone()),
+            Some(NodeAgent::BesideCairn) => Some(super::beside_cairn("cairn-keyserver")?),
+        };
         let layout = layout::layout(&def);
         cairn_disk::gpt::Gpt::new(
             cairn_disk::guid::Guid::NIL,
@@ -304,6 +311,7 @@ impl Plan {
             next_key,
             layout,
             agent,
+            keyserver,
             packages,
             node_config_key,
             out: o.out.clone(),
@@ -366,6 +374,9 @@ impl Plan {
         }
         if let Some(a) = &self.agent {
             line("node agent", format!("{} → /usr/bin/cairn-node", a.display()));
+        }
+        if let Some(k) = &self.keyserver {
+            line("keyserver", format!("{} → /usr/bin/cairn-keyserver", k.display()));
         }
         for o in &def.overlays {
             line("overlay", o.display().to_string());

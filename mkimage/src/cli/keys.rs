@@ -32,16 +32,18 @@ pub(super) enum KeyserverCommand {
     /// Answers `GET /v1/ca`, `POST /v1/enroll`, `POST /v1/renew` (with the node's identity
     /// certificate) and `GET /healthz`. Its certificate comes
     /// from the keyserver CA for the names given, lives a day and is renewed as it goes;
-    /// nodes check it against `[key-agent] ca-fingerprint`.
+    /// nodes check it against `[key-agent] ca-fingerprint`. Without --name (and --listen)
+    /// it serves as STATE/serve.toml says (`listen = "[::]:8443"`, `names = [...]`), the
+    /// file cairn-keyserver.service reads on a control-plane node.
     Serve {
         /// The state directory.
         state: PathBuf,
-        /// Address and port to listen on.
-        #[arg(long, default_value = "0.0.0.0:8443")]
-        listen: std::net::SocketAddr,
+        /// Address and port to listen on [default: serve.toml's, else [::]:8443].
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
         /// A name or address nodes reach the keyserver at (repeatable): the serving
         /// certificate names exactly these.
-        #[arg(long = "name", required = true, value_name = "NAME")]
+        #[arg(long = "name", value_name = "NAME")]
         names: Vec<String>,
     },
     /// Let a locked node renew again.
@@ -79,6 +81,8 @@ pub(super) fn keyserver(command: KeyserverCommand, out: &mut dyn Write, err: &mu
         }
         KeyserverCommand::Serve { state, listen, names } => {
             let ks = Keyserver::open(&state)?;
+            let settings = cairn_keyserver::listen::resolve(&state, listen, names)?;
+            let (listen, names) = (settings.listen, settings.names);
             let server = cairn_keyserver::serve::Server::bind(ks, listen, &names)?;
             writeln!(
                 err,

@@ -106,6 +106,9 @@ pub struct Definition {
     pub units: Option<PathBuf>,
     /// The node agent to install as /usr/bin/cairn-node.
     pub node_agent: Option<NodeAgent>,
+    /// The keyserver to install as /usr/bin/cairn-keyserver (for control-plane nodes
+    /// that serve the cluster's keyserver).
+    pub keyserver: Option<NodeAgent>,
     /// dracut modules for the initrd.
     pub dracut_modules: Vec<String>,
     /// Kernel modules for the initrd.
@@ -290,6 +293,15 @@ impl Definition {
                 a,
                 "node agent",
                 "build it with `cargo build --release -p cairn-node`, or use \"beside-cairn\"",
+            )?)),
+        };
+        let keyserver = match &raw.root.keyserver {
+            None => None,
+            Some(a) if a.get_ref() == "beside-cairn" => Some(NodeAgent::BesideCairn),
+            Some(a) => Some(NodeAgent::Path(cx.existing_file(
+                a,
+                "keyserver",
+                "build it with `cargo build --release -p cairn-keyserver`, or use \"beside-cairn\"",
             )?)),
         };
         let word_list = |list: &Option<Vec<Spanned<String>>>,
@@ -487,6 +499,7 @@ impl Definition {
             initrd,
             units,
             node_agent,
+            keyserver,
             dracut_modules,
             initrd_drivers,
             kubelet,

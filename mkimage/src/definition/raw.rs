@@ -52,6 +52,8 @@ pub(crate) struct RawRoot {
     pub(crate) units: Option<Spanned<String>>,
     #[serde(default)]
     pub(crate) node_agent: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(crate) keyserver: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

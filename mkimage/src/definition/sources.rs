@@ -123,10 +123,11 @@ pub struct Artifact {
     pub sha256: [u8; 32],
 }
 
-/// Where the node agent binary comes from.
+/// Where one of Cairn's own binaries for the image (the node agent, the keyserver) comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NodeAgent {
-    /// `cairn-node` next to the running `cairn` executable (one `cargo build` makes both).
+    /// The binary of that name next to the running `cairn` executable (one `cargo build`
+    /// makes them all).
     BesideCairn,
     /// A given file.
     Path(PathBuf),
