@@ -32,6 +32,9 @@ pub struct Kubelet {
     pub cluster_dns: Vec<IpAddr>,
     /// Cluster domain.
     pub cluster_domain: String,
+    /// The API server the kubelet registers with (`https://HOST:PORT`); without it the
+    /// kubelet runs standalone (static pods only).
+    pub api_server: Option<crate::values::Url>,
 }
 
 #[derive(Deserialize, Default)]
@@ -45,6 +48,8 @@ pub(crate) struct RawKubelet {
     pub(crate) cluster_dns: Vec<Spanned<String>>,
     #[serde(default)]
     pub(crate) cluster_domain: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(crate) api_server: Option<Spanned<String>>,
 }
 
 /// A Kubernetes label key: an optional DNS-subdomain prefix and `/`, then a name of at most
@@ -170,10 +175,27 @@ pub(crate) fn kubelet(cx: &Cx, raw: &RawKubelet) -> Result<Kubelet, ConfigError>
             )
         }
     };
+    let api_server = match &raw.api_server {
+        None => None,
+        Some(u) => match crate::values::Url::parse(u.get_ref())
+            .ok()
+            .filter(|u| u.scheme == "https")
+        {
+            Some(url) => Some(url),
+            None => {
+                return cx.err(
+                    Some(u.span()),
+                    format!("[kubelet] api-server '{}' is not an https://HOST:PORT URL", u.get_ref()),
+                    "the Kubernetes API server, e.g. \"https://10.0.0.10:6443\"",
+                )
+            }
+        },
+    };
     Ok(Kubelet {
         node_labels,
         taints,
         cluster_dns,
         cluster_domain,
+        api_server,
     })
 }

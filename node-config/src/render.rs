@@ -23,8 +23,11 @@ pub const KUBELET_ENV: &str = "/run/cairn/kubelet/kubelet.env";
 pub const KUBELET_SERVING: &str = "/var/lib/cairn/pki/kubelet-serving/current/both.pem";
 /// The Kubernetes CA, from the key agent (the CA of the kubelet's client certificate).
 pub const KUBERNETES_CA: &str = "/var/lib/cairn/pki/kubelet-client/current/bundle.pem";
-/// The kubeconfig the kubelet uses (written by the key agent, later).
-pub const KUBECONFIG: &str = "/var/lib/cairn/kubelet/kubeconfig";
+/// The kubeconfig the kubelet registers with (`[kubelet] api-server` on a node with a key
+/// agent).
+pub const KUBECONFIG: &str = "/run/cairn/kubelet/kubeconfig";
+/// The kubelet's client certificate and key from the key agent.
+pub const KUBELET_CLIENT: &str = "/var/lib/cairn/pki/kubelet-client/current/both.pem";
 /// Where sshd reads root's authorized keys (`AuthorizedKeysFile` in the image's sshd config).
 pub const SSH_AUTHORIZED_KEYS: &str = "/run/cairn/ssh/authorized_keys/root";
 /// sshd's settings for the keyserver's SSH certificates (included by the image's sshd
@@ -276,7 +279,6 @@ pub fn render_kubelet_config(c: &NodeConfig, k: &Kubelet) -> Result<String, Rend
 pub fn render_kubelet_env(c: &NodeConfig, k: &Kubelet) -> Result<String, RenderError> {
     let mut args = vec![
         format!("--config={KUBELET_CONFIG}"),
-        format!("--kubeconfig={KUBECONFIG}"),
         format!(
             "--hostname-override={}",
             val(ARGS, "hostname", &c.hostname, Allow::Word)?
@@ -301,7 +303,27 @@ pub fn render_kubelet_env(c: &NodeConfig, k: &Kubelet) -> Result<String, RenderE
         }
         args.push(format!("--node-labels={}", labels.join(",")));
     }
+    if c.kubelet.api_server.is_some() && c.key_agent.is_some() {
+        args.push(format!("--kubeconfig={KUBECONFIG}"));
+    }
     Ok(format!("{}KUBELET_ARGS=\"{}\"\n", header("#", c), args.join(" ")))
+}
+
+/// The kubelet's kubeconfig: the API server, trusted with the Kubernetes CA, and the
+/// kubelet's client certificate from the key agent (a node without a key agent has no
+/// credentials to register with, so it gets none and runs standalone).
+pub fn render_kubeconfig(c: &NodeConfig, api_server: &crate::values::Url) -> Result<String, RenderError> {
+    let url = api_server.to_string();
+    let server = val(YAML, "api-server", &url, Allow::Word)?;
+    Ok(format!(
+        "{}apiVersion: v1\n\
+         kind: Config\n\
+         clusters:\n  - name: cairn\n    cluster:\n      server: \"{server}\"\n      certificate-authority: {KUBERNETES_CA}\n\
+         users:\n  - name: kubelet\n    user:\n      client-certificate: {KUBELET_CLIENT}\n      client-key: {KUBELET_CLIENT}\n\
+         contexts:\n  - name: cairn\n    context:\n      cluster: cairn\n      user: kubelet\n\
+         current-context: cairn\n",
+        header("#", c)
+    ))
 }
 
 /// A systemd-networkd `.network` for one configured interface.
@@ -440,6 +462,9 @@ pub fn plan(c: &NodeConfig, effective: &str) -> Result<Vec<Output>, RenderError>
         Owner::Root,
         render_kubelet_env(c, &c.kubelet)?,
     ));
+    if let (Some(api), Some(_)) = (&c.kubelet.api_server, &c.key_agent) {
+        out.push(file(KUBECONFIG, 0o644, Owner::Root, render_kubeconfig(c, api)?));
+    }
     Ok(out)
 }
 

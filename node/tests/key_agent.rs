@@ -156,7 +156,18 @@ fn a_server_without_the_pinned_ca_never_sees_the_token() {
         "{e}"
     );
     assert_eq!(tokens::list(&ks).unwrap()[0].state, TokenState::Issued);
-    assert!(!root.path().join("var").exists(), "nothing written");
+    // Only the keys of the enrollment in flight, for the next try to send again.
+    assert!(
+        !root.path().join("var/lib/cairn/pki").exists(),
+        "no certificate written"
+    );
+    assert_eq!(
+        std::fs::read_dir(root.path().join("var/lib/cairn/key-agent"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect::<Vec<_>>(),
+        ["enrolling.json"]
+    );
     // The audit log never heard of it either.
     assert!(ks.audit_records().unwrap().iter().all(|a| a.action != "claim"));
 }
@@ -206,7 +217,18 @@ fn refusals_and_an_absent_keyserver_leave_nothing_behind() {
     )
     .unwrap_err();
     assert!(matches!(e, AgentError::Unreachable(_)), "{e}");
-    assert!(!root.path().join("var").exists(), "nothing written");
+    // Only the keys of the enrollment in flight, for the next try to send again.
+    assert!(
+        !root.path().join("var/lib/cairn/pki").exists(),
+        "no certificate written"
+    );
+    assert_eq!(
+        std::fs::read_dir(root.path().join("var/lib/cairn/key-agent"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect::<Vec<_>>(),
+        ["enrolling.json"]
+    );
     // And with the right role the token still works.
     key_agent::enroll(
         root.path(),

@@ -339,3 +339,80 @@ fn a_lost_answer_is_asked_for_again_and_a_copied_disk_gets_the_node_locked() {
     key_agent::renew::renew(root, &mut state, timeout, &w.clock).unwrap();
     assert_eq!(state.generation, 3);
 }
+
+#[test]
+fn an_enrollment_whose_answer_was_lost_asks_again_with_the_same_keys() {
+    let w = World::new("w-9", Role::Worker);
+    let root = w.root.path();
+    let mut agent = w.agent(root, "w-9", Role::Worker);
+    // The answer comes but cannot be written (as if the node lost power after it came).
+    let pki = root.join("var/lib/cairn/pki");
+    std::fs::write(&pki, "in the way").unwrap();
+    let p = agent.pass();
+    assert!(!p.ready, "{p:?}");
+    let kept = root.join("var/lib/cairn/key-agent/enrolling.json");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&kept).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(
+        root.join("var/lib/cairn/key-agent/token").exists(),
+        "the token stays until it has paid"
+    );
+
+    // The next try sends the same keys: the keyserver answers again, and raises no alarm.
+    std::fs::remove_file(&pki).unwrap();
+    let p = agent.pass();
+    assert!(p.ready && p.lines[0].contains("enrolled w-9 (worker)"), "{p:?}");
+    assert!(!kept.exists() && !root.join("var/lib/cairn/key-agent/token").exists());
+    let records = w.ks().audit_records().unwrap();
+    assert!(records.iter().all(|r| r.result == Outcome::Ok), "{records:?}");
+    let again = records
+        .iter()
+        .filter(|r| r.action == "claim" && r.code.as_deref() == Some("again"));
+    assert_eq!(again.count(), 1, "{records:?}");
+}
+
+#[test]
+fn no_enrollment_on_a_clock_before_the_image_was_built() {
+    let w = World::new("w-8", Role::Worker);
+    let root = w.root.path();
+    // The image was built a minute from now by this node's (and the keyserver's) clock.
+    let epoch = root.join("usr/lib/clock-epoch");
+    std::fs::create_dir_all(epoch.parent().unwrap()).unwrap();
+    std::fs::write(&epoch, "").unwrap();
+    let built = w.clock.now() + 60;
+    let ok = Command::new("touch")
+        .arg("-d")
+        .arg(format!("@{built}"))
+        .arg(&epoch)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let before = w.ks().audit_records().unwrap().len();
+    let mut agent = w.agent(root, "w-8", Role::Worker);
+    let p = agent.pass();
+    assert!(!p.ready, "{p:?}");
+    assert!(
+        p.lines[0].contains("before its image was built") && p.lines[0].contains("retrying in"),
+        "{p:?}"
+    );
+    assert_eq!(w.ks().audit_records().unwrap().len(), before, "nothing was asked");
+    assert!(root.join("var/lib/cairn/key-agent/token").exists());
+    w.advance(120);
+    assert!(agent.pass().ready);
+}
+
+#[test]
+fn a_clock_that_differs_from_the_keyservers_is_reported() {
+    let w = World::new("w-7", Role::Worker);
+    let root = w.root.path();
+    // The node's clock runs two minutes ahead of the keyserver's.
+    let node_time = Arc::new(AtomicU64::new(w.clock.now() + 120));
+    let mut agent = Agent::new(root, w.settings("w-7", Role::Worker), Clock::manual(node_time))
+        .with_timeout(Duration::from_secs(10));
+    let p = agent.pass();
+    assert!(p.ready, "{p:?}");
+    assert!(
+        p.lines.iter().any(|l| l.contains("is 120 s ahead of the keyserver's")),
+        "{p:?}"
+    );
+}

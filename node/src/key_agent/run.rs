@@ -180,6 +180,14 @@ impl Agent {
                         i.generation,
                         date(i.not_after)
                     ));
+                    lines.extend(super::skew_line(now, i.server_time));
+                    if self.root == Path::new("/") {
+                        // The kubelet takes its certificates when it starts (a restart
+                        // leaves pods running); try-restart does nothing where it is off.
+                        let _ = std::process::Command::new("systemctl")
+                            .args(["try-restart", "kubelet.service"])
+                            .status();
+                    }
                     if let Some(addr) = self.settings.etcd {
                         lines.push(self.check_etcd(addr));
                     }
@@ -231,6 +239,14 @@ impl Agent {
                 ready: true,
             };
         };
+        if let Some(floor) = super::clock_floor(&self.root).filter(|f| now < *f) {
+            let e = AgentError::Clock(format!(
+                "this node's clock says {}, before its image was built ({}): no certificate can be checked on it; waiting for the time to be set (NTP or the hardware clock)",
+                cairn_signing::time::format_utc(now),
+                cairn_signing::time::format_utc(floor)
+            ));
+            return self.failed(now, None, e, lines);
+        }
         let token = match std::fs::read_to_string(crate::apply::at(
             &self.root,
             &self.settings.token_file.to_string_lossy(),
@@ -258,6 +274,7 @@ impl Agent {
                 self.backoff = Backoff::default();
                 self.last_printed = None;
                 lines.push(enrolled_line(&i, self.settings.role, &server));
+                lines.extend(super::skew_line(now, i.server_time));
                 let deadline = self.next_deadline(self.settings.role, now).unwrap_or(now + 1);
                 Pass {
                     lines,
