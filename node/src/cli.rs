@@ -70,6 +70,25 @@ enum Command {
         #[arg(long)]
         status: bool,
     },
+    /// The reboot lease in the cluster's etcd: who holds it, or take, keep or give up
+    /// this node's slot (https endpoints use the key agent's etcd-client certificate).
+    RebootLease {
+        /// What to do.
+        #[arg(value_parser = ["status", "take", "keep", "release"])]
+        action: String,
+        /// An etcd client URL (repeatable; tried in order).
+        #[arg(long = "etcd", value_name = "URL", required = true)]
+        etcd: Vec<String>,
+        /// The node taking or giving up a slot [default: this host's name].
+        #[arg(long)]
+        node: Option<String>,
+        /// How many nodes may hold a slot at once.
+        #[arg(long, default_value_t = 1)]
+        max: u32,
+        /// Seconds a slot stays held without being kept.
+        #[arg(long, default_value_t = 900)]
+        ttl: u64,
+    },
     /// Install a signed bundle into the inactive slot, poll for one, or show the slots.
     Update {
         /// The bundle: https://, http:// or a file.
@@ -155,6 +174,13 @@ pub fn run(argv: Vec<OsString>) -> ExitCode {
             }
         }
         Command::KeyAgent { status: false } => key_agent(),
+        Command::RebootLease {
+            action,
+            etcd,
+            node,
+            max,
+            ttl,
+        } => reboot_lease(&action, &etcd, node, max, ttl),
         Command::Update { status: true, .. } => match update::Target::discover().and_then(|t| update::status(&t)) {
             Ok(text) => {
                 print!("{text}");
@@ -328,6 +354,77 @@ pub fn chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+fn reboot_lease(action: &str, urls: &[String], node: Option<String>, max: u32, ttl: u64) -> ExitCode {
+    use crate::lease::{self, Acquired};
+    let node = node.unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    });
+    let tls = urls
+        .iter()
+        .any(|u| u.starts_with("https://"))
+        .then(|| crate::etcd::ClientTls::from_key_agent(Path::new("/")));
+    let etcd = match crate::etcd::Etcd::new(urls, tls.as_ref(), Duration::from_secs(5)) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("cairn: reboot lease: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let said = match action {
+        "status" => lease::holders(&etcd).map(|h| {
+            if h.is_empty() {
+                "reboot lease: free".to_string()
+            } else {
+                h.iter()
+                    .map(|h| {
+                        format!(
+                            "reboot lease: slot {} held by {} (etcd lease {:x})",
+                            h.slot, h.node, h.lease
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            }
+        }),
+        "take" => lease::acquire(&etcd, &node, max, ttl).map(|a| match a {
+            Acquired::Held(h) if h.taken_now => format!("reboot lease: {node} took slot {}", h.slot),
+            Acquired::Held(h) => format!("reboot lease: {node} already holds slot {}", h.slot),
+            Acquired::Busy(h) => format!(
+                "reboot lease: busy, held by {}",
+                h.iter().map(|h| h.node.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+        }),
+        "keep" => lease::keep(&etcd, &node).map(|kept| match kept {
+            Some(secs) => format!("reboot lease: {node} keeps its slot for another {secs} s"),
+            None => format!("reboot lease: {node} holds no slot"),
+        }),
+        _ => lease::release(&etcd, &node).map(|freed| {
+            if freed {
+                format!("reboot lease: {node} gave up its slot")
+            } else {
+                format!("reboot lease: {node} held no slot")
+            }
+        }),
+    };
+    match said {
+        Ok(line) => {
+            println!("{line}");
+            if line.contains("busy, held by") {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("cairn: reboot lease: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 //! - [`hostkeys`]: `cairn-node ssh-hostkeys`, the node's SSH host keys, checked every boot;
 //! - [`mend`]: `cairn-node prestart COMPONENT`, state other programs break on power loss;
 //! - [`ready`]: the line users and tests wait for on the console;
+//! - [`etcd`] and [`lease`]: etcd's JSON gateway, and the reboot lease kept in it;
 //! - [`system`]: kernel command line, running slot, os-release.
 
 pub use cairn_node_config as config;
@@ -19,12 +20,14 @@ pub mod apply;
 pub mod cli;
 pub mod cloud;
 pub mod drive;
+pub mod etcd;
 pub mod firstboot;
 pub mod grow;
 pub mod harness;
 pub mod health;
 pub mod hostkeys;
 pub mod key_agent;
+pub mod lease;
 pub mod mend;
 pub mod ready;
 pub mod system;

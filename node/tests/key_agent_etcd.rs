@@ -211,6 +211,52 @@ fn three_etcd_members_run_on_the_key_agents_certificates() {
     let got = etcdctl(&roots[0], &["get", "--print-value-only", "/cairn/test"]);
     assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "hello");
 
+    // The node agent's own client (etcdctl, TLS with the etcd-client certificate) takes
+    // the reboot lease through any member; a member that is down is skipped.
+    let endpoints: Vec<String> = [
+        "https://127.0.0.9:2379",
+        "https://127.0.0.1:2379",
+        "https://127.0.0.2:2379",
+    ]
+    .map(String::from)
+    .to_vec();
+    let client = |root: &Path| {
+        cairn_node::etcd::Etcd::new(
+            &endpoints,
+            Some(&cairn_node::etcd::ClientTls::from_key_agent(root)),
+            Duration::from_secs(3),
+        )
+        .unwrap()
+    };
+    use cairn_node::lease::{self, Acquired};
+    assert!(matches!(
+        lease::acquire(&client(&roots[0]), "cp-1", 1, 60).unwrap(),
+        Acquired::Held(_)
+    ));
+    match lease::acquire(&client(&roots[1]), "cp-2", 1, 60).unwrap() {
+        Acquired::Busy(h) => assert_eq!(h[0].node, "cp-1"),
+        other => panic!("{other:?}"),
+    }
+    assert!(lease::release(&client(&roots[0]), "cp-1").unwrap());
+    assert!(matches!(
+        lease::acquire(&client(&roots[1]), "cp-2", 1, 60).unwrap(),
+        Acquired::Held(_)
+    ));
+    assert!(lease::release(&client(&roots[1]), "cp-2").unwrap());
+    let peer_only = cairn_node::etcd::ClientTls {
+        cert: pki(&roots[0], "etcd-peer", "cert.pem"),
+        key: pki(&roots[0], "etcd-peer", "key.pem"),
+        ..cairn_node::etcd::ClientTls::from_key_agent(&roots[0])
+    };
+    let e = lease::holders(
+        &cairn_node::etcd::Etcd::new(&endpoints[1..2], Some(&peer_only), Duration::from_secs(3)).unwrap(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(e, cairn_node::etcd::EtcdError::Failed { .. }),
+        "a peer certificate is no client's: {e}"
+    );
+
     // A client without a certificate, or with a peer's, is not let in as a client.
     let peer_as_client = Command::new("etcdctl")
         .env("ETCDCTL_API", "3")

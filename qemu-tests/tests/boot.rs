@@ -86,6 +86,15 @@ fn a_configured_node_boots_onto_its_verity_root_with_healthy_components() {
         "tr '\\0' '\\n' < /proc/$(systemctl show -P MainPID etcd)/environ | grep ^ETCD_NAME=",
     );
     assert_eq!(etcd_env.trim(), "ETCD_NAME=cp-1");
+    // The reboot lease in that etcd, through the image's etcdctl.
+    let lease = run_ok(
+        &mut vm,
+        "cairn-node reboot-lease take --etcd http://127.0.0.1:2379 && cairn-node reboot-lease release --etcd http://127.0.0.1:2379",
+    );
+    assert!(
+        lease.contains("reboot lease: cp-1 took slot 0") && lease.contains("reboot lease: cp-1 gave up its slot"),
+        "{lease}"
+    );
     // containerd serves, with the systemd cgroup driver.
     let ctr = run_ok(&mut vm, "ctr version");
     assert!(ctr.contains("Server:"), "{ctr}");

@@ -1,0 +1,242 @@
+//! A small etcd v3 client for the node agent, driving Debian's `etcdctl` (the etcd-client
+//! package in the image): the reboot lease needs a range, a transaction and leases, and
+//! `etcdctl -w json` gives exactly those over etcd's gRPC API, with TLS and the key agent's
+//! etcd-client certificate, failing over between endpoints by itself.
+//!
+//! Why not etcd's JSON gateway over plain HTTP: on a TLS client port with client
+//! certificates required (how Cairn runs etcd), etcd 3.4's gateway dials its own gRPC
+//! server showing the *server* certificate as its client certificate, which the etcd-client
+//! CA does not sign, so every gateway call fails with "connection closed". And a gRPC stack
+//! in the agent would be the largest thing in it.
+//!
+//! Everything that reaches `etcdctl`'s arguments or its transaction text is ours (keys
+//! under `/cairn/`) or checked by the caller (node names are host names), and values are
+//! read back base64-decoded from its JSON.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use base64::Engine;
+use serde_json::Value;
+
+/// What went wrong talking to etcd.
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdError {
+    /// etcdctl failed: no endpoint answered, or etcd refused.
+    #[error("etcdctl {what} at {endpoints}: {message}")]
+    Failed {
+        /// The command.
+        what: String,
+        /// The endpoints asked.
+        endpoints: String,
+        /// What etcdctl said.
+        message: String,
+    },
+    /// The client's own settings (URLs, certificate files, etcdctl itself).
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// Files of the client certificate: the CA that signed the members' certificates, and the
+/// client's certificate and key (PEM).
+#[derive(Debug, Clone)]
+pub struct ClientTls {
+    /// The CA bundle to check members with.
+    pub ca: PathBuf,
+    /// The client certificate (with its chain).
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
+}
+
+impl ClientTls {
+    /// The key agent's etcd-client certificate under `root`, checking members against the
+    /// CA of their etcd-server certificates.
+    pub fn from_key_agent(root: &Path) -> ClientTls {
+        let pki = crate::apply::at(root, crate::key_agent::PKI_DIR);
+        ClientTls {
+            ca: pki.join("etcd-server/current/bundle.pem"),
+            cert: pki.join("etcd-client/current/cert.pem"),
+            key: pki.join("etcd-client/current/key.pem"),
+        }
+    }
+}
+
+/// A client for one cluster.
+#[derive(Debug, Clone)]
+pub struct Etcd {
+    endpoints: String,
+    tls: Option<ClientTls>,
+    timeout: Duration,
+    program: PathBuf,
+}
+
+/// One key-value of a range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kv {
+    /// The key.
+    pub key: Vec<u8>,
+    /// The value.
+    pub value: Vec<u8>,
+    /// The lease it is attached to (0: none).
+    pub lease: i64,
+}
+
+fn unb64(v: &Value) -> Vec<u8> {
+    v.as_str()
+        .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+        .unwrap_or_default()
+}
+
+impl Etcd {
+    /// A client for the members at `urls` (`http://` or `https://HOST:PORT`); `tls` is
+    /// required for https.
+    pub fn new(urls: &[String], tls: Option<&ClientTls>, timeout: Duration) -> Result<Etcd, EtcdError> {
+        let mut endpoints = Vec::new();
+        for u in urls {
+            let url = cairn_node_config::Url::parse(u)
+                .map_err(|_| EtcdError::Setup(format!("'{}' is not an etcd client URL", u.escape_debug())))?;
+            if url.scheme == "https" && tls.is_none() {
+                return Err(EtcdError::Setup(format!(
+                    "{url} needs a client certificate (the key agent's etcd-client)"
+                )));
+            }
+            endpoints.push(url.to_string());
+        }
+        if endpoints.is_empty() {
+            return Err(EtcdError::Setup("no etcd endpoints".into()));
+        }
+        Ok(Etcd {
+            endpoints: endpoints.join(","),
+            tls: tls.cloned(),
+            timeout,
+            program: PathBuf::from("etcdctl"),
+        })
+    }
+
+    /// Run `etcdctl -w json ARGS` (with `stdin` when given); its JSON answer.
+    fn run(&self, what: &str, args: &[&str], stdin: Option<&str>) -> Result<Value, EtcdError> {
+        let mut cmd = Command::new(&self.program);
+        cmd.env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.endpoints))
+            .arg(format!("--dial-timeout={}s", self.timeout.as_secs().max(1)))
+            .arg(format!("--command-timeout={}s", 2 * self.timeout.as_secs().max(1)))
+            .args(["-w", "json"]);
+        if let Some(t) = &self.tls {
+            cmd.arg(format!("--cacert={}", t.ca.display()))
+                .arg(format!("--cert={}", t.cert.display()))
+                .arg(format!("--key={}", t.key.display()));
+        }
+        cmd.args(args)
+            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(|e| {
+            EtcdError::Setup(format!(
+                "running {}: {e} (etcdctl is in Debian's etcd-client package)",
+                self.program.display()
+            ))
+        })?;
+        if let (Some(text), Some(mut input)) = (stdin, child.stdin.take()) {
+            input
+                .write_all(text.as_bytes())
+                .map_err(|e| EtcdError::Setup(format!("writing to etcdctl: {e}")))?;
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|e| EtcdError::Setup(format!("waiting for etcdctl: {e}")))?;
+        let failed = |message: String| EtcdError::Failed {
+            what: what.into(),
+            endpoints: self.endpoints.clone(),
+            message,
+        };
+        if !out.status.success() {
+            // etcdctl ends with "Error: …"; the retry warnings before it are noise.
+            let err = String::from_utf8_lossy(&out.stderr);
+            let message = err
+                .lines()
+                .rev()
+                .find(|l| l.starts_with("Error:"))
+                .unwrap_or_else(|| err.lines().last().unwrap_or("no message"))
+                .trim_start_matches("Error:")
+                .trim()
+                .to_string();
+            return Err(failed(message));
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| failed(format!("unreadable answer ({e})")))
+    }
+
+    /// The key-values whose keys start with `prefix`.
+    pub fn range_prefix(&self, prefix: &str) -> Result<Vec<Kv>, EtcdError> {
+        let answer = self.run("get", &["get", "--prefix", "--", prefix], None)?;
+        Ok(answer
+            .get("kvs")
+            .and_then(Value::as_array)
+            .map(|kvs| {
+                kvs.iter()
+                    .map(|kv| Kv {
+                        key: unb64(&kv["key"]),
+                        value: unb64(&kv["value"]),
+                        lease: kv["lease"].as_i64().unwrap_or(0),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// A lease of `ttl` seconds; its id.
+    pub fn grant(&self, ttl: u64) -> Result<i64, EtcdError> {
+        let answer = self.run("lease grant", &["lease", "grant", &ttl.to_string()], None)?;
+        answer["ID"]
+            .as_i64()
+            .filter(|id| *id != 0)
+            .ok_or_else(|| EtcdError::Failed {
+                what: "lease grant".into(),
+                endpoints: self.endpoints.clone(),
+                message: format!("no lease in {answer}"),
+            })
+    }
+
+    /// Keep lease `id` alive for another TTL; the seconds it has now, or `None` when it has
+    /// expired or was revoked.
+    pub fn keep_alive(&self, id: i64) -> Result<Option<i64>, EtcdError> {
+        let hex = format!("{id:x}");
+        // An expired lease makes keep-alive fail; timetolive says which it was.
+        let _ = self.run("lease keep-alive", &["lease", "keep-alive", "--once", &hex], None);
+        let answer = self.run("lease timetolive", &["lease", "timetolive", &hex], None)?;
+        let ttl = answer["ttl"].as_i64().unwrap_or(-1);
+        Ok((ttl > 0).then_some(ttl))
+    }
+
+    /// End lease `id` now, deleting its keys (an unknown lease is not an error).
+    pub fn revoke(&self, id: i64) -> Result<(), EtcdError> {
+        match self.run("lease revoke", &["lease", "revoke", &format!("{id:x}")], None) {
+            Ok(_) => Ok(()),
+            Err(EtcdError::Failed { message, .. }) if message.contains("not found") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A transaction in etcdctl's text form (comparisons, then the requests if they hold,
+    /// then those if not; one per line); whether the comparisons held.
+    pub fn txn(&self, compare: &[String], success: &[String], failure: &[String]) -> Result<bool, EtcdError> {
+        for line in compare.iter().chain(success).chain(failure) {
+            if line.is_empty() || line.contains(['\n', '\r', '\0']) {
+                return Err(EtcdError::Setup(format!(
+                    "'{}' cannot be a line of a transaction",
+                    line.escape_debug()
+                )));
+            }
+        }
+        let text = format!(
+            "{}\n\n{}\n\n{}\n\n",
+            compare.join("\n"),
+            success.join("\n"),
+            failure.join("\n")
+        );
+        let answer = self.run("txn", &["txn"], Some(&text))?;
+        Ok(answer.get("succeeded").and_then(Value::as_bool).unwrap_or(false))
+    }
+}
