@@ -15,6 +15,7 @@ pub use cairn_disk::{gpt, guid, verity};
 
 pub mod build;
 pub mod cli;
+pub mod cluster;
 pub mod definition;
 pub mod formats;
 pub mod ioerr;

@@ -192,3 +192,123 @@ fn a_device_node_is_never_replaced_and_drives_are_private() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+const CLUSTER: &str = r#"version = 1
+name = "lab"
+generation = 3
+keyserver = "https://10.0.2.2:8443"
+
+[network]
+prefix-length = 24
+gateway = "10.0.2.2"
+
+[[node]]
+name = "cp-1"
+role = "control-plane"
+address = "10.0.2.11"
+
+[[node]]
+name = "cp-2"
+role = "control-plane"
+address = "10.0.2.12"
+
+[[node]]
+name = "cp-3"
+role = "control-plane"
+address = "10.0.2.13"
+
+[[node]]
+name = "w-1"
+role = "worker"
+address = "10.0.2.21"
+"#;
+
+#[test]
+fn a_cluster_file_gives_every_node_its_drive_and_token() {
+    require(&["fsck.fat", "mtype"]);
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    fs::write(p.join("lab.toml"), CLUSTER).unwrap();
+    run_ok(
+        cairn()
+            .current_dir(p)
+            .args(["keyserver", "init", "ks", "--cluster", "lab"]),
+    );
+    let out = run_ok(cairn().current_dir(p).args([
+        "config-drive",
+        "--cluster",
+        "lab.toml",
+        "--out",
+        "drives",
+        "--keyserver",
+        "ks",
+    ]));
+    assert!(out.contains("cluster lab: 4 drives in drives (generation 3)"), "{out}");
+    for name in ["cp-1", "cp-2", "cp-3", "w-1"] {
+        let drive = p.join("drives").join(format!("{name}.img"));
+        run_ok(Command::new("fsck.fat").arg("-n").arg(&drive));
+        let text = run_ok(Command::new("mtype").arg("-i").arg(&drive).arg("::node.toml"));
+        let config = cairn_node_config::NodeConfig::parse(&text, name).unwrap();
+        assert_eq!((config.hostname.as_str(), config.generation), (name, 3));
+        let agent = config.key_agent.expect("every node enrolls");
+        assert_eq!(agent.server.to_string(), "https://10.0.2.2:8443");
+        match config.etcd {
+            Some(etcd) => {
+                assert!(name.starts_with("cp-"));
+                let members: Vec<String> = etcd.initial_cluster.keys().cloned().collect();
+                assert_eq!(members, ["cp-1", "cp-2", "cp-3"], "{text}");
+                assert!(text.contains("cp-3 = \"https://10.0.2.13:2380\""), "{text}");
+            }
+            None => assert_eq!(name, "w-1"),
+        }
+        // The node.toml beside the drive is the one on it, before the token was added.
+        let beside = fs::read_to_string(p.join("drives").join(format!("{name}.toml"))).unwrap();
+        assert!(!beside.contains("bootstrap-token") && text.contains("bootstrap-token"));
+    }
+    let tokens = run_ok(cairn().current_dir(p).args(["token", "list", "--state", "ks"]));
+    assert_eq!(tokens.lines().filter(|l| l.contains(" issued ")).count(), 4, "{tokens}");
+}
+
+#[test]
+fn a_bad_cluster_file_writes_no_drive_and_registers_no_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    run_ok(
+        cairn()
+            .current_dir(p)
+            .args(["keyserver", "init", "ks", "--cluster", "lab"]),
+    );
+    let bad = CLUSTER.replace("name = \"cp-3\"", "name = \"cp-1\"");
+    fs::write(p.join("lab.toml"), bad).unwrap();
+    let o = cairn()
+        .current_dir(p)
+        .args([
+            "config-drive",
+            "--cluster",
+            "lab.toml",
+            "--out",
+            "drives",
+            "--keyserver",
+            "ks",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("lab.toml:21: node cp-1 is listed twice"),
+        "{err}"
+    );
+    assert!(!p.join("drives").exists());
+    // A cluster with a keyserver needs its state, and the other way round.
+    fs::write(p.join("lab.toml"), CLUSTER).unwrap();
+    let o = cairn()
+        .current_dir(p)
+        .args(["config-drive", "--cluster", "lab.toml", "--out", "drives"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("no --keyserver STATE"), "{err}");
+    assert!(!p.join("drives").exists());
+    let tokens = run_ok(cairn().current_dir(p).args(["token", "list", "--state", "ks"]));
+    assert!(!tokens.contains(" issued "), "{tokens}");
+}

@@ -145,8 +145,13 @@ pub(super) fn publish(args: PublishArgs, out: &mut dyn Write, _err: &mut dyn Wri
 #[derive(Debug, clap::Args)]
 pub(super) struct ConfigDriveArgs {
     /// The node config to put on the drive.
-    node: PathBuf,
-    /// The drive image to write (replaced if it exists).
+    #[arg(required_unless_present = "cluster", conflicts_with = "cluster")]
+    node: Option<PathBuf>,
+    /// Write one drive per node of this cluster file instead (docs/cluster.md): OUT is then
+    /// a directory, which gets NAME.toml and NAME.img for every node.
+    #[arg(long, value_name = "FILE")]
+    cluster: Option<PathBuf>,
+    /// The drive image to write (replaced if it exists); with --cluster, the directory.
     #[arg(long, value_name = "FILE")]
     out: PathBuf,
     /// File system of the drive.
@@ -188,18 +193,115 @@ fn with_key_agent(text: &str, file: &str, fingerprint: &str, token: &str) -> Res
 pub(super) fn config_drive(args: ConfigDriveArgs, out: &mut dyn Write, _err: &mut dyn Write) -> Result<()> {
     let ConfigDriveArgs {
         node,
+        cluster,
         out: drive,
         format,
         sign,
         keyserver,
         token_ttl,
     } = args;
-    let mut text = std::fs::read_to_string(&node).with_context(|| format!("reading {}", node.display()))?;
-    let file = node.display().to_string();
+    let opts = DriveOptions {
+        format,
+        sign,
+        keyserver,
+        token_ttl,
+    };
+    match (node, cluster) {
+        (Some(node), _) => {
+            let text = std::fs::read_to_string(&node).with_context(|| format!("reading {}", node.display()))?;
+            one_drive(text, &node.display().to_string(), &drive, &opts, out)
+        }
+        (None, Some(file)) => cluster_drives(&file, &drive, &opts, out),
+        (None, None) => unreachable!("clap requires NODE or --cluster"),
+    }
+}
+
+/// How drives are written.
+struct DriveOptions {
+    format: crate::release::configdrive::DriveFormat,
+    sign: Option<PathBuf>,
+    keyserver: Option<PathBuf>,
+    token_ttl: String,
+}
+
+/// One drive per node of the cluster file `file`, in `dir`. Every node.toml is made and
+/// checked before the keyserver registers any node or a drive is written.
+fn cluster_drives(
+    file: &std::path::Path,
+    dir: &std::path::Path,
+    opts: &DriveOptions,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let cluster = crate::cluster::Cluster::read(file)?;
+    if cluster.keyserver.is_some() != opts.keyserver.is_some() {
+        anyhow::bail!(
+            "{}: {}\n  hint: a cluster with `keyserver = \"https://…\"` takes --keyserver STATE (its state directory), one without takes neither",
+            file.display(),
+            if cluster.keyserver.is_some() {
+                "the cluster has a keyserver, but no --keyserver STATE was given to enroll its nodes with"
+            } else {
+                "--keyserver was given, but the cluster file names no keyserver for nodes to reach"
+            }
+        );
+    }
+    let mut texts = Vec::new();
+    for n in &cluster.nodes {
+        let text = cluster.node_toml(n);
+        let label = format!("{} (node {})", file.display(), n.name);
+        // The same checks one_drive makes, with a stand-in token, before anything is written.
+        let trial = match &cluster.keyserver {
+            Some(_) => with_key_agent(
+                &text,
+                &label,
+                &format!("sha256:{}", "00".repeat(32)),
+                &cairn_keys::Token::generate(&mut rand_core::OsRng).to_string(),
+            )?,
+            None => text.clone(),
+        };
+        let config = cairn_node_config::NodeConfig::parse(&trial, &label).map_err(|e| anyhow::anyhow!("{e}"))?;
+        cairn_node_config::render::plan(&config, &trial).map_err(|e| anyhow::anyhow!("{label}: {e}"))?;
+        texts.push((n.name.clone(), label, text));
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (name, label, text) in texts {
+        let toml = dir.join(format!("{name}.toml"));
+        let tmp = dir.join(format!(".{name}.toml.tmp"));
+        std::fs::write(&tmp, &text)
+            .and_then(|_| std::fs::rename(&tmp, &toml))
+            .with_context(|| format!("writing {}", toml.display()))?;
+        one_drive(text, &label, &dir.join(format!("{name}.img")), opts, out)?;
+    }
+    writeln!(
+        out,
+        "cluster {}: {} drives in {} (generation {})",
+        cluster.name,
+        cluster.nodes.len(),
+        dir.display(),
+        cluster.generation
+    )?;
+    Ok(())
+}
+
+/// Write the drive `drive` for the node config `text` (from `file`, for messages).
+fn one_drive(
+    mut text: String,
+    file: &str,
+    drive: &std::path::Path,
+    opts: &DriveOptions,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let DriveOptions {
+        format,
+        sign,
+        keyserver,
+        token_ttl,
+    } = opts;
+    let format = *format;
+    let file = file.to_string();
     let mut enrolled = None;
     if let Some(state) = &keyserver {
         let ks = cairn_keyserver::Keyserver::open(state)?;
-        let ttl = cairn_keyserver::parse_duration(&token_ttl)?;
+        let ttl = cairn_keyserver::parse_duration(token_ttl)?;
         let fingerprint = cairn_keyserver::ca::fingerprint(&cairn_keyserver::ca::certificate(&ks, "keyserver")?)
             .map_err(|why| anyhow::anyhow!("the keyserver CA: {why}"))?;
         // Everything is checked with a stand-in token before the keyserver registers the
@@ -226,7 +328,7 @@ pub(super) fn config_drive(args: ConfigDriveArgs, out: &mut dyn Write, _err: &mu
     }
     let config = cairn_node_config::NodeConfig::parse(&text, &file).map_err(|e| anyhow::anyhow!("{e}"))?;
     // What the node will render from it must be writable too (the second wall).
-    cairn_node_config::render::plan(&config, &text).map_err(|e| anyhow::anyhow!("{}: {e}", node.display()))?;
+    cairn_node_config::render::plan(&config, &text).map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
     let mut files = vec![("node.toml".to_string(), text.clone().into_bytes())];
     let signed = match &sign {
         Some(k) => {
@@ -238,7 +340,7 @@ pub(super) fn config_drive(args: ConfigDriveArgs, out: &mut dyn Write, _err: &mu
         None => "not signed".to_string(),
     };
     let epoch = build::plan::effective_epoch(std::env::var("SOURCE_DATE_EPOCH").ok().as_deref())?;
-    crate::release::configdrive::write(&drive, format, &files, epoch)
+    crate::release::configdrive::write(drive, format, &files, epoch)
         .with_context(|| format!("writing the config drive {}", drive.display()))?;
     writeln!(
         out,
