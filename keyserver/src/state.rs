@@ -250,6 +250,25 @@ impl Keyserver {
     pub fn audit_records(&self) -> Result<Vec<Record>, KeyserverError> {
         self.read_audit().map(|(records, _, _)| records)
     }
+
+    /// The names of every audit log in the state (`audit/<replica>.jsonl`): the admin
+    /// machine's, and one per node that served this state.
+    pub fn audit_replicas(&self) -> Result<Vec<String>, KeyserverError> {
+        let dir = self.dir.join("audit");
+        let mut names: Vec<String> = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    name.strip_suffix(".jsonl").map(str::to_string)
+                })
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(io_err("reading", &dir)(e)),
+        };
+        names.sort();
+        Ok(names)
+    }
 }
 
 /// `audit/<replica>.head`: where the log ended after the last append.

@@ -67,7 +67,7 @@ fn an_admin_makes_lists_and_revokes_tokens() {
     let (ok, out, _) = cairn(&["keyserver", "audit", &st]);
     assert!(ok);
     assert!(
-        out.contains("\"actor\":\"admin:alice\"") && out.ends_with("# 3 records, chain intact\n"),
+        out.contains("\"actor\":\"admin:alice\"") && out.ends_with("# 3 records in audit/admin.jsonl, chain intact\n"),
         "{out}"
     );
 }

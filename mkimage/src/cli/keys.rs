@@ -58,7 +58,8 @@ pub(super) enum KeyserverCommand {
         /// The node.
         node: String,
     },
-    /// Check the audit log's chain and print its records.
+    /// Check every audit log's chain and print its records: the admin machine's, and that
+    /// of each node that served this state (after it moved into the cluster and back).
     Audit {
         /// The state directory.
         state: PathBuf,
@@ -103,12 +104,22 @@ pub(super) fn keyserver(command: KeyserverCommand, out: &mut dyn Write, err: &mu
             )?;
         }
         KeyserverCommand::Audit { state } => {
-            let ks = Keyserver::open(&state)?;
-            let records = ks.audit_records()?;
-            for r in &records {
-                writeln!(out, "{}", serde_json::to_string(r)?)?;
+            let mut ks = Keyserver::open(&state)?;
+            let replicas = ks.audit_replicas()?;
+            let mut summary = Vec::new();
+            for replica in replicas {
+                ks.replica = replica.clone();
+                let records = ks.audit_records()?;
+                for r in &records {
+                    writeln!(out, "{}", serde_json::to_string(r)?)?;
+                }
+                summary.push(format!("{} records in audit/{replica}.jsonl", records.len()));
             }
-            writeln!(out, "# {} records, chain intact", records.len())?;
+            if summary.is_empty() {
+                writeln!(out, "# no audit log")?;
+            } else {
+                writeln!(out, "# {}, chain intact", summary.join(", "))?;
+            }
         }
     }
     Ok(())
