@@ -635,8 +635,13 @@ fn root_tree(
     }
     // systemd never starts with the clock before this file's time, and the key agent
     // refuses to enroll on a clock before it: the image cannot have been built later than
-    // it runs (a board without a hardware clock starts in 1970).
-    tree.add_file("usr/lib/clock-epoch", 0o644, Vec::new(), epoch)?;
+    // it runs (a board without a hardware clock starts in 1970). Only a real build time
+    // goes there: systemd also treats a clock more than 15 years past this time as wrong
+    // and sets it back, so the 1980 default epoch would throw every node's clock back to
+    // systemd's own build date.
+    if epoch > DEFAULT_EPOCH {
+        tree.add_file("usr/lib/clock-epoch", 0o644, Vec::new(), epoch)?;
+    }
     if let Some(k) = &plan.keyserver {
         let bytes = read_input(
             k,
