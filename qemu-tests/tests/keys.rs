@@ -243,10 +243,15 @@ fn a_node_enrolls_at_first_boot_and_boots_as_fast_without_its_keyserver() {
         &key,
         &format!(
             "set -e; d=/var/lib/cairn/keyserver; mkdir $d.new; echo {b64} | base64 -d | tar -C $d.new --no-same-owner -xzf -; \
-             mv $d.new $d; for i in $(seq 100); do systemctl is-active -q cairn-keyserver.service && break; sleep 0.2; done; \
-             printf 'GET /healthz HTTP/1.1\\r\\nHost: cp-k\\r\\nConnection: close\\r\\n\\r\\n' | \
-               openssl s_client -quiet -connect 10.0.2.15:8443 -verify_return_error -verify_hostname cp-k \
-               -CAfile /var/lib/cairn/pki/identity/current/bundle.pem 2>&1"
+             mv $d.new $d; \
+             for i in $(seq 150); do \
+               if printf 'GET /healthz HTTP/1.1\\r\\nHost: cp-k\\r\\nConnection: close\\r\\n\\r\\n' | \
+                    openssl s_client -quiet -connect 10.0.2.15:8443 -verify_return_error -verify_hostname cp-k \
+                    -CAfile /var/lib/cairn/pki/identity/current/bundle.pem > /tmp/healthz 2>&1; then break; fi; \
+               sleep 0.2; \
+             done; \
+             cat /tmp/healthz; systemctl show -P ActiveState cairn-keyserver.service; \
+             journalctl -u cairn-keyserver.service --no-pager -o cat | tail -n 5"
         ),
     );
     assert!(ok, "{out}");
