@@ -375,6 +375,8 @@ fn reboot_lease(action: &str, urls: &[String], node: Option<String>, max: u32, t
             return ExitCode::FAILURE;
         }
     };
+    // Exit 2 when another node holds every slot, so scripts can wait and try again.
+    let mut busy = false;
     let said = match action {
         "status" => lease::holders(&etcd).map(|h| {
             if h.is_empty() {
@@ -394,10 +396,13 @@ fn reboot_lease(action: &str, urls: &[String], node: Option<String>, max: u32, t
         "take" => lease::acquire(&etcd, &node, max, ttl).map(|a| match a {
             Acquired::Held(h) if h.taken_now => format!("reboot lease: {node} took slot {}", h.slot),
             Acquired::Held(h) => format!("reboot lease: {node} already holds slot {}", h.slot),
-            Acquired::Busy(h) => format!(
-                "reboot lease: busy, held by {}",
-                h.iter().map(|h| h.node.as_str()).collect::<Vec<_>>().join(", ")
-            ),
+            Acquired::Busy(h) => {
+                busy = true;
+                format!(
+                    "reboot lease: busy, held by {}",
+                    h.iter().map(|h| h.node.as_str()).collect::<Vec<_>>().join(", ")
+                )
+            }
         }),
         "keep" => lease::keep(&etcd, &node).map(|kept| match kept {
             Some(secs) => format!("reboot lease: {node} keeps its slot for another {secs} s"),
@@ -414,7 +419,7 @@ fn reboot_lease(action: &str, urls: &[String], node: Option<String>, max: u32, t
     match said {
         Ok(line) => {
             println!("{line}");
-            if line.contains("busy, held by") {
+            if busy {
                 ExitCode::from(2)
             } else {
                 ExitCode::SUCCESS

@@ -156,18 +156,7 @@ fn a_server_without_the_pinned_ca_never_sees_the_token() {
         "{e}"
     );
     assert_eq!(tokens::list(&ks).unwrap()[0].state, TokenState::Issued);
-    // Only the keys of the enrollment in flight, for the next try to send again.
-    assert!(
-        !root.path().join("var/lib/cairn/pki").exists(),
-        "no certificate written"
-    );
-    assert_eq!(
-        std::fs::read_dir(root.path().join("var/lib/cairn/key-agent"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect::<Vec<_>>(),
-        ["enrolling.json"]
-    );
+    only_the_enrollment_in_flight(root.path());
     // The audit log never heard of it either.
     assert!(ks.audit_records().unwrap().iter().all(|a| a.action != "claim"));
 }
@@ -217,18 +206,7 @@ fn refusals_and_an_absent_keyserver_leave_nothing_behind() {
     )
     .unwrap_err();
     assert!(matches!(e, AgentError::Unreachable(_)), "{e}");
-    // Only the keys of the enrollment in flight, for the next try to send again.
-    assert!(
-        !root.path().join("var/lib/cairn/pki").exists(),
-        "no certificate written"
-    );
-    assert_eq!(
-        std::fs::read_dir(root.path().join("var/lib/cairn/key-agent"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect::<Vec<_>>(),
-        ["enrolling.json"]
-    );
+    only_the_enrollment_in_flight(root.path());
     // And with the right role the token still works.
     key_agent::enroll(
         root.path(),
@@ -303,4 +281,17 @@ fn apply_writes_the_token_until_the_node_has_enrolled_and_keeps_the_agents_state
     .unwrap();
     let e = cairn_node::health::keys_held(root.path(), cairn_signing::time::now()).unwrap_err();
     assert!(e.contains("kubelet-serving"), "{e}");
+}
+
+/// No certificate written: only the keys of the enrollment in flight, for the next try to
+/// send again.
+fn only_the_enrollment_in_flight(root: &std::path::Path) {
+    assert!(!root.join("var/lib/cairn/pki").exists(), "no certificate written");
+    assert_eq!(
+        std::fs::read_dir(root.join("var/lib/cairn/key-agent"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect::<Vec<_>>(),
+        ["enrolling.json"]
+    );
 }

@@ -625,13 +625,25 @@ fn root_tree(
         units = customize::install_units(&mut tree, dir, epoch)?;
         log(&format!("root tree: installed and enabled {} Cairn units", units.len()));
     }
-    if let Some(agent) = &plan.agent {
-        let bytes = read_input(
-            agent,
+    // Cairn's own binaries.
+    for (file, what, name, hint) in [
+        (
+            &plan.agent,
             "node agent",
+            "cairn-node",
             "build it with `cargo build --release -p cairn-node`",
-        )?;
-        tree.add_file("usr/bin/cairn-node", 0o755, bytes, epoch)?;
+        ),
+        (
+            &plan.keyserver,
+            "keyserver",
+            "cairn-keyserver",
+            "build it with `cargo build --release -p cairn-keyserver`",
+        ),
+    ] {
+        if let Some(p) = file {
+            let bytes = read_input(p, what, hint)?;
+            tree.add_file(&format!("usr/bin/{name}"), 0o755, bytes, epoch)?;
+        }
     }
     // systemd never starts with the clock before this file's time, and the key agent
     // refuses to enroll on a clock before it: the image cannot have been built later than
@@ -641,14 +653,6 @@ fn root_tree(
     // systemd's own build date.
     if epoch > DEFAULT_EPOCH {
         tree.add_file("usr/lib/clock-epoch", 0o644, Vec::new(), epoch)?;
-    }
-    if let Some(k) = &plan.keyserver {
-        let bytes = read_input(
-            k,
-            "keyserver",
-            "build it with `cargo build --release -p cairn-keyserver`",
-        )?;
-        tree.add_file("usr/bin/cairn-keyserver", 0o755, bytes, epoch)?;
     }
     let kubelet = match &def.kubelet {
         None => None,

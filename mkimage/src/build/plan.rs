@@ -235,16 +235,15 @@ impl Plan {
             Some(p) => Some(PublicKey::read(p)?),
         };
 
-        let agent = match &def.node_agent {
-            None => None,
-            Some(NodeAgent::Path(p)) => Some(p.clone()),
-            Some(NodeAgent::BesideCairn) => Some(super::beside_cairn("cairn-node")?),
+        let resolve = |b: &Option<NodeAgent>, name: &str| -> Result<Option<PathBuf>, BuildError> {
+            Ok(match b {
+                None => None,
+                Some(NodeAgent::Path(p)) => Some(p.clone()),
+                Some(NodeAgent::BesideCairn) => Some(super::beside_cairn(name)?),
+            })
         };
-        let keyserver = match &def.keyserver {
-            None => None,
-            Some(NodeAgent::Path(p)) => Some(p.clone()),
-            Some(NodeAgent::BesideCairn) => Some(super::beside_cairn("cairn-keyserver")?),
-        };
+        let agent = resolve(&def.node_agent, "cairn-node")?;
+        let keyserver = resolve(&def.keyserver, "cairn-keyserver")?;
         let layout = layout::layout(&def);
         cairn_disk::gpt::Gpt::new(
             cairn_disk::guid::Guid::NIL,

@@ -286,24 +286,22 @@ impl Definition {
                 Some(p)
             }
         };
-        let node_agent = match &raw.root.node_agent {
-            None => None,
-            Some(a) if a.get_ref() == "beside-cairn" => Some(NodeAgent::BesideCairn),
-            Some(a) => Some(NodeAgent::Path(cx.existing_file(
-                a,
-                "node agent",
-                "build it with `cargo build --release -p cairn-node`, or use \"beside-cairn\"",
-            )?)),
+        // Cairn's own binaries: "beside-cairn" or a file that exists.
+        let own_binary = |key: &Option<Spanned<String>>, what: &str, hint: &str| match key {
+            None => Ok(None),
+            Some(a) if a.get_ref() == "beside-cairn" => Ok(Some(NodeAgent::BesideCairn)),
+            Some(a) => cx.existing_file(a, what, hint).map(|p| Some(NodeAgent::Path(p))),
         };
-        let keyserver = match &raw.root.keyserver {
-            None => None,
-            Some(a) if a.get_ref() == "beside-cairn" => Some(NodeAgent::BesideCairn),
-            Some(a) => Some(NodeAgent::Path(cx.existing_file(
-                a,
-                "keyserver",
-                "build it with `cargo build --release -p cairn-keyserver`, or use \"beside-cairn\"",
-            )?)),
-        };
+        let node_agent = own_binary(
+            &raw.root.node_agent,
+            "node agent",
+            "build it with `cargo build --release -p cairn-node`, or use \"beside-cairn\"",
+        )?;
+        let keyserver = own_binary(
+            &raw.root.keyserver,
+            "keyserver",
+            "build it with `cargo build --release -p cairn-keyserver`, or use \"beside-cairn\"",
+        )?;
         let word_list = |list: &Option<Vec<Spanned<String>>>,
                          default: &[&str],
                          what: &str|
