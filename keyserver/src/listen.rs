@@ -56,15 +56,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Listen, KeyserverError> {
     let raw: Raw = toml::from_str(text).map_err(|e| {
         let line = e
             .span()
-            .map(|s| {
-                format!(
-                    "line {}: ",
-                    1 + text.as_bytes()[..s.start.min(text.len())]
-                        .iter()
-                        .filter(|&&b| b == b'\n')
-                        .count()
-                )
-            })
+            .map(|s| format!("line {}: ", cairn_node_config::line_at(text, s.start)))
             .unwrap_or_default();
         bad(
             format!("{line}{}", e.message()),

@@ -127,15 +127,9 @@ pub struct ClusterError {
 impl Cluster {
     /// Parse and check `text` (from `file`, for messages).
     pub fn parse(text: &str, file: &str) -> Result<Cluster, ClusterError> {
-        let line_of = |offset: usize| {
-            1 + text.as_bytes()[..offset.min(text.len())]
-                .iter()
-                .filter(|&&b| b == b'\n')
-                .count()
-        };
         let err = |span: std::ops::Range<usize>, message: String, hint: &str| ClusterError {
             file: file.to_string(),
-            line: line_of(span.start),
+            line: cairn_node_config::line_at(text, span.start),
             message,
             hint: hint.to_string(),
         };

@@ -73,6 +73,16 @@ use ssh::RawSsh;
 use update::{update, RawUpdate};
 use wireguard::{wireguard, RawWireguard};
 
+/// The line (1-based) of byte `offset` in `src`, for messages about TOML files (a span's
+/// start from the `toml` crate).
+pub fn line_at(src: &str, offset: usize) -> usize {
+    src.as_bytes()[..offset.min(src.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
 /// The health gates `[health]` can set time limits for.
 pub const HEALTH_GATES: [&str; 6] = ["etcd", "containerd", "wireguard", "kubelet", "sshd", "keys"];
 
@@ -181,7 +191,7 @@ impl Cx<'_> {
     ) -> Result<T, ConfigError> {
         Err(ConfigError {
             file: self.file.to_string(),
-            line: span.map(|s| self.src[..s.start.min(self.src.len())].matches('\n').count() + 1),
+            line: span.map(|s| line_at(self.src, s.start)),
             message: message.into(),
             hint: (!hint.is_empty()).then(|| hint.to_string()),
         })
