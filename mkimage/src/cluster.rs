@@ -500,6 +500,14 @@ address = "10.0.0.21"
             ),
             (
                 format!(
+                    "{head}update-source = \"http://x/\\n[etcd]\\u0000\"\n{}",
+                    node("cp-1", "control-plane", "10.0.0.1")
+                ),
+                3,
+                "control character",
+            ),
+            (
+                format!(
                     "{head}[network]\nprefix-length = 33\n{}",
                     node("cp-1", "control-plane", "10.0.0.1")
                 ),
