@@ -217,16 +217,23 @@ impl Keyserver {
             },
             Err(e) => return Err(io_err("reading", &head_path)(e)),
         };
+        // The head may lag the log (it is not synced on every append, so a crash can leave
+        // it some lines behind), but it must point at a line of this chain: a log shorter
+        // than the head says, or whose line there is not the one the head saw, was cut or
+        // changed.
         let n = records.len();
-        let ends_at_head = head.lines == n && head.last == hex::encode(last);
-        // A crash between appending a line and updating the head leaves the head one line
-        // behind, pointing at the line before the last.
-        let one_behind = head.lines + 1 == n && n >= 1 && records[n - 1].prev == head.last;
-        if !ends_at_head && !one_behind {
+        let at_head = match head.lines {
+            0 => Some(hex::encode(audit::GENESIS)),
+            k if k <= n => Some(hex::encode(audit::line_hash(
+                text.split('\n').nth(k - 1).expect("verify counted these lines"),
+            ))),
+            _ => None,
+        };
+        if at_head.as_deref() != Some(head.last.as_str()) {
             return Err(broken(
-                n.max(1),
+                n.max(1).min(head.lines.max(1)),
                 format!(
-                    "the log does not end where it did: its head file says {} lines ending in {}, so its last line was changed or lines were removed",
+                    "the log does not go through where it did: its head file says line {} ends in {}, so lines were changed or removed",
                     head.lines, head.last
                 ),
             ));
@@ -309,9 +316,7 @@ impl AuditTail<'_> {
             lines: self.lines + 1,
             last: hex::encode(last),
         };
-        let head_path = path.with_extension("head");
-        let text = serde_json::to_string(&head).expect("a head always serializes");
-        cairn_signing::write_file_atomic(&head_path, text.as_bytes(), 0o600).map_err(io_err("writing", &head_path))?;
+        write_head(&path.with_extension("head"), &head)?;
         let meta = f.metadata().map_err(io_err("reading", &path))?;
         *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(Seen {
             len: meta.len(),
@@ -321,6 +326,32 @@ impl AuditTail<'_> {
         });
         Ok(())
     }
+}
+
+/// The head's fixed size: one write at offset 0 replaces it whole, without a temp file and
+/// a rename (the head is rewritten on every append, and three durable writes a decision
+/// were most of a renewal's cost).
+const HEAD_SIZE: usize = 128;
+
+/// Write the head in place. It is not synced: the log line before it is, and a head the
+/// crash left behind still points into the chain (see `read_audit`).
+fn write_head(path: &Path, head: &Head) -> Result<(), KeyserverError> {
+    use std::os::unix::fs::FileExt;
+    let mut text = serde_json::to_string(head).expect("a head always serializes");
+    assert!(text.len() < HEAD_SIZE, "a head is at most 20 digits and 64 hex");
+    let pad = HEAD_SIZE - 1 - text.len();
+    text.push_str(&" ".repeat(pad));
+    text.push('\n');
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_err("opening", path))?;
+    f.write_all_at(text.as_bytes(), 0)
+        .and_then(|_| f.set_len(HEAD_SIZE as u64))
+        .map_err(io_err("writing", path))
 }
 
 fn read_record<T: DeserializeOwned>(path: &Path) -> Result<T, KeyserverError> {
