@@ -19,6 +19,7 @@
 pub mod audit;
 pub mod clock;
 pub mod harness;
+pub mod mesh;
 pub mod pem;
 pub mod profiles;
 pub mod schedule;

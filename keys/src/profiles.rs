@@ -64,6 +64,9 @@ pub struct NodeRecord {
     /// Fixed addresses: WireGuard and static interface addresses.
     #[serde(default)]
     pub addresses: Vec<IpAddr>,
+    /// Its place in the WireGuard mesh, when it has a WireGuard interface.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh: Option<crate::mesh::MeshRecord>,
 }
 
 /// Which extended key usages a certificate carries.
@@ -115,6 +118,7 @@ pub fn profile_names(role: Role) -> Vec<&'static str> {
         etcd_client_ips: vec![],
         etcd_peer_ips: vec![],
         addresses: vec![],
+        mesh: None,
     };
     profiles(&probe).iter().map(|p| p.name).collect()
 }
@@ -203,6 +207,7 @@ mod tests {
             etcd_client_ips: vec!["10.90.0.1".parse().unwrap(), "127.0.0.1".parse().unwrap()],
             etcd_peer_ips: vec!["10.90.0.1".parse().unwrap()],
             addresses: vec!["10.90.0.1".parse().unwrap(), "2001:db8::1".parse().unwrap()],
+            mesh: None,
         }
     }
 

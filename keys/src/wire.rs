@@ -21,6 +21,9 @@ pub struct EnrollRequest {
     /// The node's ed25519 SSH host key (public line), for a host certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_host_key: Option<String>,
+    /// The node's WireGuard public key (base64), for the mesh's peer lists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wireguard_key: Option<String>,
 }
 
 /// `POST /v1/renew`, over TLS with the node's identity certificate as its client
@@ -37,6 +40,9 @@ pub struct RenewRequest {
     /// The node's ed25519 SSH host key (public line), for a new host certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_host_key: Option<String>,
+    /// The node's WireGuard public key (base64), for the mesh's peer lists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wireguard_key: Option<String>,
 }
 
 /// The answer to an enrollment or a renewal.
@@ -70,7 +76,7 @@ pub struct EnrollResponse {
 pub struct ErrorResponse {
     /// `token_unknown`, `token_invalid`, `token_expired`, `token_used`, `token_revoked`,
     /// `role_mismatch`, `bad_csr`, `bad_request`, `unavailable`, `not_identified`,
-    /// `identity_expired_beyond_grace`, `generation_mismatch`, `node_locked`,
+    /// `identity_expired_beyond_grace`, `generation_mismatch`, `node_locked`, `identity_replaced`,
     /// `node_unknown`.
     pub code: String,
     /// What happened.

@@ -95,6 +95,7 @@ fn main() {
                 let csrs: BTreeMap<String, String> = profiles.iter().map(|p| (p.to_string(), csr())).collect();
                 serde_json::to_string(&EnrollRequest {
                     ssh_host_key: None,
+                    wireguard_key: None,
                     token: token.to_string(),
                     role: role.as_str().into(),
                     csrs,

@@ -86,6 +86,7 @@ fn main() {
             role: "worker".into(),
             csrs,
             ssh_host_key: Some(host_key.clone()),
+            wireguard_key: None,
         };
         let resp = enroll::enroll(&ks, &req, None, now).unwrap().unwrap();
         fleet.push(node_from(&resp, &keys));
@@ -135,6 +136,7 @@ fn main() {
                         generation: node.generation,
                         csrs: csrs.clone(),
                         ssh_host_key: Some(host_key.clone()),
+                        wireguard_key: None,
                     })
                     .unwrap();
                     let t = Instant::now();

@@ -73,6 +73,9 @@ pub fn enroll(
         Ok(k) => k,
         Err(r) => return Ok(Err(r)),
     };
+    if let Some(Err(why)) = req.wireguard_key.as_deref().map(cairn_keys::mesh::check_public_key) {
+        return Ok(Err(refusal("bad_request", format!("wireguard_key: {why}"))));
+    }
     let identity = csrs["identity"].spki_sha256;
     let claimed = match claim(ks, &token, role, &identity, client, now)? {
         Ok(c) => c,
@@ -124,6 +127,7 @@ pub fn enroll(
         previous: None,
         locked: None,
         answer: None,
+        wireguard_key: req.wireguard_key.clone(),
     };
     ks.write(&lock, &answer_path(token.id()), &response, 0o644)?;
     ks.write(&lock, &issued_path(&node), &state, 0o644)?;

@@ -24,6 +24,7 @@ pub mod ca;
 pub mod enroll;
 pub mod issue;
 pub mod listen;
+pub mod peers;
 pub mod registry;
 pub mod renew;
 pub mod serve;

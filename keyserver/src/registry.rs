@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use cairn_keys::audit::{Outcome, Record};
+use cairn_keys::mesh::MeshRecord;
 use cairn_keys::profiles::NodeRecord;
 use cairn_node_config::NodeConfig;
 
@@ -29,12 +30,24 @@ pub fn record_for(config: &NodeConfig) -> NodeRecord {
     for i in &config.network {
         addresses.extend(i.address.iter().map(|c| c.addr));
     }
+    let mesh = config.wireguard.as_ref().map(|w| MeshRecord {
+        ips: w.address.iter().map(|c| c.addr).collect(),
+        // Where the others reach it: as node.toml says, else its first static address.
+        endpoint: w.endpoint.clone().or_else(|| {
+            let ip = config.network.iter().flat_map(|i| i.address.iter()).next()?.addr;
+            Some(match ip {
+                IpAddr::V4(v4) => format!("{v4}:{}", w.listen_port),
+                IpAddr::V6(v6) => format!("[{v6}]:{}", w.listen_port),
+            })
+        }),
+    });
     NodeRecord {
         name: config.hostname.clone(),
         role: config.role,
         etcd_client_ips: config.etcd.as_ref().map(|e| ips(&e.client_urls)).unwrap_or_default(),
         etcd_peer_ips: config.etcd.as_ref().map(|e| ips(&e.peer_urls)).unwrap_or_default(),
         addresses,
+        mesh,
     }
 }
 
@@ -47,6 +60,7 @@ pub fn unregistered(name: &str, role: cairn_keys::profiles::Role) -> NodeRecord 
         etcd_client_ips: vec![],
         etcd_peer_ips: vec![],
         addresses: vec![],
+        mesh: None,
     }
 }
 

@@ -86,6 +86,10 @@ pub struct Issued {
     /// The answer to the last renewal, for the node whose answer was lost.
     #[serde(default)]
     pub answer: Option<EnrollResponse>,
+    /// The node's WireGuard public key (base64), as it last told it: listed to the other
+    /// nodes by `GET /v1/peers`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wireguard_key: Option<String>,
 }
 
 /// The state before the last renewal.
@@ -163,6 +167,9 @@ pub fn renew(
         Ok(k) => k,
         Err(r) => return Ok(Err(r)),
     };
+    if let Some(Err(why)) = req.wireguard_key.as_deref().map(cairn_keys::mesh::check_public_key) {
+        return Ok(Err(refusal("bad_request", format!("wireguard_key: {why}"))));
+    }
     let request_sha256 = hex::encode(Sha256::digest(body));
 
     let lock = ks.lock()?;
@@ -180,6 +187,7 @@ pub fn renew(
         generation: req.generation,
         csrs: &csrs,
         host_key,
+        wireguard_key: req.wireguard_key.clone(),
         request_sha256,
     };
     let decision = decide(ks, &lock, identity, asked, now)?;
@@ -219,6 +227,7 @@ struct Asked<'a> {
     generation: u64,
     csrs: &'a BTreeMap<&'a str, crate::issue::Csr>,
     host_key: Option<[u8; 32]>,
+    wireguard_key: Option<String>,
     request_sha256: String,
 }
 
@@ -233,6 +242,7 @@ fn decide(
         generation: asked_generation,
         csrs,
         host_key,
+        wireguard_key,
         request_sha256,
     } = asked;
     let refuse = |outcome, code, message| Ok(Decision::Refuse(outcome, refusal(code, message)));
@@ -318,6 +328,9 @@ fn decide(
         }),
         locked: None,
         answer: Some(response.clone()),
+        // A node that stops sending its key (its WireGuard interface removed) keeps the
+        // last one listed until it enrolls again.
+        wireguard_key: wireguard_key.or(state.wireguard_key.clone()),
     };
     // One record, one write: the generation and the answer move together.
     ks.write(lock, &issued_path(&identity.node), &next, 0o644)?;

@@ -469,7 +469,7 @@ fn refused(refusal: crate::tokens::Refusal) -> Reply {
     let status = match refusal.code {
         "bad_request" => 400,
         "token_unknown" | "token_invalid" | "token_expired" | "not_identified" | "identity_expired_beyond_grace" => 401,
-        "token_revoked" | "role_mismatch" | "node_locked" | "node_unknown" => 403,
+        "token_revoked" | "role_mismatch" | "node_locked" | "node_unknown" | "identity_replaced" => 403,
         "token_used" | "generation_mismatch" => 409,
         "bad_csr" => 422,
         _ => 400,
@@ -549,7 +549,25 @@ fn route(ks: &Keyserver, method: &str, path: &str, body: &[u8], from: &Caller, n
                 Err(e) => unavailable(e),
             }
         }
-        (_, "/healthz" | "/v1/ca" | "/v1/enroll" | "/v1/renew") => {
+        ("GET", "/v1/peers") => {
+            let identity = match &from.identity {
+                Some(Some(i)) => i,
+                _ => {
+                    return error(
+                        401,
+                        "not_identified",
+                        "the peer list needs the node's identity certificate as the TLS client certificate",
+                        false,
+                    )
+                }
+            };
+            match crate::peers::peers(ks, identity, peer, now) {
+                Ok(Ok(resp)) => json(200, &resp),
+                Ok(Err(refusal)) => refused(refusal),
+                Err(e) => unavailable(e),
+            }
+        }
+        (_, "/healthz" | "/v1/ca" | "/v1/enroll" | "/v1/renew" | "/v1/peers") => {
             error(405, "bad_request", format!("{method} is not how {path} is used"), false)
         }
         _ => error(404, "bad_request", "no such endpoint", false),

@@ -72,6 +72,7 @@ fn a_control_plane_node_enrolls_with_the_names_of_its_record() {
     let (token, _) = tokens::create(&ks, "cp-1", Role::ControlPlane, 3600, "alice", now).unwrap();
     let req = EnrollRequest {
         ssh_host_key: None,
+        wireguard_key: None,
         token: token.to_string(),
         role: "control-plane".into(),
         csrs: csrs(tmp.path(), Role::ControlPlane),
@@ -195,6 +196,7 @@ fn a_wrong_request_never_uses_the_token() {
     let (token, _) = tokens::create(&ks, "w-1", Role::Worker, 3600, "alice", now).unwrap();
     let good = EnrollRequest {
         ssh_host_key: None,
+        wireguard_key: None,
         token: token.to_string(),
         role: "worker".into(),
         csrs: csrs(tmp.path(), Role::Worker),

@@ -96,6 +96,9 @@ fn post(r: &Running, path: &str, body: &str) -> (String, u16) {
             &format!("{}{path}", r.url),
         ],
     );
+    if o.stdout.is_empty() {
+        eprintln!("curl: {}", String::from_utf8_lossy(&o.stderr));
+    }
     reply(&o)
 }
 
@@ -149,6 +152,7 @@ fn curl_trusts_the_keyserver_only_through_its_ca_and_enrolls() {
         .collect();
     let req = EnrollRequest {
         ssh_host_key: None,
+        wireguard_key: None,
         token: token.to_string(),
         role: "worker".into(),
         csrs,
@@ -214,6 +218,7 @@ fn ten_clients_racing_for_one_token_one_enrolls() {
                 .collect();
             let req = EnrollRequest {
                 ssh_host_key: None,
+                wireguard_key: None,
                 token: token.to_string(),
                 role: "worker".into(),
                 csrs,
@@ -299,6 +304,7 @@ fn renewal_needs_the_identity_certificate_as_the_client_certificate() {
     let names = ["identity", "kubelet-client", "kubelet-serving"];
     let req = EnrollRequest {
         ssh_host_key: None,
+        wireguard_key: None,
         token: token.to_string(),
         role: "worker".into(),
         csrs: names.iter().map(|n| (n.to_string(), csr(&r.state, n))).collect(),
@@ -315,6 +321,7 @@ fn renewal_needs_the_identity_certificate_as_the_client_certificate() {
     names.iter().for_each(|n| _ = keep(n));
     let renew = cairn_keys::wire::RenewRequest {
         ssh_host_key: None,
+        wireguard_key: None,
         generation: 1,
         csrs: names.iter().map(|n| (n.to_string(), csr(&r.state, n))).collect(),
     };

@@ -15,14 +15,21 @@
 //! gateway = "10.0.0.1"
 //! dns = ["10.0.0.1"]
 //!
+//! [mesh]                                    # optional (needs the keyserver): a WireGuard mesh
+//! network = "10.90.0.0/24"                  # node n of the file gets host n (10.90.0.1, …)
+//! port = 51820
+//!
 //! [[node]]
 //! name = "cp-1"
 //! role = "control-plane"                    # or "worker" (no etcd member)
 //! address = "10.0.0.11"
+//! mesh-address = "10.90.0.11"               # optional: instead of its place in the file
 //! ```
 //!
 //! Control-plane nodes form one etcd cluster on their addresses (`https` with a keyserver,
-//! whose certificates the key agents get; plain `http` without one). Each generated file is
+//! whose certificates the key agents get; plain `http` without one). With a mesh, each node
+//! makes its WireGuard key at first boot and gets the others from the keyserver, and etcd's
+//! members talk over the mesh (peer URLs on mesh addresses; clients may use either). Each generated file is
 //! parsed and planned exactly as a hand-written node.toml is before any drive is written.
 
 use std::collections::BTreeSet;
@@ -41,6 +48,8 @@ pub struct ClusterNode {
     pub role: String,
     /// Its address on the cluster's network.
     pub address: IpAddr,
+    /// Its address on the mesh, when the cluster has one.
+    pub mesh_address: Option<IpAddr>,
 }
 
 /// A parsed cluster file.
@@ -56,8 +65,19 @@ pub struct Cluster {
     pub update_source: Option<String>,
     /// Static network settings.
     pub network: Option<Network>,
+    /// The WireGuard mesh.
+    pub mesh: Option<Mesh>,
     /// The nodes, in file order.
     pub nodes: Vec<ClusterNode>,
+}
+
+/// `[mesh]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mesh {
+    /// The mesh's network (address and prefix length).
+    pub network: cairn_node_config::Cidr,
+    /// WireGuard's UDP port on every node.
+    pub port: u16,
 }
 
 /// `[network]`.
@@ -87,7 +107,17 @@ struct RawCluster {
     #[serde(default)]
     network: Option<RawNetwork>,
     #[serde(default)]
+    mesh: Option<RawMesh>,
+    #[serde(default)]
     node: Vec<RawNode>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawMesh {
+    network: Spanned<String>,
+    #[serde(default)]
+    port: Option<Spanned<u16>>,
 }
 
 #[derive(Deserialize)]
@@ -108,6 +138,8 @@ struct RawNode {
     name: Spanned<String>,
     role: Spanned<String>,
     address: Spanned<String>,
+    #[serde(default)]
+    mesh_address: Option<Spanned<String>>,
 }
 
 /// A cluster file that cannot be used: where and why.
@@ -233,9 +265,43 @@ impl Cluster {
                 })
             }
         };
+        let mesh = match &raw.mesh {
+            None => None,
+            Some(m) => {
+                let network = cairn_node_config::Cidr::parse(m.network.get_ref()).map_err(|why| {
+                    err(
+                        m.network.span(),
+                        format!("[mesh] network '{}': {why}", m.network.get_ref().escape_debug()),
+                        "e.g. \"10.90.0.0/24\" or \"fd90::/64\"",
+                    )
+                })?;
+                let max = if network.addr.is_ipv4() { 32 } else { 128 };
+                if network.prefix >= max - 1 {
+                    return Err(err(
+                        m.network.span(),
+                        format!("[mesh] network {network} has no room for nodes"),
+                        "a /24 (IPv4) or /64 (IPv6) leaves room for every node",
+                    ));
+                }
+                if keyserver.is_none() {
+                    return Err(err(
+                        m.network.span(),
+                        "[mesh] needs a keyserver: it hands every node the others' WireGuard keys".into(),
+                        "add keyserver = \"https://HOST:PORT\" (`cairn keyserver serve`)",
+                    ));
+                }
+                let port = match &m.port {
+                    None => 51820,
+                    Some(p) if *p.get_ref() > 0 => *p.get_ref(),
+                    Some(p) => return Err(err(p.span(), "[mesh] port 0 is not a port".into(), "")),
+                };
+                Some(Mesh { network, port })
+            }
+        };
         let mut nodes = Vec::new();
         let (mut names, mut addresses) = (BTreeSet::new(), BTreeSet::new());
-        for n in &raw.node {
+        let mut mesh_addresses = BTreeSet::new();
+        for (i, n) in raw.node.iter().enumerate() {
             let node_name = n.name.get_ref().clone();
             if !cairn_node_config::valid_hostname(&node_name) {
                 return Err(err(
@@ -273,10 +339,47 @@ impl Cluster {
                     ));
                 }
             }
+            let mesh_address = match (&mesh, &n.mesh_address) {
+                (None, None) => None,
+                (None, Some(a)) => {
+                    return Err(err(
+                        a.span(),
+                        "mesh-address without a [mesh]".into(),
+                        "add [mesh] with the mesh's network",
+                    ))
+                }
+                (Some(m), given) => {
+                    let (a, span) = match given {
+                        Some(a) => (ip(a, "mesh-address")?, a.span()),
+                        None => (
+                            nth_host(&m.network, i as u128 + 1).ok_or_else(|| {
+                                err(
+                                    n.name.span(),
+                                    format!("[mesh] network {} has no address for node {}", m.network, i + 1),
+                                    "use a larger network, or give mesh-address",
+                                )
+                            })?,
+                            n.name.span(),
+                        ),
+                    };
+                    if !in_network(&m.network, &a) || a == m.network.addr {
+                        return Err(err(
+                            span,
+                            format!("mesh address {a} is not a host of [mesh] network {}", m.network),
+                            "",
+                        ));
+                    }
+                    if !mesh_addresses.insert(a) {
+                        return Err(err(span, format!("mesh address {a} is given to two nodes"), ""));
+                    }
+                    Some(a)
+                }
+            };
             nodes.push(ClusterNode {
                 name: node_name,
                 role,
                 address,
+                mesh_address,
             });
         }
         if !nodes.iter().any(|n| n.role == "control-plane") {
@@ -292,6 +395,7 @@ impl Cluster {
             keyserver,
             update_source,
             network,
+            mesh,
             nodes,
         })
     }
@@ -343,13 +447,29 @@ impl Cluster {
             network["interface"] = Item::ArrayOfTables(list);
             doc["network"] = Item::Table(network);
         }
+        if let (Some(mesh), Some(a)) = (&self.mesh, node.mesh_address) {
+            let mut wg = Table::new();
+            wg["address"] = value(Array::from_iter([format!("{a}/{}", mesh.network.prefix)]));
+            wg["listen-port"] = value(i64::from(mesh.port));
+            wg["endpoint"] = value(format!("{}:{}", host(&node.address), mesh.port));
+            doc["wireguard"] = Item::Table(wg);
+        }
+        // Members talk over the mesh when there is one; clients reach them on either.
+        let peer_host = |n: &ClusterNode| n.mesh_address.unwrap_or(n.address);
         if node.role == "control-plane" {
             let mut etcd = Table::new();
-            etcd["client-urls"] = value(Array::from_iter([format!("{scheme}://{}:2379", host(&node.address))]));
-            etcd["peer-urls"] = value(Array::from_iter([format!("{scheme}://{}:2380", host(&node.address))]));
+            let mut clients = vec![format!("{scheme}://{}:2379", host(&peer_host(node)))];
+            if node.mesh_address.is_some() {
+                clients.push(format!("{scheme}://{}:2379", host(&node.address)));
+            }
+            etcd["client-urls"] = value(Array::from_iter(clients));
+            etcd["peer-urls"] = value(Array::from_iter([format!(
+                "{scheme}://{}:2380",
+                host(&peer_host(node))
+            )]));
             let mut members = InlineTable::new();
             for m in self.nodes.iter().filter(|m| m.role == "control-plane") {
-                members.insert(&m.name, format!("{scheme}://{}:2380", host(&m.address)).into());
+                members.insert(&m.name, format!("{scheme}://{}:2380", host(&peer_host(m))).into());
             }
             etcd["initial-cluster"] = value(members);
             doc["etcd"] = Item::Table(etcd);
@@ -365,6 +485,38 @@ impl Cluster {
             doc["update"] = Item::Table(t);
         }
         doc.to_string()
+    }
+}
+
+/// Host `n` of `net` (`None` past its end).
+fn nth_host(net: &cairn_node_config::Cidr, n: u128) -> Option<IpAddr> {
+    match net.addr {
+        IpAddr::V4(v4) => {
+            let size = 1u128 << (32 - u32::from(net.prefix));
+            let base = u128::from(u32::from(v4)) & !(size - 1);
+            (n < size - 1).then(|| IpAddr::V4(std::net::Ipv4Addr::from((base + n) as u32)))
+        }
+        IpAddr::V6(v6) => {
+            let bits = 128 - u32::from(net.prefix);
+            let size = if bits >= 128 { u128::MAX } else { 1u128 << bits };
+            let base = u128::from(v6) & !(size.wrapping_sub(1));
+            (n < size - 1).then(|| IpAddr::V6(std::net::Ipv6Addr::from(base + n)))
+        }
+    }
+}
+
+/// Whether `a` is in `net`.
+fn in_network(net: &cairn_node_config::Cidr, a: &IpAddr) -> bool {
+    match (net.addr, a) {
+        (IpAddr::V4(n), IpAddr::V4(a)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(net.prefix)).unwrap_or(0);
+            u32::from(n) & mask == u32::from(*a) & mask
+        }
+        (IpAddr::V6(n), IpAddr::V6(a)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(net.prefix)).unwrap_or(0);
+            u128::from(n) & mask == u128::from(*a) & mask
+        }
+        _ => false,
     }
 }
 
@@ -423,6 +575,129 @@ address = "10.0.0.21"
                 }
                 _ => assert!(config.etcd.is_none(), "{text}"),
             }
+        }
+    }
+
+    #[test]
+    fn a_mesh_gives_every_node_wireguard_and_etcd_talks_over_it() {
+        let text = LAB
+            .replace(
+                "[[node]]\nname = \"cp-1\"",
+                "[mesh]\nnetwork = \"10.90.0.0/24\"\n\n[[node]]\nname = \"cp-1\"",
+            )
+            .replace(
+                "address = \"10.0.0.21\"",
+                "address = \"10.0.0.21\"\nmesh-address = \"10.90.0.200\"",
+            );
+        let c = Cluster::parse(&text, "lab.toml").unwrap();
+        let mesh: Vec<String> = c.nodes.iter().map(|n| n.mesh_address.unwrap().to_string()).collect();
+        assert_eq!(mesh, ["10.90.0.1", "10.90.0.2", "10.90.0.200"]);
+        let cp1 = c.node_toml(&c.nodes[0]);
+        let filled = cp1.replace(
+            "server = \"https://10.0.0.5:8443\"",
+            "server = \"https://10.0.0.5:8443\"\nca-fingerprint = \"sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\"\nbootstrap-token = \"ck1.6QZ4B2K9TD.VX3Q7M2K4P8R1C6J9W5T2N7H3F-4JPG\"",
+        );
+        let config = cairn_node_config::NodeConfig::parse(&filled, "cp-1").unwrap_or_else(|e| panic!("{e}\n{cp1}"));
+        let w = config.wireguard.as_ref().expect("a mesh node has WireGuard");
+        assert!(w.private_key.is_none(), "no key travels on a drive: {cp1}");
+        assert_eq!(w.endpoint.as_deref(), Some("10.0.0.11:51820"));
+        assert_eq!(w.address[0].to_string(), "10.90.0.1/24");
+        let etcd = config.etcd.as_ref().unwrap();
+        assert_eq!(etcd.peer_urls[0].to_string(), "https://10.90.0.1:2380");
+        assert_eq!(etcd.client_urls.len(), 2, "{cp1}");
+        assert!(cp1.contains("cp-2 = \"https://10.90.0.2:2380\""), "{cp1}");
+        // The keyserver's record names the mesh and static addresses in the certificates.
+        let record = cairn_keyserver::registry::record_for(&config);
+        assert!(record.etcd_peer_ips.contains(&"10.90.0.1".parse().unwrap()));
+        assert_eq!(record.mesh.unwrap().endpoint.as_deref(), Some("10.0.0.11:51820"));
+
+        // IPv6 mesh and underlay.
+        let v6 = "version = 1\nname = \"v6\"\nkeyserver = \"https://[fd00::5]:8443\"\n[mesh]\nnetwork = \"fd90::/64\"\nport = 51999\n[[node]]\nname = \"cp-1\"\nrole = \"control-plane\"\naddress = \"fd00::11\"\n";
+        let c = Cluster::parse(v6, "v6.toml").unwrap();
+        let t = c.node_toml(&c.nodes[0]);
+        assert!(t.contains("endpoint = \"[fd00::11]:51999\""), "{t}");
+        assert!(t.contains("\"fd90::1/64\""), "{t}");
+        assert!(t.contains("\"https://[fd90::1]:2380\""), "{t}");
+    }
+
+    #[test]
+    fn bad_meshes_name_the_line() {
+        let node = |name: &str, extra: &str| {
+            format!(
+                "[[node]]\nname = \"{name}\"\nrole = \"control-plane\"\naddress = \"10.0.0.{}\"\n{extra}",
+                name.len()
+            )
+        };
+        let head = "version = 1\nname = \"lab\"\nkeyserver = \"https://10.0.0.5:8443\"\n";
+        let cases = [
+            (
+                format!(
+                    "version = 1\nname = \"lab\"\n[mesh]\nnetwork = \"10.90.0.0/24\"\n{}",
+                    node("a", "")
+                ),
+                4,
+                "needs a keyserver",
+            ),
+            (
+                format!("{head}[mesh]\nnetwork = \"10.90.0.0/31\"\n{}", node("a", "")),
+                5,
+                "no room",
+            ),
+            (
+                format!("{head}[mesh]\nnetwork = \"10.90.0\"\n{}", node("a", "")),
+                5,
+                "[mesh] network",
+            ),
+            (
+                format!(
+                    "{head}[mesh]\nnetwork = \"10.90.0.0/30\"\n{}{}{}",
+                    node("a", ""),
+                    node("bb", ""),
+                    node("ccc", "")
+                ),
+                15,
+                "no address for node 3",
+            ),
+            (
+                format!(
+                    "{head}[mesh]\nnetwork = \"10.90.0.0/24\"\n{}",
+                    node("a", "mesh-address = \"10.91.0.1\"\n")
+                ),
+                10,
+                "not a host of",
+            ),
+            (
+                format!(
+                    "{head}[mesh]\nnetwork = \"10.90.0.0/24\"\n{}",
+                    node("a", "mesh-address = \"10.90.0.0\"\n")
+                ),
+                10,
+                "not a host of",
+            ),
+            (
+                format!(
+                    "{head}[mesh]\nnetwork = \"10.90.0.0/24\"\n{}{}",
+                    node("a", ""),
+                    node("bb", "mesh-address = \"10.90.0.1\"\n")
+                ),
+                14,
+                "two nodes",
+            ),
+            (
+                format!("{head}{}", node("a", "mesh-address = \"10.90.0.1\"\n")),
+                8,
+                "without a [mesh]",
+            ),
+            (
+                format!("{head}[mesh]\nnetwork = \"10.90.0.0/24\"\nport = 0\n{}", node("a", "")),
+                6,
+                "port 0",
+            ),
+        ];
+        for (text, line, want) in cases {
+            let e = Cluster::parse(&text, "c.toml").unwrap_err();
+            assert!(e.message.contains(want), "{want}: {e}\n{text}");
+            assert_eq!(e.line, line, "{want}: {e}\n{text}");
         }
     }
 

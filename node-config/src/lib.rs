@@ -23,9 +23,10 @@
 //! initial-cluster-state = "new"
 //!
 //! [wireguard]
-//! private-key = "<base64, 32 bytes>"
+//! private-key = "<base64, 32 bytes>"    # optional with [key-agent]: the node makes its own
 //! address = ["10.90.0.1/24"]
 //! listen-port = 51820
+//! endpoint = "192.0.2.1:51820"          # where the others reach this node (via the keyserver)
 //! [[wireguard.peer]]
 //! public-key = "<base64>"
 //! endpoint = "192.0.2.2:51820"
@@ -272,7 +273,7 @@ impl NodeConfig {
         };
         let wireguard = match &raw.wireguard {
             None => None,
-            Some(w) => Some(wireguard(&cx, w)?),
+            Some(w) => Some(wireguard(&cx, w, raw.key_agent.is_some())?),
         };
         let kubelet = kubelet(&cx, &raw.kubelet)?;
         let mut health = BTreeMap::new();

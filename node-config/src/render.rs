@@ -392,12 +392,16 @@ pub fn plan(c: &NodeConfig, effective: &str) -> Result<Vec<Output>, RenderError>
     }
     if let Some(w) = &c.wireguard {
         let base = format!("/run/systemd/network/50-cairn-{}", w.interface);
-        out.push(file(
-            &wireguard_key_path(w),
-            0o600,
-            Owner::SystemdNetwork,
-            format!("{}\n", w.private_key.to_base64()),
-        ));
+        // Without a key in node.toml the node makes its own (cairn-node apply), once, and
+        // keeps it: it is not an output of the config.
+        if let Some(key) = &w.private_key {
+            out.push(file(
+                &wireguard_key_path(w),
+                0o600,
+                Owner::SystemdNetwork,
+                format!("{}\n", key.to_base64()),
+            ));
+        }
         out.push(file(
             &format!("{base}.netdev"),
             0o644,
@@ -476,7 +480,8 @@ mod tests {
     fn wg() -> Wireguard {
         Wireguard {
             interface: "wg0".into(),
-            private_key: WgKey([1; 32]),
+            private_key: Some(WgKey([1; 32])),
+            endpoint: None,
             address: vec![Cidr::parse("10.90.0.1/24").unwrap()],
             listen_port: 51820,
             peers: vec![Peer {

@@ -24,8 +24,11 @@ pub struct Peer {
 pub struct Wireguard {
     /// Interface name.
     pub interface: String,
-    /// Private key.
-    pub private_key: WgKey,
+    /// Private key from node.toml; `None`: the node makes its own at first boot and keeps
+    /// it on its state partition (peers then come from the keyserver).
+    pub private_key: Option<WgKey>,
+    /// `HOST:PORT` the other nodes reach this one at (told to them through the keyserver).
+    pub endpoint: Option<String>,
     /// Addresses on the interface.
     pub address: Vec<Cidr>,
     /// UDP port.
@@ -39,7 +42,10 @@ pub struct Wireguard {
 pub(crate) struct RawWireguard {
     #[serde(default)]
     pub(crate) interface: Option<Spanned<String>>,
-    pub(crate) private_key: Spanned<String>,
+    #[serde(default)]
+    pub(crate) private_key: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(crate) endpoint: Option<Spanned<String>>,
     pub(crate) address: Vec<Spanned<String>>,
     #[serde(default)]
     pub(crate) listen_port: Option<Spanned<i64>>,
@@ -71,7 +77,7 @@ pub(crate) fn port(cx: &Cx, p: &Spanned<i64>, what: &str) -> Result<u16, ConfigE
     )
 }
 
-pub(crate) fn wireguard(cx: &Cx, raw: &RawWireguard) -> Result<Wireguard, ConfigError> {
+pub(crate) fn wireguard(cx: &Cx, raw: &RawWireguard, has_keyserver: bool) -> Result<Wireguard, ConfigError> {
     let interface = match &raw.interface {
         None => "wg0".to_string(),
         Some(i) => {
@@ -104,7 +110,29 @@ pub(crate) fn wireguard(cx: &Cx, raw: &RawWireguard) -> Result<Wireguard, Config
             )
         })
     };
-    let private_key = key(&raw.private_key, "private-key")?;
+    let private_key = match &raw.private_key {
+        Some(k) => Some(key(k, "private-key")?),
+        None if has_keyserver => None,
+        None => return cx.err(
+            cx.table("wireguard"),
+            "[wireguard] has no private-key and the node has no keyserver to tell its public key to",
+            "add [key-agent] (the node then makes its key and gets its peers from the keyserver), or give private-key",
+        ),
+    };
+    let endpoint = match &raw.endpoint {
+        None => None,
+        Some(e) => {
+            let v = e.get_ref();
+            if !valid_endpoint(v) {
+                return cx.err(
+                    Some(e.span()),
+                    format!("[wireguard] endpoint '{}' is not HOST:PORT", v.escape_debug()),
+                    "where the other nodes reach this one, e.g. \"192.0.2.11:51820\" or \"[2001:db8::11]:51820\"",
+                );
+            }
+            Some(v.clone())
+        }
+    };
     let cidrs = |list: &[Spanned<String>], what: &str| -> Result<Vec<Cidr>, ConfigError> {
         list.iter()
             .map(|a| {
@@ -127,7 +155,7 @@ pub(crate) fn wireguard(cx: &Cx, raw: &RawWireguard) -> Result<Wireguard, Config
     let mut peers = Vec::new();
     for p in &raw.peer {
         let public_key = key(&p.public_key, "peer public-key")?;
-        if public_key == private_key.public() {
+        if private_key.as_ref().is_some_and(|k| public_key == k.public()) {
             return cx.err(
                 Some(p.public_key.span()),
                 "[wireguard] a peer has this node's own public key",
@@ -163,6 +191,7 @@ pub(crate) fn wireguard(cx: &Cx, raw: &RawWireguard) -> Result<Wireguard, Config
     Ok(Wireguard {
         interface,
         private_key,
+        endpoint,
         address,
         listen_port,
         peers,

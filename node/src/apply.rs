@@ -102,9 +102,11 @@ pub enum ApplyError {
     Render(#[from] render::RenderError),
 }
 
-/// Write every output of `plan` under `root`, removing WireGuard keys no longer in it.
-/// With `root` = `/` this also sets the kernel's host name.
-pub fn write(root: &Path, config: &NodeConfig, outputs: &[Output]) -> Result<(), ApplyError> {
+/// Write every output of `plan` under `root`, removing WireGuard keys no longer in it and
+/// making the node's own when node.toml gives none. With `root` = `/` this also sets the
+/// kernel's host name. Returns lines for the console.
+pub fn write(root: &Path, config: &NodeConfig, outputs: &[Output]) -> Result<Vec<String>, ApplyError> {
+    let mut lines = Vec::new();
     // An enrolled node's bootstrap token is spent: it is not written again (and a newer
     // drive's token cannot re-home the node; see key_agent::state).
     let enrolled = crate::key_agent::state::enrolled(root);
@@ -126,6 +128,22 @@ pub fn write(root: &Path, config: &NodeConfig, outputs: &[Output]) -> Result<(),
             source,
         })?;
     }
+    // A node whose node.toml gives no WireGuard key makes its own, once, and keeps it (with
+    // the peer list the key agent keeps for it).
+    let mut kept = Vec::new();
+    if let Some(w) = config.wireguard.as_ref() {
+        if w.private_key.is_none() {
+            let owner = lookup_user(root, "systemd-network").filter(|_| running_as_root());
+            if let Some(line) = crate::mesh::ensure_key(root, w, owner).map_err(|source| ApplyError::Write {
+                path: render::wireguard_key_path(w),
+                source,
+            })? {
+                lines.push(line);
+            }
+            kept.push(render::wireguard_key_path(w));
+        }
+        kept.push(crate::mesh::peers_file(&w.interface));
+    }
     // Secrets the config no longer has (keys of removed interfaces, a dropped or spent key
     // agent token) must not linger on the state partition. The key agent's own state stays.
     for dir in ["wireguard", "key-agent"] {
@@ -134,7 +152,7 @@ pub fn write(root: &Path, config: &NodeConfig, outputs: &[Output]) -> Result<(),
             for e in entries.flatten() {
                 let p = format!("{}/{dir}/{}", render::STATE_DIR, e.file_name().to_string_lossy());
                 let agents_own = p == crate::key_agent::state::STATE || p == crate::key_agent::renew::PENDING;
-                if !agents_own && !outputs.iter().any(|o| o.path == p) {
+                if !agents_own && !kept.contains(&p) && !outputs.iter().any(|o| o.path == p) {
                     let _ = fs::remove_file(e.path());
                 }
             }
@@ -146,7 +164,7 @@ pub fn write(root: &Path, config: &NodeConfig, outputs: &[Output]) -> Result<(),
             source,
         })?;
     }
-    Ok(())
+    Ok(lines)
 }
 
 pub(crate) fn running_as_root() -> bool {
@@ -160,7 +178,7 @@ pub(crate) fn running_as_root() -> bool {
 pub fn apply(root: &Path) -> Result<Vec<String>, ApplyError> {
     let (config, text, source, mut log) = choose(root);
     let outputs = render::plan(&config, &text)?;
-    write(root, &config, &outputs)?;
+    log.extend(write(root, &config, &outputs)?);
     let mut parts = vec![format!("role {}", config.role.as_str())];
     if let Some(e) = &config.etcd {
         parts.push(format!("etcd member {}", e.name));

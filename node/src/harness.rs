@@ -78,10 +78,24 @@ fn cloud(data: &[u8], format: Format) {
 /// What the keyserver answers an enrollment or a renewal: whatever is taken as an answer
 /// has a body no longer than the bytes received, an answer that decodes encodes back to
 /// JSON that decodes to the same, and its SSH lines are read without a panic (a host
-/// certificate that reads writes back to the same fields).
+/// certificate that reads writes back to the same fields). A peer list keeps, of its
+/// peers, only those whose every `wg set` word is one plain word that is not an option.
 pub fn key_agent_answer(data: &[u8]) {
     if let Ok((_, body)) = crate::key_agent::client::parse_answer(data) {
         assert!(body.len() <= data.len());
+        if let Ok(r) = serde_json::from_slice::<cairn_keys::mesh::PeersResponse>(&body) {
+            let (good, _) = crate::mesh::checked(&r.peers, None, &Default::default());
+            for args in crate::mesh::plan("wg0", &Default::default(), &good, &[], &Default::default()) {
+                for a in &args {
+                    assert!(
+                        !a.is_empty()
+                            && !a.starts_with('-')
+                            && !a.contains(|c: char| c.is_whitespace() || c.is_control()),
+                        "{args:?}"
+                    );
+                }
+            }
+        }
         if let Ok(r) = serde_json::from_slice::<cairn_keys::wire::EnrollResponse>(&body) {
             let again = serde_json::to_vec(&r).expect("serializes");
             assert_eq!(

@@ -187,7 +187,15 @@ pub fn probe(gate: Gate, config: &NodeConfig, root: &Path) -> Probe {
                 return Probe::Skip("no WireGuard interface is configured".into());
             };
             let flags = crate::apply::at(root, &format!("/sys/class/net/{}/flags", w.interface));
-            let want = w.private_key.public().to_base64();
+            let Some(key) = crate::mesh::node_key(root, &w) else {
+                return Probe::Check(Box::new(move || {
+                    Err(format!(
+                        "{} has no key yet (made when the node config is applied)",
+                        w.interface
+                    ))
+                }));
+            };
+            let want = key.public().to_base64();
             Probe::Check(Box::new(move || {
                 let f =
                     std::fs::read_to_string(&flags).map_err(|_| format!("interface {} does not exist", w.interface))?;

@@ -29,6 +29,7 @@ pub mod hostkeys;
 pub mod key_agent;
 pub mod lease;
 pub mod mend;
+pub mod mesh;
 pub mod ready;
 pub mod system;
 pub mod update;

@@ -150,7 +150,8 @@ fn cloud_drives() {
 fn key_agent_answers() {
     let ok = r#"{"node":"cp-1","role":"control-plane","certs":{"identity":"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"},"bundles":{},"server_time":1800000000}"#;
     let refused = r#"{"code":"token_used","message":"used","retry":false}"#;
-    let seeds: Vec<(String, Vec<u8>)> = [("ok", 200, ok), ("refused", 409, refused)]
+    let peers = r#"{"peers":[{"node":"cp-2","public_key":"BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=","endpoint":"[2001:db8::2]:51820","allowed_ips":["10.90.0.2/32","fd90::2/128"]}],"server_time":1800000000}"#;
+    let seeds: Vec<(String, Vec<u8>)> = [("ok", 200, ok), ("refused", 409, refused), ("peers", 200, peers)]
         .iter()
         .map(|(name, status, body)| {
             let text = format!(

@@ -80,6 +80,7 @@ impl World {
             }),
             token_file: "/var/lib/cairn/key-agent/token".into(),
             etcd: None,
+            mesh: None,
         }
     }
 

@@ -74,6 +74,7 @@ fn sshd_presents_the_host_certificate_and_takes_user_certificates() {
             etcd_client_ips: vec![],
             etcd_peer_ips: vec![],
             addresses: vec!["127.0.0.1".parse().unwrap()],
+            mesh: None,
         },
         "alice",
         clock.now(),
@@ -101,6 +102,7 @@ fn sshd_presents_the_host_certificate_and_takes_user_certificates() {
         }),
         token_file: "/var/lib/cairn/key-agent/token".into(),
         etcd: None,
+        mesh: None,
     };
     let p = Agent::new(&root, settings, clock.clone()).pass();
     assert!(p.ready, "{p:?}");

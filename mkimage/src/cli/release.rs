@@ -356,12 +356,19 @@ fn one_drive(
         writeln!(out, "{line}")?;
     }
     if let Some(w) = &config.wireguard {
-        writeln!(
-            out,
-            "  wireguard  {} public key {} (give it to the peers)",
-            w.interface,
-            w.private_key.public().to_base64()
-        )?;
+        match &w.private_key {
+            Some(k) => writeln!(
+                out,
+                "  wireguard  {} public key {} (give it to the peers)",
+                w.interface,
+                k.public().to_base64()
+            )?,
+            None => writeln!(
+                out,
+                "  wireguard  {}: the node makes its key at first boot; its peers come from the keyserver",
+                w.interface
+            )?,
+        }
     }
     Ok(())
 }

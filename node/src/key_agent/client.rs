@@ -158,6 +158,15 @@ impl Keyserver {
 
     /// POST `body` (JSON) to `path`; the status and the body of the answer.
     pub fn post(&self, path: &str, body: &[u8]) -> Result<(u16, Vec<u8>), ClientError> {
+        self.request("POST", path, body)
+    }
+
+    /// GET `path`; the status and the body of the answer.
+    pub fn get(&self, path: &str) -> Result<(u16, Vec<u8>), ClientError> {
+        self.request("GET", path, b"")
+    }
+
+    fn request(&self, method: &str, path: &str, body: &[u8]) -> Result<(u16, Vec<u8>), ClientError> {
         let unreachable = |detail: String| ClientError::Unreachable {
             server: self.name(),
             detail,
@@ -177,7 +186,7 @@ impl Keyserver {
             rustls::ClientConnection::new(self.tls.clone(), server_name).map_err(|e| unreachable(e.to_string()))?;
         let mut s = rustls::StreamOwned::new(conn, sock);
         let head = format!(
-            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
             self.host,
             body.len()
         );

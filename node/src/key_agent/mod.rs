@@ -33,6 +33,7 @@
 
 pub mod client;
 pub mod consumers;
+pub mod peers;
 pub mod renew;
 pub mod run;
 pub mod state;
@@ -134,7 +135,7 @@ pub(crate) fn keys_and_csrs(names: &[&str]) -> Result<(ByProfile, ByProfile), Ag
 }
 
 /// The status and body of an answer, as an answer or the keyserver's refusal.
-pub(crate) fn answer(status: u16, body: &[u8]) -> Result<EnrollResponse, AgentError> {
+pub(crate) fn answer<T: serde::de::DeserializeOwned>(status: u16, body: &[u8]) -> Result<T, AgentError> {
     if status != 200 {
         let e: ErrorResponse = serde_json::from_slice(body)
             .map_err(|_| AgentError::BadAnswer(format!("HTTP {status} without an error the keyserver gives")))?;
@@ -326,6 +327,7 @@ pub fn enroll(root: &Path, e: &Enrollment, timeout: Duration, clock: &Clock) -> 
         role: role.as_str().to_string(),
         csrs: pending.csrs.clone(),
         ssh_host_key: ssh_host_key(root),
+        wireguard_key: crate::mesh::public_key(root),
     };
     let ks = client::Keyserver::new(
         &server.host,

@@ -59,7 +59,7 @@ fn drop_pending(root: &Path) {
 }
 
 /// The identity certificate and key the node holds, as a TLS client certificate.
-fn identity(root: &Path) -> Result<client::ClientIdentity, AgentError> {
+pub(crate) fn identity(root: &Path) -> Result<client::ClientIdentity, AgentError> {
     let dir = at(root, PKI_DIR).join("identity").join("current");
     let chain_pem = std::fs::read_to_string(dir.join("cert.pem")).map_err(io("reading", &dir.join("cert.pem")))?;
     let key_pem = std::fs::read_to_string(dir.join("key.pem")).map_err(io("reading", &dir.join("key.pem")))?;
@@ -90,6 +90,7 @@ fn pending(root: &Path, state: &AgentState) -> Result<Pending, AgentError> {
                 generation: state.generation,
                 csrs,
                 ssh_host_key: super::ssh_host_key(root),
+                wireguard_key: crate::mesh::public_key(root),
             })
             .expect("a request always serializes");
             let p = Pending {

@@ -27,6 +27,9 @@ pub const OUTAGE_BUDGET: u64 = 10 * 86_400;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 /// A failure is printed again after this long at the latest.
 pub const REPEAT_FAILURE: u64 = 3600;
+/// How often the mesh's peer list is asked for: a node added to the cluster is reached
+/// by the others within this.
+pub const PEER_INTERVAL: u64 = 60;
 
 /// What the node config says about the key agent.
 #[derive(Debug, Clone)]
@@ -42,6 +45,9 @@ pub struct Settings {
     /// etcd's local client address, when etcd runs on the agent's certificates: checked to
     /// serve each renewed one.
     pub etcd: Option<std::net::SocketAddr>,
+    /// The WireGuard interface kept in step with the keyserver's peer list (node.toml's
+    /// `[wireguard]`, on a node with a keyserver).
+    pub mesh: Option<cairn_node_config::Wireguard>,
 }
 
 impl Settings {
@@ -61,6 +67,7 @@ impl Settings {
                 .as_ref()
                 .filter(|e| e.tls.as_ref() == Some(&cairn_node_config::EtcdTls::from_key_agent()))
                 .map(|e| std::net::SocketAddr::from(([127, 0, 0, 1], e.client_urls[0].port))),
+            mesh: c.wireguard.clone().filter(|_| c.key_agent.is_some()),
         }
     }
 }
@@ -93,6 +100,14 @@ pub struct Agent {
     rng: Box<dyn rand_core::RngCore + Send>,
     last_printed: Option<u64>,
     warned_server: bool,
+    wg: Box<dyn crate::mesh::WgTool + Send>,
+    /// When to ask for the peer list next (0: at the first pass after enrolling).
+    next_peers: u64,
+    /// Whether the kept peer list was applied at start.
+    restored: bool,
+    /// The peer list applied last, and when a mesh failure was last printed.
+    applied: Vec<cairn_keys::mesh::Peer>,
+    mesh_printed: Option<u64>,
 }
 
 impl Agent {
@@ -109,7 +124,18 @@ impl Agent {
             rng: Box::new(rand_core::OsRng),
             last_printed: None,
             warned_server: false,
+            wg: Box::new(crate::mesh::SystemWg),
+            next_peers: 0,
+            restored: false,
+            applied: Vec::new(),
+            mesh_printed: None,
         }
+    }
+
+    /// Drive WireGuard with `tool` instead of `wg` (tests: the host has no WireGuard).
+    pub fn with_wg(mut self, tool: Box<dyn crate::mesh::WgTool + Send>) -> Agent {
+        self.wg = tool;
+        self
     }
 
     /// Use `timeout` for each request (tests use a short one).
@@ -138,8 +164,123 @@ impl Agent {
         Some(earliest)
     }
 
-    /// One look at the clock and the certificates, and what follows from it.
+    /// One look at the clock, the certificates and the mesh, and what follows from it.
     pub fn pass(&mut self) -> Pass {
+        let mut restored = self.restore();
+        let mut p = self.certs_pass();
+        restored.append(&mut p.lines);
+        p.lines = restored;
+        let now = self.clock.now();
+        if self.settings.mesh.is_some() && crate::key_agent::state::enrolled(&self.root) {
+            if now >= self.next_peers {
+                let lines = self.poll_peers(now);
+                p.lines.extend(lines);
+                self.next_peers = now + PEER_INTERVAL;
+            }
+            p.sleep = p.sleep.min(self.next_peers.saturating_sub(now).max(1));
+        }
+        p
+    }
+
+    /// At the first pass: put the kept peer list on the interface, before anything is
+    /// asked of the keyserver (which may be down).
+    fn restore(&mut self) -> Vec<String> {
+        let Some(w) = self.settings.mesh.clone().filter(|_| !self.restored) else {
+            return Vec::new();
+        };
+        let Some(kept) = crate::mesh::load(&self.root, &w.interface) else {
+            self.restored = true;
+            return Vec::new();
+        };
+        // Until it worked (the interface may not exist yet), every pass tries again.
+        match self.apply_peers(&w, &kept.peers) {
+            Ok((synced, mut lines)) => {
+                self.restored = true;
+                if synced.set + synced.removed > 0 {
+                    lines.push(format!(
+                        "cairn: key agent: {} has the {} peers the keyserver listed at {}",
+                        w.interface,
+                        synced.peers,
+                        date(kept.fetched)
+                    ));
+                }
+                lines
+            }
+            Err(why) => {
+                let now = self.clock.now();
+                if self.mesh_printed.is_some_and(|t| now < t + REPEAT_FAILURE) {
+                    return Vec::new();
+                }
+                self.mesh_printed = Some(now);
+                vec![format!(
+                    "cairn: key agent: restoring the peers of {}: {why}",
+                    w.interface
+                )]
+            }
+        }
+    }
+
+    /// Check `list`, apply it, and remember it as applied.
+    fn apply_peers(
+        &mut self,
+        w: &cairn_node_config::Wireguard,
+        list: &[cairn_keys::mesh::Peer],
+    ) -> Result<(crate::mesh::Synced, Vec<String>), String> {
+        let statics = crate::mesh::static_keys(w);
+        let own = crate::mesh::node_key(&self.root, w);
+        let (good, bad) = crate::mesh::checked(list, own.as_ref(), &statics);
+        let lines = bad.into_iter().map(|l| format!("cairn: key agent: {l}")).collect();
+        let synced = crate::mesh::sync(&*self.wg, &w.interface, &good, &self.applied, &statics)?;
+        self.applied = good;
+        Ok((synced, lines))
+    }
+
+    /// Ask for the peer list; keep and apply it when it came. A failure leaves the
+    /// interface as it is, and is printed at most once an hour.
+    fn poll_peers(&mut self, now: u64) -> Vec<String> {
+        let Some(w) = self.settings.mesh.clone() else {
+            return Vec::new();
+        };
+        let result = AgentState::load(&self.root)
+            .and_then(|s| s.ok_or_else(|| AgentError::BadState("not enrolled".into())))
+            .and_then(|s| super::peers::fetch(&self.root, &s, self.timeout, &self.clock))
+            .map_err(|e| crate::cli::chain(&e))
+            .and_then(|resp| {
+                let (synced, mut lines) = self.apply_peers(&w, &resp.peers)?;
+                let kept = crate::mesh::Kept {
+                    fetched: resp.server_time,
+                    peers: self.applied.clone(),
+                };
+                if crate::mesh::load(&self.root, &w.interface).map(|k| k.peers) != Some(kept.peers.clone()) {
+                    crate::mesh::save(&self.root, &w.interface, &kept)
+                        .map_err(|e| format!("keeping the peer list: {e}"))?;
+                }
+                if synced.set + synced.removed > 0 {
+                    lines.push(format!(
+                        "cairn: key agent: {} now has {} peers from the keyserver ({} set, {} removed)",
+                        w.interface, synced.peers, synced.set, synced.removed
+                    ));
+                }
+                Ok(lines)
+            });
+        match result {
+            Ok(lines) => {
+                self.mesh_printed = None;
+                lines
+            }
+            Err(why) if self.mesh_printed.is_none_or(|t| now >= t + REPEAT_FAILURE) => {
+                self.mesh_printed = Some(now);
+                vec![format!(
+                    "cairn: key agent: the mesh's peer list: {why}; {} keeps the peers it has; asking again every {PEER_INTERVAL} s",
+                    w.interface
+                )]
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// One look at the clock and the certificates, and what follows from it.
+    fn certs_pass(&mut self) -> Pass {
         let now = self.clock.now();
         let mut lines = Vec::new();
         let state = match AgentState::load(&self.root) {
