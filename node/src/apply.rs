@@ -141,6 +141,7 @@ pub fn write(root: &Path, config: &NodeConfig, outputs: &[Output]) -> Result<Vec
                 lines.push(line);
             }
             kept.push(render::wireguard_key_path(w));
+            kept.push(crate::mesh::public_file(w));
         }
         kept.push(crate::mesh::peers_file(&w.interface));
     }

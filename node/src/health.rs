@@ -187,7 +187,7 @@ pub fn probe(gate: Gate, config: &NodeConfig, root: &Path) -> Probe {
                 return Probe::Skip("no WireGuard interface is configured".into());
             };
             let flags = crate::apply::at(root, &format!("/sys/class/net/{}/flags", w.interface));
-            let Some(key) = crate::mesh::node_key(root, &w) else {
+            let Some(want) = crate::mesh::node_public(root, &w) else {
                 return Probe::Check(Box::new(move || {
                     Err(format!(
                         "{} has no key yet (made when the node config is applied)",
@@ -195,7 +195,6 @@ pub fn probe(gate: Gate, config: &NodeConfig, root: &Path) -> Probe {
                     ))
                 }));
             };
-            let want = key.public().to_base64();
             Probe::Check(Box::new(move || {
                 let f =
                     std::fs::read_to_string(&flags).map_err(|_| format!("interface {} does not exist", w.interface))?;

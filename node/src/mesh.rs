@@ -34,15 +34,27 @@ pub fn peers_file(interface: &str) -> String {
     format!("{WG_DIR}/{interface}.peers.json")
 }
 
+/// Where the public half of a key the node made is kept (0644), for what may not read the
+/// key itself: the health gate runs without the capability to read systemd-network's files.
+pub fn public_file(w: &Wireguard) -> String {
+    format!("{WG_DIR}/{}.pub", w.interface)
+}
+
 /// Make the node's WireGuard key when node.toml gives none and the node has none yet (or
-/// the one it has is unreadable). Returns the console line when one was made.
+/// the one it has is unreadable), and keep its public half beside it. Returns the console
+/// line when a key was made.
 pub fn ensure_key(root: &Path, w: &Wireguard, owner: Option<(u32, u32)>) -> io::Result<Option<String>> {
     if w.private_key.is_some() {
         return Ok(None);
     }
     let path = at(root, &wireguard_key_path(w));
+    let public = at(root, &public_file(w));
     if let Ok(text) = std::fs::read_to_string(&path) {
-        if WgKey::parse(text.trim()).is_ok() {
+        if let Ok(key) = WgKey::parse(text.trim()) {
+            let line = format!("{}\n", key.public().to_base64());
+            if std::fs::read_to_string(&public).ok().as_deref() != Some(line.as_str()) {
+                write_atomic(&public, line.as_bytes(), 0o644, None)?;
+            }
             return Ok(None);
         }
     }
@@ -53,6 +65,12 @@ pub fn ensure_key(root: &Path, w: &Wireguard, owner: Option<(u32, u32)>) -> io::
     bytes[31] = (bytes[31] & 127) | 64;
     let key = WgKey(bytes);
     write_atomic(&path, format!("{}\n", key.to_base64()).as_bytes(), 0o600, owner)?;
+    write_atomic(
+        &public,
+        format!("{}\n", key.public().to_base64()).as_bytes(),
+        0o644,
+        None,
+    )?;
     Ok(Some(format!(
         "cairn: made the WireGuard key of {}: public key {}",
         w.interface,
@@ -60,12 +78,25 @@ pub fn ensure_key(root: &Path, w: &Wireguard, owner: Option<(u32, u32)>) -> io::
     )))
 }
 
-/// The node's WireGuard key: node.toml's, or the one it made.
+/// The node's WireGuard key: node.toml's, or the one it made (readable by the key agent,
+/// which may read systemd-network's files).
 pub fn node_key(root: &Path, w: &Wireguard) -> Option<WgKey> {
     w.private_key.clone().or_else(|| {
         let text = std::fs::read_to_string(at(root, &wireguard_key_path(w))).ok()?;
         WgKey::parse(text.trim()).ok()
     })
+}
+
+/// The public half of the node's WireGuard key (base64): node.toml's key's, or the kept
+/// public half of the one it made.
+pub fn node_public(root: &Path, w: &Wireguard) -> Option<String> {
+    match &w.private_key {
+        Some(k) => Some(k.public().to_base64()),
+        None => {
+            let text = std::fs::read_to_string(at(root, &public_file(w))).ok()?;
+            WgKey::parse(text.trim()).ok().map(|k| k.to_base64())
+        }
+    }
 }
 
 /// The public key the node tells the keyserver: of the one key in [`WG_DIR`] (applying a

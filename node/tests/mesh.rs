@@ -183,8 +183,14 @@ fn nodes_find_each_other_through_the_keyserver() {
             .permissions(),
     );
     assert_eq!(mode & 0o777, 0o600);
+    // Its public half is kept beside it for the health gate, which may not read the key.
+    let public = std::fs::read_to_string(a.root.join("var/lib/cairn/wireguard/wg0.pub")).unwrap();
+    assert_eq!(public.trim(), a.public_key());
+    std::fs::remove_file(a.root.join("var/lib/cairn/wireguard/wg0.pub")).unwrap();
     cairn_node::apply::apply(&a.root).unwrap();
     assert_eq!(private_key_text(&a.root), key_a, "applying again keeps the key");
+    let again = std::fs::read_to_string(a.root.join("var/lib/cairn/wireguard/wg0.pub")).unwrap();
+    assert_eq!(again, public, "and puts its public half back");
 
     // The first node to enroll has no one to talk to yet; the next pass a minute later
     // lists the others once they have enrolled.

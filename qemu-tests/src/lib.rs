@@ -92,6 +92,7 @@ pub fn spec(disk: &Path) -> VmSpec {
         accel: Accel::Auto,
         echo: std::env::var_os("CAIRN_TEST_ECHO").is_some(),
         writable: false,
+        lan: None,
     }
 }
 
@@ -308,4 +309,47 @@ impl Drop for HttpServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `cairn keyserver serve`, stopped when dropped.
+pub struct Keyserver(std::process::Child);
+
+impl Drop for Keyserver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Run the real `cairn` with `args`; it must succeed. Returns its stdout.
+pub fn cairn(args: &[&str]) -> String {
+    let o = Command::new(cairn_bin()).args(args).output().expect("running cairn");
+    assert!(
+        o.status.success(),
+        "cairn {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// `cairn keyserver serve STATE` on 127.0.0.1:`port` (10.0.2.2 from the guests, the name
+/// its certificate carries), its log in `log`; returns once it listens.
+pub fn serve(state: &Path, port: u16, log: &Path) -> Keyserver {
+    let child = Command::new(cairn_bin())
+        .args(["keyserver", "serve"])
+        .arg(state)
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--name", "10.0.2.2"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .expect("cairn keyserver serve");
+    let start = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the keyserver did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Keyserver(child)
 }

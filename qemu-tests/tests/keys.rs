@@ -6,52 +6,11 @@
 //! and the next boot, with the keyserver stopped, is as fast as the first. Then the
 //! keyserver's state moves onto the node and cairn-keyserver.service serves it there.
 
-use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use cairn_qemu_tests::*;
-
-/// `cairn keyserver serve`, stopped when dropped.
-struct Keyserver(Child);
-
-impl Drop for Keyserver {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn cairn(args: &[&str]) -> String {
-    let o = Command::new(cairn_bin()).args(args).output().expect("running cairn");
-    assert!(
-        o.status.success(),
-        "cairn {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn serve(state: &Path, port: u16, log: &Path) -> Keyserver {
-    let child = Command::new(cairn_bin())
-        .args(["keyserver", "serve"])
-        .arg(state)
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--name", "10.0.2.2"])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .expect("cairn keyserver serve");
-    let start = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "the keyserver did not listen"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Keyserver(child)
-}
 
 /// The `boot=` seconds of the ready line.
 fn boot_secs(vm: &Vm) -> f64 {

@@ -109,6 +109,29 @@ pub struct VmSpec {
     pub accel: Accel,
     /// Copy the console to this process's stdout as it comes.
     pub echo: bool,
+    /// A second network card on a segment shared with other VMs, if any.
+    pub lan: Option<Lan>,
+}
+
+/// A network segment VMs share without root or tap devices: QEMU's multicast socket
+/// backend on the loopback interface (every VM with the same `port` is on the segment).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lan {
+    /// UDP port of the segment's multicast group (230.0.0.1), one per segment.
+    pub port: u16,
+    /// This VM's MAC address on it (fixed, so node.toml can match the card by it).
+    pub mac: String,
+}
+
+impl Lan {
+    /// The card of VM number `n` (1-based, below 256) on segment `port`: MAC
+    /// `52:54:00:77:00:<n>`.
+    pub fn member(port: u16, n: u8) -> Lan {
+        Lan {
+            port,
+            mac: format!("52:54:00:77:00:{n:02x}"),
+        }
+    }
 }
 
 /// A running VM.
@@ -283,6 +306,26 @@ impl Vm {
             netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{p}-:22"));
         }
         q.args(["-netdev", &netdev, "-device", "virtio-net-pci,netdev=n0"]);
+        if let Some(lan) = &spec.lan {
+            let mac_ok = lan.mac.len() == 17
+                && lan
+                    .mac
+                    .split(':')
+                    .all(|b| b.len() == 2 && b.bytes().all(|c| c.is_ascii_hexdigit()));
+            if !mac_ok || lan.port == 0 {
+                return Err(VmError::Io {
+                    op: "using",
+                    path: PathBuf::from(format!("LAN card {}:{}", lan.mac, lan.port)),
+                    source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a MAC address and a port"),
+                });
+            }
+            q.args([
+                "-netdev",
+                &format!("socket,id=n1,mcast=230.0.0.1:{},localaddr=127.0.0.1", lan.port),
+                "-device",
+                &format!("virtio-net-pci,netdev=n1,mac={}", lan.mac),
+            ]);
+        }
         q.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = q.spawn().map_err(io_err("starting", "qemu-system-x86_64"))?;
         let started = Instant::now();

@@ -62,6 +62,7 @@ pub(super) fn boot(args: BootArgs, _out: &mut dyn Write, err: &mut dyn Write) ->
         accel,
         echo: true,
         writable: false,
+        lan: None,
     };
     let mut vm = Vm::start(&spec)?;
     writeln!(
