@@ -559,6 +559,12 @@ fn an_index_that_expired_or_was_changed_is_refused() {
     fs::write(dir.join("index.json.sig"), &sig).unwrap();
     let done = auto(cairn_signing::time::now()).unwrap();
     assert!(done.contains("Installed"), "{done}");
+    // Its reboot put off (the reboot lease was busy): the next run finds it waiting for
+    // its first boot and writes nothing again.
+    let installed = sha(&t.disk);
+    let again = auto(cairn_signing::time::now()).unwrap();
+    assert_eq!(again, "Pending(\"0.2.0\")");
+    assert_eq!(sha(&t.disk), installed);
 }
 
 #[test]

@@ -62,7 +62,7 @@ pub use key_agent::KeyAgent;
 pub use kubelet::{kubelet_may_set, valid_label_key, valid_label_value, Kubelet, Taint};
 pub use network::{glob_matches, glob_may_match_prefix, mac, Interface, Match, Route};
 pub use ssh::ssh_key;
-pub use update::{RebootPolicy, Update};
+pub use update::{Lease, RebootPolicy, Update};
 pub use values::{valid_endpoint, valid_hostname, Cidr, StatePath, Url, WgKey};
 pub use wireguard::{Peer, Wireguard};
 
@@ -340,7 +340,20 @@ impl NodeConfig {
         };
         let update = match &raw.update {
             None => None,
-            Some(u) => Some(update(&cx, u)?),
+            Some(u) => {
+                // A member of a cluster of several takes the reboot lease in its own etcd
+                // by default (when its client TLS is the key agent's, or plain http).
+                let own_etcd = etcd
+                    .as_ref()
+                    .filter(|e| e.initial_cluster.len() > 1)
+                    .filter(|e| e.tls.is_none() || e.tls == Some(EtcdTls::from_key_agent()))
+                    .map(|e| Url {
+                        scheme: e.client_urls[0].scheme.clone(),
+                        host: "127.0.0.1".into(),
+                        port: e.client_urls[0].port,
+                    });
+                Some(update(&cx, u, own_etcd)?)
+            }
         };
         Ok(NodeConfig {
             generation,

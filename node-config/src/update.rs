@@ -24,6 +24,20 @@ pub struct Update {
     pub source: String,
     /// When to reboot into an installed update.
     pub reboot: RebootPolicy,
+    /// The cluster's reboot lease, taken before rebooting into an update.
+    pub lease: Option<Lease>,
+}
+
+/// The reboot lease in the cluster's etcd (`cairn-node reboot-lease`): at most `slots`
+/// nodes reboot into an update at once; a node that dies holding one loses it after `ttl`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// etcd client URLs (https ones with the key agent's etcd-client certificate).
+    pub etcd: Vec<Url>,
+    /// How many nodes may be rebooting at once.
+    pub slots: u32,
+    /// Seconds a slot outlives a holder that stops keeping it: longer than a reboot.
+    pub ttl: u64,
 }
 
 #[derive(Deserialize)]
@@ -32,9 +46,19 @@ pub(crate) struct RawUpdate {
     pub(crate) source: Spanned<String>,
     #[serde(default)]
     pub(crate) reboot: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(crate) lease: Option<Spanned<bool>>,
+    #[serde(default)]
+    pub(crate) lease_etcd: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(crate) lease_slots: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub(crate) lease_ttl: Option<Spanned<i64>>,
 }
 
-pub(crate) fn update(cx: &Cx, raw: &RawUpdate) -> Result<Update, ConfigError> {
+/// `own_etcd`: this node's etcd on 127.0.0.1, when it is a member of a cluster of more
+/// than one whose TLS the key agent provides (or plain http): the lease's default.
+pub(crate) fn update(cx: &Cx, raw: &RawUpdate, own_etcd: Option<Url>) -> Result<Update, ConfigError> {
     let src = raw.source.get_ref();
     let base = src.split_once("://").and_then(|(scheme, rest)| {
         let host_port = rest.split('/').next().unwrap_or("");
@@ -88,5 +112,62 @@ pub(crate) fn update(cx: &Cx, raw: &RawUpdate) -> Result<Update, ConfigError> {
             }
         }
     };
-    Ok(Update { source, reboot })
+    let lease = lease(cx, raw, own_etcd, reboot)?;
+    Ok(Update { source, reboot, lease })
+}
+
+fn lease(cx: &Cx, raw: &RawUpdate, own_etcd: Option<Url>, reboot: RebootPolicy) -> Result<Option<Lease>, ConfigError> {
+    if raw.lease.as_ref().is_some_and(|l| !*l.get_ref()) {
+        return Ok(None);
+    }
+    let mut etcd = Vec::new();
+    for u in &raw.lease_etcd {
+        match Url::parse(u.get_ref()) {
+            Ok(url) => etcd.push(url),
+            Err(why) => {
+                return cx.err(
+                    Some(u.span()),
+                    format!("[update] lease-etcd '{}': {why}", u.get_ref().escape_debug()),
+                    "etcd client URLs of the control plane, e.g. [\"https://10.90.0.1:2379\"]",
+                )
+            }
+        }
+    }
+    if etcd.is_empty() {
+        etcd.extend(own_etcd);
+    }
+    if etcd.is_empty() {
+        return match &raw.lease {
+            Some(l) => cx.err(
+                Some(l.span()),
+                "[update] lease = true, but the node has no etcd member of a cluster to take it in",
+                "give lease-etcd = [the control plane's etcd client URLs]",
+            ),
+            None => Ok(None),
+        };
+    }
+    let number = |v: &Option<Spanned<i64>>, what: &str, range: std::ops::RangeInclusive<i64>, default: i64| match v {
+        None => Ok(default),
+        Some(n) if range.contains(n.get_ref()) => Ok(*n.get_ref()),
+        Some(n) => cx.err(
+            Some(n.span()),
+            format!(
+                "[update] {what} = {} is not from {} to {}",
+                n.get_ref(),
+                range.start(),
+                range.end()
+            ),
+            "",
+        ),
+    };
+    let slots = number(&raw.lease_slots, "lease-slots", 1..=100, 1)? as u32;
+    let ttl = number(&raw.lease_ttl, "lease-ttl", 60..=86_400, 900)? as u64;
+    if let RebootPolicy::At(..) = reboot {
+        return cx.err(
+            raw.reboot.as_ref().map(|r| r.span()),
+            "[update] a reboot window and the cluster's reboot lease do not go together yet",
+            "use reboot = \"now\" (the lease already spaces the nodes' reboots), or lease = false",
+        );
+    }
+    Ok(Some(Lease { etcd, slots, ttl }))
 }

@@ -157,6 +157,60 @@ fn update_source_and_reboot_policy() {
 }
 
 #[test]
+fn the_reboot_lease_is_on_for_members_of_a_cluster_and_checked() {
+    const KA: &str = "[key-agent]\nserver = \"https://10.0.0.5:8443\"\nca-fingerprint = \"sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\"\nbootstrap-token = \"ck1.6QZ4B2K9TD.VX3Q7M2K4P8R1C6J9W5T2N7H3F-4JPG\"\n";
+    let three = "[etcd]\nclient-urls = [\"https://10.90.0.1:2379\"]\npeer-urls = [\"https://10.90.0.1:2380\"]\ninitial-cluster = { cp-1 = \"https://10.90.0.1:2380\", cp-2 = \"https://10.90.0.2:2380\", cp-3 = \"https://10.90.0.3:2380\" }\n";
+    let node = |role: &str, etcd: &str, update: &str| {
+        NodeConfig::parse(
+            &format!(
+                "version = 1\ngeneration = 1\nhostname = \"cp-1\"\nrole = \"{role}\"\n{etcd}{KA}[update]\nsource = \"http://10.0.0.5/node/\"\n{update}"
+            ),
+            "node.toml",
+        )
+    };
+    // A member of three: its own etcd on 127.0.0.1, one slot, 15 minutes.
+    let lease = node("control-plane", three, "").unwrap().update.unwrap().lease.unwrap();
+    assert_eq!(lease.etcd[0].to_string(), "https://127.0.0.1:2379");
+    assert_eq!((lease.slots, lease.ttl), (1, 900));
+    // A single node has no quorum to keep: no lease unless asked for.
+    assert!(node("control-plane", "", "").unwrap().update.unwrap().lease.is_none());
+    assert!(node("worker", "", "").unwrap().update.unwrap().lease.is_none());
+    // A worker uses the control plane's etcd when told where.
+    let lease = node(
+        "worker",
+        "",
+        "lease-etcd = [\"https://10.90.0.1:2379\", \"https://[fd90::2]:2379\"]\nlease-slots = 2\nlease-ttl = 600\n",
+    )
+    .unwrap()
+    .update
+    .unwrap()
+    .lease
+    .unwrap();
+    assert_eq!(lease.etcd.len(), 2);
+    assert_eq!((lease.slots, lease.ttl), (2, 600));
+    assert!(node("control-plane", three, "lease = false\n")
+        .unwrap()
+        .update
+        .unwrap()
+        .lease
+        .is_none());
+    for (extra, want, line) in [
+        ("lease = true\n", "no etcd member", 11),
+        ("lease-etcd = [\"10.90.0.1:2379\"]\n", "lease-etcd", 11),
+        ("lease-etcd = [\"https://10.90.0.1:2379\\n\"]\n", "lease-etcd", 11),
+        ("lease-slots = 0\n", "lease-slots = 0", 11),
+        ("lease-ttl = 10\n", "lease-ttl = 10", 11),
+        ("reboot = \"03:30\"\n", "reboot window", 11),
+    ] {
+        let etcd = if extra.starts_with("lease = true") { "" } else { three };
+        let e = node("control-plane", etcd, extra).unwrap_err().to_string();
+        assert!(e.contains(want), "{extra}: {e}");
+        let line = if etcd.is_empty() { line } else { line + 4 };
+        assert!(e.contains(&format!("node.toml:{line}")), "{extra}: {e}");
+    }
+}
+
+#[test]
 fn real_ssh_keys_of_every_type_are_accepted() {
     let dir = tempfile::tempdir().unwrap();
     for (ty, bits) in [

@@ -76,18 +76,19 @@ enum Command {
         /// What to do.
         #[arg(value_parser = ["status", "take", "keep", "release"])]
         action: String,
-        /// An etcd client URL (repeatable; tried in order).
-        #[arg(long = "etcd", value_name = "URL", required = true)]
+        /// An etcd client URL (repeatable; tried in order) [default: the node config's
+        /// [update] lease].
+        #[arg(long = "etcd", value_name = "URL")]
         etcd: Vec<String>,
         /// The node taking or giving up a slot [default: this host's name].
         #[arg(long)]
         node: Option<String>,
-        /// How many nodes may hold a slot at once.
-        #[arg(long, default_value_t = 1)]
-        max: u32,
-        /// Seconds a slot stays held without being kept.
-        #[arg(long, default_value_t = 900)]
-        ttl: u64,
+        /// How many nodes may hold a slot at once [default: the node config's, else 1].
+        #[arg(long)]
+        max: Option<u32>,
+        /// Seconds a slot stays held without being kept [default: the node config's, else 900].
+        #[arg(long)]
+        ttl: Option<u64>,
     },
     /// Install a signed bundle into the inactive slot, poll for one, or show the slots.
     Update {
@@ -292,7 +293,12 @@ fn update_auto() -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(update::AutoOutcome::Installed(i)) => {
-            update::reboot_by_policy(u.reboot, &i.manifest.version, &mut |l| println!("{l}"));
+            reboot_into(&config.hostname, &u, &i.manifest.version);
+            ExitCode::SUCCESS
+        }
+        Ok(update::AutoOutcome::Pending(version)) => {
+            println!("cairn: update: {version} is installed and waits for its first boot");
+            reboot_into(&config.hostname, &u, &version);
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -304,6 +310,27 @@ fn update_auto() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Reboot into `version` as `[update]` says, taking the cluster's reboot lease first when
+/// the node config has one (no lease, no reboot: the next run asks again).
+fn reboot_into(node: &str, u: &crate::config::Update, version: &str) {
+    let mut log = |l: &str| println!("{l}");
+    if let Some(lease) = &u.lease {
+        let etcd = match crate::lease::etcd_for(lease, Path::new("/")) {
+            Ok(e) => e,
+            Err(e) => {
+                log(&format!(
+                    "cairn: update: {version} is installed, but the reboot lease cannot be asked for ({e}); not rebooting"
+                ));
+                return;
+            }
+        };
+        if !crate::lease::before_reboot(&etcd, lease, node, version, &mut log) {
+            return;
+        }
+    }
+    update::reboot_by_policy(u.reboot, version, &mut log);
 }
 
 fn update_from(source: &str, force: bool, then_reboot: bool) -> ExitCode {
@@ -356,7 +383,7 @@ pub fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-fn reboot_lease(action: &str, urls: &[String], node: Option<String>, max: u32, ttl: u64) -> ExitCode {
+fn reboot_lease(action: &str, urls: &[String], node: Option<String>, max: Option<u32>, ttl: Option<u64>) -> ExitCode {
     use crate::lease::{self, Acquired};
     let node = node.unwrap_or_else(|| {
         std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -364,11 +391,37 @@ fn reboot_lease(action: &str, urls: &[String], node: Option<String>, max: u32, t
             .trim()
             .to_string()
     });
+    // Without --etcd: the node config's [update] lease (cairn-lease-release.service).
+    let configured = if urls.is_empty() {
+        let config = match applied("reboot lease") {
+            Ok(c) => c,
+            Err(code) => return code,
+        };
+        match config.update.and_then(|u| u.lease) {
+            Some(l) => Some(l),
+            None if action == "release" || action == "status" => {
+                println!("cairn: reboot lease: the node config has no [update] lease; nothing to do");
+                return ExitCode::SUCCESS;
+            }
+            None => {
+                eprintln!("cairn: reboot lease: give --etcd URL (the node config has no [update] lease)");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
+    let max = max.or(configured.as_ref().map(|l| l.slots)).unwrap_or(1);
+    let ttl = ttl.or(configured.as_ref().map(|l| l.ttl)).unwrap_or(900);
+    let urls: Vec<String> = match &configured {
+        Some(l) => l.etcd.iter().map(|u| u.to_string()).collect(),
+        None => urls.to_vec(),
+    };
     let tls = urls
         .iter()
         .any(|u| u.starts_with("https://"))
         .then(|| crate::etcd::ClientTls::from_key_agent(Path::new("/")));
-    let etcd = match crate::etcd::Etcd::new(urls, tls.as_ref(), Duration::from_secs(5)) {
+    let etcd = match crate::etcd::Etcd::new(&urls, tls.as_ref(), Duration::from_secs(5)) {
         Ok(e) => e,
         Err(e) => {
             eprintln!("cairn: reboot lease: {e}");

@@ -151,3 +151,51 @@ pub fn release(etcd: &Etcd, node: &str) -> Result<bool, EtcdError> {
     }
     Ok(deleted)
 }
+
+/// The etcd client for node config's `[update]` lease, with the key agent's etcd-client
+/// certificate for https URLs (certificates under `root`).
+pub fn etcd_for(lease: &cairn_node_config::Lease, root: &std::path::Path) -> Result<Etcd, EtcdError> {
+    let urls: Vec<String> = lease.etcd.iter().map(|u| u.to_string()).collect();
+    let tls = urls
+        .iter()
+        .any(|u| u.starts_with("https://"))
+        .then(|| crate::etcd::ClientTls::from_key_agent(root));
+    Etcd::new(&urls, tls.as_ref(), std::time::Duration::from_secs(10))
+}
+
+/// Before rebooting into `version`: take a slot of the lease. `true` when the node holds
+/// one (reboot now); `false` when every slot is held or etcd cannot be asked (the new
+/// version stays installed, and the next `update --auto` asks again without installing
+/// it again), each said in a console line.
+pub fn before_reboot(
+    etcd: &Etcd,
+    lease: &cairn_node_config::Lease,
+    node: &str,
+    version: &str,
+    log: &mut dyn FnMut(&str),
+) -> bool {
+    match acquire(etcd, node, lease.slots, lease.ttl) {
+        Ok(Acquired::Held(h)) => {
+            log(&format!(
+                "cairn: update: {node} {} reboot lease slot {} (freed after {} s if the node does not come back)",
+                if h.taken_now { "took" } else { "holds" },
+                h.slot,
+                lease.ttl
+            ));
+            true
+        }
+        Ok(Acquired::Busy(holders)) => {
+            log(&format!(
+                "cairn: update: {version} is installed; waiting for the reboot lease, held by {} (the next update run asks again)",
+                holders.iter().map(|h| h.node.as_str()).collect::<Vec<_>>().join(", ")
+            ));
+            false
+        }
+        Err(e) => {
+            log(&format!(
+                "cairn: update: {version} is installed, but the reboot lease cannot be asked for ({e}); not rebooting (the next update run asks again)"
+            ));
+            false
+        }
+    }
+}

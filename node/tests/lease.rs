@@ -214,3 +214,42 @@ fn node_names_that_are_not_host_names_never_reach_etcd() {
     }
     assert!(lease::holders(&etcd).unwrap().is_empty());
 }
+
+#[test]
+fn an_update_reboots_only_with_a_slot_and_says_why_not() {
+    let (_m, url) = member();
+    let lease = cairn_node_config::Lease {
+        etcd: vec![cairn_node_config::Url::parse(&url).unwrap()],
+        slots: 1,
+        ttl: 60,
+    };
+    let etcd = lease::etcd_for(&lease, std::path::Path::new("/nonexistent")).unwrap();
+    let mut lines = Vec::new();
+    let mut log = |l: &str| lines.push(l.to_string());
+    assert!(lease::before_reboot(&etcd, &lease, "cp-1", "0.2.0", &mut log));
+    // Asked again (the timer ran again before the reboot): still the holder.
+    assert!(lease::before_reboot(&etcd, &lease, "cp-1", "0.2.0", &mut log));
+    // Another node waits, installed, and says for whom.
+    assert!(!lease::before_reboot(&etcd, &lease, "cp-2", "0.2.0", &mut log));
+    assert!(lines[0].contains("cp-1 took reboot lease slot 0"), "{lines:?}");
+    assert!(lines[1].contains("cp-1 holds reboot lease slot 0"), "{lines:?}");
+    assert!(
+        lines[2].contains("0.2.0 is installed; waiting for the reboot lease, held by cp-1"),
+        "{lines:?}"
+    );
+    // cp-1 is back and healthy: it gives the slot up, and cp-2 gets it.
+    assert!(lease::release(&etcd, "cp-1").unwrap());
+    assert!(lease::before_reboot(&etcd, &lease, "cp-2", "0.2.0", &mut |_| {}));
+    // An etcd nobody answers on: no reboot, and the reason.
+    let dead = cairn_node_config::Lease {
+        etcd: vec![cairn_node_config::Url::parse(&format!("http://127.0.0.1:{}", free_port())).unwrap()],
+        ..lease
+    };
+    let etcd = lease::etcd_for(&dead, std::path::Path::new("/")).unwrap();
+    let mut said = String::new();
+    assert!(!lease::before_reboot(&etcd, &dead, "cp-3", "0.2.0", &mut |l| said.push_str(l)));
+    assert!(
+        said.contains("cannot be asked for") && said.contains("not rebooting"),
+        "{said}"
+    );
+}

@@ -165,7 +165,7 @@ fn a_configured_node_boots_onto_its_verity_root_with_healthy_components() {
         "systemd-analyze verify --man=no cairn-firstboot.service cairn-ready.service cairn-ssh-hostkeys.service \
          cairn-health-etcd.service cairn-health-containerd.service cairn-health-wireguard.service \
          cairn-health-kubelet.service cairn-health-sshd.service cairn-health-keys.service cairn-key-agent.service \
-         cairn-keyserver.service cairn-keyserver.path \
+         cairn-keyserver.service cairn-keyserver.path cairn-lease-release.service \
          cairn-gate-failed@etcd.service cairn-update.service cairn-update.timer cairn-boot-deadline.service \
          etcd.service containerd.service 2>&1",
     );

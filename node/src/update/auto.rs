@@ -15,6 +15,9 @@ pub enum AutoOutcome {
     Nothing(String),
     /// A release was installed.
     Installed(Box<Installed>),
+    /// The latest release is installed already and waits for its first boot (its reboot
+    /// was put off: the reboot lease was busy, or the policy is to wait).
+    Pending(String),
 }
 
 /// `cairn-node update --auto`: poll `<source>index.json` and install its latest release
@@ -63,7 +66,14 @@ pub fn auto_at(
         )));
     }
     let bundle_url = format!("{source}{}", latest.file);
-    record_exhausted(t, &entries(&t.esp)?);
+    let on_esp = entries(&t.esp)?;
+    if on_esp
+        .iter()
+        .any(|e| e.version == latest.version && e.tries_left.is_some_and(|l| l > 0) && e.tries_done == Some(0))
+    {
+        return Ok(AutoOutcome::Pending(latest.version.clone()));
+    }
+    record_exhausted(t, &on_esp);
     if failed_versions(&t.state_dir).iter().any(|(v, _)| *v == latest.version) {
         return Ok(AutoOutcome::Nothing(format!(
             "{} failed on this node before; waiting for a newer release (to retry it: cairn-node update --force {bundle_url})",
