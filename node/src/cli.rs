@@ -63,6 +63,13 @@ enum Command {
     },
     /// Print the ready line (cairn-ready.service).
     Ready,
+    /// Write Cairn's metrics for node-exporter's textfile collector
+    /// (/run/cairn/metrics/cairn.prom; cairn-metrics.timer).
+    Metrics {
+        /// Print them instead.
+        #[arg(long)]
+        print: bool,
+    },
     /// Enroll with the keyserver of node.toml's [key-agent], then keep the node's
     /// certificates renewed (cairn-key-agent.service).
     KeyAgent {
@@ -162,6 +169,28 @@ pub fn run(argv: Vec<OsString>) -> ExitCode {
             println!("{}", crate::ready::line(&crate::system::Root::default()));
             ExitCode::SUCCESS
         }
+        Command::Metrics { print } => {
+            let config = match applied("metrics") {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let text = crate::metrics::render(&crate::metrics::gather(
+                Path::new("/"),
+                &config,
+                cairn_signing::time::now(),
+            ));
+            if print {
+                print!("{text}");
+                return ExitCode::SUCCESS;
+            }
+            match crate::metrics::write(Path::new("/"), &text) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("cairn: metrics: writing {}/cairn.prom: {e}", crate::metrics::DIR);
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::KeyAgent { status: true } => {
             match crate::key_agent::status::status(Path::new("/"), cairn_keys::Clock::system().now()) {
                 Ok(text) => {
@@ -247,7 +276,10 @@ fn health_gate(gate: &str, timeout: Option<u64>) -> ExitCode {
     });
     let probe = health::probe(g, &config, Path::new("/"));
     let mut gave_up = || g.unit().and_then(health::unit_failed);
-    match health::run_watching(g, probe, limit, &mut gave_up, &mut |l| println!("{l}")) {
+    let start = std::time::Instant::now();
+    let result = health::run_watching(g, probe, limit, &mut gave_up, &mut |l| println!("{l}"));
+    crate::metrics::record_gate(Path::new("/"), gate, result.is_ok(), start.elapsed().as_secs_f64());
+    match result {
         Ok(line) => {
             println!("{line}");
             ExitCode::SUCCESS
@@ -287,6 +319,17 @@ fn update_auto() -> ExitCode {
         let keys = update::trusted_keys(Path::new(update::RELEASE_KEY), &target.state_dir)?;
         update::auto(&target, &keys, &u.source, &mut |l| println!("{l}"))
     })();
+    let now = cairn_signing::time::now();
+    let record = |result: &str, version: Option<&str>, index_ok: bool| {
+        crate::metrics::record_update(Path::new("/"), now, result, version, index_ok)
+    };
+    match &result {
+        Ok(update::AutoOutcome::Nothing(why)) if why.starts_with("up to date") => record("up_to_date", None, true),
+        Ok(update::AutoOutcome::Nothing(_)) => record("held_back", None, true),
+        Ok(update::AutoOutcome::Installed(i)) => record("installed", Some(&i.manifest.version), true),
+        Ok(update::AutoOutcome::Pending(v)) => record("pending", Some(v), true),
+        Err(_) => record("failed", None, false),
+    }
     match result {
         Ok(update::AutoOutcome::Nothing(why)) => {
             println!("cairn: update: {why}");

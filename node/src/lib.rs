@@ -30,6 +30,7 @@ pub mod key_agent;
 pub mod lease;
 pub mod mend;
 pub mod mesh;
+pub mod metrics;
 pub mod ready;
 pub mod system;
 pub mod update;

@@ -169,7 +169,7 @@ impl Target {
         })
     }
 
-    pub(super) fn running_hex(&self) -> String {
+    pub(crate) fn running_hex(&self) -> String {
         hex::encode(self.running_hash)
     }
 
