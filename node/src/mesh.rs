@@ -17,7 +17,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::Path;
 
-use base64::Engine;
 use cairn_keys::mesh::{Peer, KEEPALIVE};
 use cairn_node_config::render::wireguard_key_path;
 use cairn_node_config::Wireguard;
@@ -367,17 +366,12 @@ pub fn static_keys(w: &Wireguard) -> BTreeSet<String> {
     w.peers.iter().map(|p| p.public_key.to_base64()).collect()
 }
 
-/// `base64` of 32 bytes, for tests and tools.
-pub fn encode_key(bytes: &[u8; 32]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn key(b: u8) -> String {
-        encode_key(&[b; 32])
+        WgKey([b; 32]).to_base64()
     }
 
     fn peer(b: u8, endpoint: Option<&str>) -> Peer {

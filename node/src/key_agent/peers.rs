@@ -8,19 +8,11 @@ use cairn_keys::mesh::PeersResponse;
 use cairn_keys::Clock;
 
 use super::state::AgentState;
-use super::{answer, client, renew, AgentError};
+use super::{answer, renew, AgentError};
 
 /// Ask the keyserver the node enrolled with for the other nodes of the mesh.
 pub fn fetch(root: &Path, state: &AgentState, timeout: Duration, clock: &Clock) -> Result<PeersResponse, AgentError> {
-    let server = state.server.server()?;
-    let ks = client::Keyserver::new(
-        &server.host,
-        server.port,
-        server.ca_fingerprint,
-        timeout,
-        clock.clone(),
-        Some(renew::identity(root)?),
-    )?;
+    let ks = renew::identified(root, state, timeout, clock)?;
     let (status, body) = ks.get("/v1/peers")?;
     answer(status, &body)
 }

@@ -75,6 +75,24 @@ pub(crate) fn identity(root: &Path) -> Result<client::ClientIdentity, AgentError
     })
 }
 
+/// A client of the keyserver the node enrolled with, showing the node's identity.
+pub(crate) fn identified(
+    root: &Path,
+    state: &AgentState,
+    timeout: Duration,
+    clock: &Clock,
+) -> Result<client::Keyserver, AgentError> {
+    let server = state.server.server()?;
+    Ok(client::Keyserver::new(
+        &server.host,
+        server.port,
+        server.ca_fingerprint,
+        timeout,
+        clock.clone(),
+        Some(identity(root)?),
+    )?)
+}
+
 /// Make the new keys and the request for renewing `state`'s generation, and keep them
 /// (unless a renewal of it is already pending).
 pub fn prepare(root: &Path, state: &AgentState) -> Result<(), AgentError> {
@@ -110,15 +128,7 @@ fn pending(root: &Path, state: &AgentState) -> Result<Pending, AgentError> {
 pub fn renew(root: &Path, state: &mut AgentState, timeout: Duration, clock: &Clock) -> Result<Installed, AgentError> {
     let mut pending = pending(root, state)?;
     if pending.answer.is_none() {
-        let server = state.server.server()?;
-        let ks = client::Keyserver::new(
-            &server.host,
-            server.port,
-            server.ca_fingerprint,
-            timeout,
-            clock.clone(),
-            Some(identity(root)?),
-        )?;
+        let ks = identified(root, state, timeout, clock)?;
         let (status, body) = ks.post("/v1/renew", pending.body.as_bytes())?;
         match answer(status, &body) {
             Ok(resp) => {
