@@ -119,20 +119,22 @@ pub(crate) fn wireguard(cx: &Cx, raw: &RawWireguard, has_keyserver: bool) -> Res
             "add [key-agent] (the node then makes its key and gets its peers from the keyserver), or give private-key",
         ),
     };
-    let endpoint = match &raw.endpoint {
-        None => None,
-        Some(e) => {
-            let v = e.get_ref();
-            if !valid_endpoint(v) {
-                return cx.err(
-                    Some(e.span()),
-                    format!("[wireguard] endpoint '{}' is not HOST:PORT", v.escape_debug()),
-                    "where the other nodes reach this one, e.g. \"192.0.2.11:51820\" or \"[2001:db8::11]:51820\"",
-                );
-            }
-            Some(v.clone())
+    let endpoint = |e: &Option<Spanned<String>>, what: &str, hint: &str| -> Result<Option<String>, ConfigError> {
+        match e {
+            None => Ok(None),
+            Some(e) if valid_endpoint(e.get_ref()) => Ok(Some(e.get_ref().clone())),
+            Some(e) => cx.err(
+                Some(e.span()),
+                format!("[wireguard] {what} '{}' is not HOST:PORT", e.get_ref().escape_debug()),
+                hint,
+            ),
         }
     };
+    let own_endpoint = endpoint(
+        &raw.endpoint,
+        "endpoint",
+        "where the other nodes reach this one, e.g. \"192.0.2.11:51820\" or \"[2001:db8::11]:51820\"",
+    )?;
     let cidrs = |list: &[Spanned<String>], what: &str| -> Result<Vec<Cidr>, ConfigError> {
         list.iter()
             .map(|a| {
@@ -162,20 +164,11 @@ pub(crate) fn wireguard(cx: &Cx, raw: &RawWireguard, has_keyserver: bool) -> Res
                 "list the other nodes' public keys",
             );
         }
-        let endpoint = match &p.endpoint {
-            None => None,
-            Some(e) => {
-                let v = e.get_ref();
-                if !valid_endpoint(v) {
-                    return cx.err(
-                        Some(e.span()),
-                        format!("[wireguard] peer endpoint '{v}' is not HOST:PORT"),
-                        "e.g. \"192.0.2.2:51820\" or \"[2001:db8::2]:51820\"",
-                    );
-                }
-                Some(v.clone())
-            }
-        };
+        let endpoint = endpoint(
+            &p.endpoint,
+            "peer endpoint",
+            "e.g. \"192.0.2.2:51820\" or \"[2001:db8::2]:51820\"",
+        )?;
         let allowed_ips = cidrs(&p.allowed_ips, "peer allowed-ips")?;
         let persistent_keepalive = match &p.persistent_keepalive {
             None => None,
@@ -191,7 +184,7 @@ pub(crate) fn wireguard(cx: &Cx, raw: &RawWireguard, has_keyserver: bool) -> Res
     Ok(Wireguard {
         interface,
         private_key,
-        endpoint,
+        endpoint: own_endpoint,
         address,
         listen_port,
         peers,
