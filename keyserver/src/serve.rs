@@ -68,6 +68,7 @@ impl ServingCert {
         let profile = Profile {
             name: "serving",
             ca: "keyserver",
+            server_ca: None,
             cn: names.first().cloned().unwrap_or_else(|| "keyserver".into()),
             o: Some(format!("cairn:{}", ks.settings.cluster)),
             dns: dns.into_iter().cloned().collect(),
@@ -351,6 +352,7 @@ fn serve_connection(
     stream.set_nodelay(true)?;
     let conn = rustls::ServerConnection::new(tls).map_err(std::io::Error::other)?;
     let mut s = rustls::StreamOwned::new(conn, stream);
+    let mut unread = false;
     let reply = match read_request(&mut s) {
         Ok((method, path, body)) => {
             let identity = s
@@ -364,7 +366,10 @@ fn serve_connection(
             };
             route(ks, &method, &path, &body, &from, clock.now())
         }
-        Err(reply) => reply,
+        Err(reply) => {
+            unread = true;
+            reply
+        }
     };
     let reason = match reply.status {
         200 => "OK",
@@ -389,6 +394,21 @@ fn serve_connection(
     s.flush()?;
     s.conn.send_close_notify();
     let _ = s.conn.complete_io(&mut s.sock);
+    if unread {
+        // Refused before the whole request was read (too large, say): closing with bytes
+        // still unread would reset the connection, and the client could lose the answer
+        // it is owed. Stop writing, then read and drop what is still coming, for a while.
+        let _ = s.sock.shutdown(std::net::Shutdown::Write);
+        let _ = s.sock.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut sink = [0u8; 16 * 1024];
+        let mut left = 4 * MAX_BODY;
+        while left > 0 {
+            match s.sock.read(&mut sink) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    }
     Ok(())
 }
 

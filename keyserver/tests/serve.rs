@@ -146,7 +146,7 @@ fn curl_trusts_the_keyserver_only_through_its_ca_and_enrolls() {
 
     let ks = Keyserver::open(&r.state).unwrap();
     let (token, _) = tokens::create(&ks, "w-1", Role::Worker, 3600, "alice", cairn_signing::time::now()).unwrap();
-    let csrs: BTreeMap<String, String> = ["identity", "kubelet-client", "kubelet-serving"]
+    let csrs: BTreeMap<String, String> = cairn_keys::profiles::profile_names(Role::Worker)
         .iter()
         .map(|n| (n.to_string(), csr(&r.state, n)))
         .collect();
@@ -160,7 +160,7 @@ fn curl_trusts_the_keyserver_only_through_its_ca_and_enrolls() {
     let (body, code) = post(&r, "/v1/enroll", &serde_json::to_string(&req).unwrap());
     assert_eq!(code, 200, "{body}");
     let resp: EnrollResponse = serde_json::from_str(&body).unwrap();
-    assert_eq!((resp.node.as_str(), resp.certs.len()), ("w-1", 3));
+    assert_eq!((resp.node.as_str(), resp.certs.len()), ("w-1", 4));
     // The audit log knows where the request came from.
     let audit = ks.audit_records().unwrap();
     assert!(audit
@@ -212,7 +212,7 @@ fn ten_clients_racing_for_one_token_one_enrolls() {
     let (token, _) = tokens::create(&ks, "w-9", Role::Worker, 3600, "alice", cairn_signing::time::now()).unwrap();
     let bodies: Vec<PathBuf> = (0..10)
         .map(|i| {
-            let csrs: BTreeMap<String, String> = ["identity", "kubelet-client", "kubelet-serving"]
+            let csrs: BTreeMap<String, String> = cairn_keys::profiles::profile_names(Role::Worker)
                 .iter()
                 .map(|n| (n.to_string(), csr(&r.state, &format!("{i}-{n}"))))
                 .collect();
@@ -301,7 +301,7 @@ fn renewal_needs_the_identity_certificate_as_the_client_certificate() {
     let r = start();
     let ks = Keyserver::open(&r.state).unwrap();
     let (token, _) = tokens::create(&ks, "w-9", Role::Worker, 3600, "alice", cairn_signing::time::now()).unwrap();
-    let names = ["identity", "kubelet-client", "kubelet-serving"];
+    let names = cairn_keys::profiles::profile_names(Role::Worker);
     let req = EnrollRequest {
         ssh_host_key: None,
         wireguard_key: None,
@@ -313,7 +313,7 @@ fn renewal_needs_the_identity_certificate_as_the_client_certificate() {
     assert_eq!(code, 200, "{body}");
     let resp: EnrollResponse = serde_json::from_str(&body).unwrap();
     assert_eq!(resp.generation, 1);
-    for n in names {
+    for &n in &names {
         std::fs::write(r.state.join(format!("{n}.crt")), &resp.certs[n]).unwrap();
     }
     // The renewal request: new keys (csr() writes each over the old one).
@@ -358,7 +358,7 @@ fn renewal_needs_the_identity_certificate_as_the_client_certificate() {
     let (body, code) = renew_with(Some("identity"));
     assert_eq!(code, 200, "{body}");
     let renewed: EnrollResponse = serde_json::from_str(&body).unwrap();
-    assert_eq!((renewed.generation, renewed.certs.len()), (2, 3));
+    assert_eq!((renewed.generation, renewed.certs.len()), (2, 4));
     assert_ne!(renewed.certs["identity"], resp.certs["identity"]);
     // The same request again from the same identity: the answer it already got.
     let (body, code) = renew_with(Some("identity"));
