@@ -78,8 +78,11 @@ fn main() {
     let ks = Keyserver::open(&state).unwrap();
     println!("enroll over HTTPS on loopback, {n} per role, fresh TLS each, fsync on");
     for (role, profiles) in [
-        (Role::Worker, &["identity", "kubelet-client", "kubelet-serving"][..]),
-        (Role::ControlPlane, &cairn_keys::profiles::PROFILES[..]),
+        (Role::Worker, &cairn_keys::profiles::profile_names(Role::Worker)[..]),
+        (
+            Role::ControlPlane,
+            &cairn_keys::profiles::profile_names(Role::ControlPlane)[..],
+        ),
     ] {
         let bodies: Vec<String> = (0..n)
             .map(|i| {

@@ -21,15 +21,13 @@ use cairn_keyserver::{ca, enroll, tokens, Keyserver};
 use rcgen::{CertificateParams, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
-const PROFILES: [&str; 3] = ["identity", "kubelet-client", "kubelet-serving"];
-
 /// New keys and the requests for them, by profile.
 type Round = (BTreeMap<String, KeyPair>, BTreeMap<String, String>);
 
 fn keys_and_csrs() -> Round {
     let mut keys = BTreeMap::new();
     let mut csrs = BTreeMap::new();
-    for p in PROFILES {
+    for p in cairn_keys::profiles::profile_names(Role::Worker) {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let csr = CertificateParams::new(Vec::<String>::new())
             .unwrap()

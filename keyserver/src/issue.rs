@@ -145,7 +145,8 @@ pub fn sign(
 pub struct IssuedSet {
     /// Leaf and CA (PEM), by profile.
     pub certs: std::collections::BTreeMap<String, String>,
-    /// Each CA used (PEM), by CA name.
+    /// Each CA used (PEM), by CA name, and the CA of the servers a client certificate is
+    /// for ([`cairn_keys::profiles::Profile::server_ca`]).
     pub bundles: std::collections::BTreeMap<String, String>,
     /// Every serial issued (hex).
     pub serials: Vec<String>,
@@ -170,6 +171,12 @@ pub fn issue_set(
         set.certs
             .insert(p.name.to_string(), format!("{}{}", issued.cert, ca_pem));
         set.bundles.entry(p.ca.to_string()).or_insert(ca_pem);
+        if let Some(server_ca) = p.server_ca {
+            if !set.bundles.contains_key(server_ca) {
+                let pem = crate::ca::certificate(ks, server_ca)?;
+                set.bundles.insert(server_ca.to_string(), pem);
+            }
+        }
         if p.name == "identity" {
             set.identity_serial = Some(issued.serial.clone());
         }

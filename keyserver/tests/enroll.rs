@@ -33,11 +33,10 @@ fn csr(dir: &Path, name: &str, key_args: &[&str]) -> String {
 const P256: [&str; 4] = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"];
 
 fn csrs(dir: &Path, role: Role) -> BTreeMap<String, String> {
-    let names: &[&str] = match role {
-        Role::ControlPlane => &cairn_keys::profiles::PROFILES,
-        Role::Worker => &["identity", "kubelet-client", "kubelet-serving"],
-    };
-    names.iter().map(|n| (n.to_string(), csr(dir, n, &P256))).collect()
+    cairn_keys::profiles::profile_names(role)
+        .iter()
+        .map(|n| (n.to_string(), csr(dir, n, &P256)))
+        .collect()
 }
 
 fn setup(dir: &Path) -> Keyserver {
@@ -244,13 +243,45 @@ fn a_wrong_request_never_uses_the_token() {
     r.csrs = csrs(tmp.path(), Role::ControlPlane);
     assert_eq!(refused(&r), "role_mismatch");
     let mut r = good.clone();
-    r.token = format!("{}X", &good.token[..good.token.len() - 1]);
+    // The last character changed (to one it is not: a token ending in X stays valid as "…X").
+    let last = &good.token[good.token.len() - 1..];
+    let other = if last == "X" { "Y" } else { "X" };
+    r.token = format!("{}{other}", &good.token[..good.token.len() - 1]);
     assert_eq!(refused(&r), "token_invalid");
     let mut r = good.clone();
     r.token = Token::generate(&mut rand_core::OsRng).to_string();
     assert_eq!(refused(&r), "token_unknown");
     // And after all that, the right request still works.
     let resp = enroll::enroll(&ks, &good, None, now).unwrap().unwrap();
-    assert_eq!(resp.certs.len(), 3);
-    assert!(!resp.bundles.contains_key("etcd-peer"));
+    assert_eq!(resp.certs.len(), 4);
+    // A worker's one etcd certificate: the lease user, from the etcd-client CA, with the
+    // etcd servers' CA sent along to check them by (and no server or peer certificate).
+    let leaf = tmp.path().join("lease.pem");
+    std::fs::write(&leaf, &resp.certs["etcd-lease"]).unwrap();
+    let ca = |name: &str| tmp.path().join("ks/ca").join(name).join("cert.pem");
+    run(Command::new("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(ca("etcd-client"))
+        .arg(&leaf));
+    let text = run(Command::new("openssl")
+        .args([
+            "x509",
+            "-noout",
+            "-subject",
+            "-ext",
+            "subjectAltName,extendedKeyUsage",
+            "-in",
+        ])
+        .arg(&leaf));
+    assert!(text.contains("subject=CN = cairn-lease\n"), "{text}");
+    assert!(
+        text.contains("TLS Web Client Authentication") && !text.contains("Server") && !text.contains("Alternative"),
+        "{text}"
+    );
+    assert_eq!(
+        resp.bundles["etcd-peer"],
+        std::fs::read_to_string(ca("etcd-peer")).unwrap()
+    );
+    assert!(!resp.certs.contains_key("etcd-client") && !resp.certs.contains_key("etcd-peer"));
 }

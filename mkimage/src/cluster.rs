@@ -29,8 +29,11 @@
 //! Control-plane nodes form one etcd cluster on their addresses (`https` with a keyserver,
 //! whose certificates the key agents get; plain `http` without one). With a mesh, each node
 //! makes its WireGuard key at first boot and gets the others from the keyserver, and etcd's
-//! members talk over the mesh (peer URLs on mesh addresses; clients may use either). Each generated file is
-//! parsed and planned exactly as a hand-written node.toml is before any drive is written.
+//! members talk over the mesh (peer URLs on mesh addresses; clients may use either). With
+//! an `update-source`, members take the reboot lease in their own etcd and workers in the
+//! control plane's (`lease-etcd`, with their etcd-lease certificate, which etcd lets touch
+//! the lease only). Each generated file is parsed and planned exactly as a hand-written
+//! node.toml is before any drive is written.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -50,6 +53,9 @@ pub struct ClusterNode {
     pub address: IpAddr,
     /// Its address on the mesh, when the cluster has one.
     pub mesh_address: Option<IpAddr>,
+    /// The MAC address of the interface that gets `address` (instead of `[network]`
+    /// interface's name), lower case.
+    pub mac: Option<String>,
 }
 
 /// A parsed cluster file.
@@ -63,6 +69,12 @@ pub struct Cluster {
     pub keyserver: Option<String>,
     /// The update source.
     pub update_source: Option<String>,
+    /// `[ssh] authorized-keys` of every node (checked, one line each).
+    pub ssh_keys: Vec<String>,
+    /// `[update] lease-slots` of every node, when given.
+    pub lease_slots: Option<u32>,
+    /// `[update] lease-ttl` of every node, when given.
+    pub lease_ttl: Option<u64>,
     /// Static network settings.
     pub network: Option<Network>,
     /// The WireGuard mesh.
@@ -105,11 +117,23 @@ struct RawCluster {
     #[serde(default)]
     update_source: Option<Spanned<String>>,
     #[serde(default)]
+    lease_slots: Option<Spanned<i64>>,
+    #[serde(default)]
+    lease_ttl: Option<Spanned<i64>>,
+    #[serde(default)]
     network: Option<RawNetwork>,
     #[serde(default)]
     mesh: Option<RawMesh>,
     #[serde(default)]
+    ssh: Option<RawSsh>,
+    #[serde(default)]
     node: Vec<RawNode>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawSsh {
+    authorized_keys: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -140,6 +164,8 @@ struct RawNode {
     address: Spanned<String>,
     #[serde(default)]
     mesh_address: Option<Spanned<String>>,
+    #[serde(default)]
+    mac: Option<Spanned<String>>,
 }
 
 /// A cluster file that cannot be used: where and why.
@@ -228,6 +254,37 @@ impl Cluster {
                 ))
             }
         };
+        let lease_number = |v: &Option<Spanned<i64>>, what: &str, range: std::ops::RangeInclusive<i64>| {
+            let Some(v) = v else { return Ok(None) };
+            if update_source.is_none() {
+                return Err(err(
+                    v.span(),
+                    format!("{what} without update-source"),
+                    "the reboot lease spaces the reboots of updates: give update-source too",
+                ));
+            }
+            if !range.contains(v.get_ref()) {
+                return Err(err(
+                    v.span(),
+                    format!("{what} {} is not in {}..={}", v.get_ref(), range.start(), range.end()),
+                    "",
+                ));
+            }
+            Ok(Some(*v.get_ref()))
+        };
+        let mut ssh_keys = Vec::new();
+        for k in raw.ssh.iter().flat_map(|s| &s.authorized_keys) {
+            let line = cairn_node_config::ssh_key(k.get_ref()).map_err(|why| {
+                err(
+                    k.span(),
+                    format!("[ssh] authorized-keys: {why}"),
+                    "one public key per string, as in a .pub file",
+                )
+            })?;
+            ssh_keys.push(line);
+        }
+        let lease_slots = lease_number(&raw.lease_slots, "lease-slots", 1..=100)?.map(|v| v as u32);
+        let lease_ttl = lease_number(&raw.lease_ttl, "lease-ttl", 60..=86_400)?.map(|v| v as u64);
         let ip = |v: &Spanned<String>, what: &str| -> Result<IpAddr, ClusterError> {
             v.get_ref().parse().map_err(|_| {
                 err(
@@ -301,6 +358,7 @@ impl Cluster {
         let mut nodes = Vec::new();
         let (mut names, mut addresses) = (BTreeSet::new(), BTreeSet::new());
         let mut mesh_addresses = BTreeSet::new();
+        let mut macs = BTreeSet::new();
         for (i, n) in raw.node.iter().enumerate() {
             let node_name = n.name.get_ref().clone();
             if !cairn_node_config::valid_hostname(&node_name) {
@@ -375,11 +433,35 @@ impl Cluster {
                     Some(a)
                 }
             };
+            let mac = match &n.mac {
+                None => None,
+                Some(m) => {
+                    let Some(mac) = cairn_node_config::mac(m.get_ref()) else {
+                        return Err(err(
+                            m.span(),
+                            format!("mac '{}' is not a MAC address", m.get_ref().escape_debug()),
+                            "e.g. \"52:54:00:12:34:56\"",
+                        ));
+                    };
+                    if network.is_none() {
+                        return Err(err(
+                            m.span(),
+                            "mac without [network]: it picks the interface that gets the node's address".into(),
+                            "add [network] with the prefix length",
+                        ));
+                    }
+                    if !macs.insert(mac.clone()) {
+                        return Err(err(m.span(), format!("mac {mac} is given to two nodes"), ""));
+                    }
+                    Some(mac)
+                }
+            };
             nodes.push(ClusterNode {
                 name: node_name,
                 role,
                 address,
                 mesh_address,
+                mac,
             });
         }
         if !nodes.iter().any(|n| n.role == "control-plane") {
@@ -394,6 +476,9 @@ impl Cluster {
             generation: raw.generation.map_or(1, |g| *g.get_ref()),
             keyserver,
             update_source,
+            ssh_keys,
+            lease_slots,
+            lease_ttl,
             network,
             mesh,
             nodes,
@@ -432,7 +517,10 @@ impl Cluster {
         doc["role"] = value(node.role.as_str());
         if let Some(net) = &self.network {
             let mut iface = Table::new();
-            iface["name"] = value(net.interface.as_str());
+            match &node.mac {
+                Some(m) => iface["mac"] = value(m.as_str()),
+                None => iface["name"] = value(net.interface.as_str()),
+            }
             iface["address"] = value(Array::from_iter([format!("{}/{}", node.address, net.prefix_length)]));
             if let Some(g) = net.gateway {
                 iface["gateway"] = value(Array::from_iter([g.to_string()]));
@@ -474,6 +562,11 @@ impl Cluster {
             etcd["initial-cluster"] = value(members);
             doc["etcd"] = Item::Table(etcd);
         }
+        if !self.ssh_keys.is_empty() {
+            let mut t = Table::new();
+            t["authorized-keys"] = value(Array::from_iter(self.ssh_keys.iter().map(String::as_str)));
+            doc["ssh"] = Item::Table(t);
+        }
         if let Some(k) = &self.keyserver {
             let mut t = Table::new();
             t["server"] = value(k.as_str());
@@ -482,6 +575,23 @@ impl Cluster {
         if let Some(s) = &self.update_source {
             let mut t = Table::new();
             t["source"] = value(s.as_str());
+            // A worker takes the lease in the control plane's etcd (members take it in
+            // their own): with its etcd-lease certificate when there is a keyserver.
+            let members: Vec<String> = self
+                .nodes
+                .iter()
+                .filter(|m| m.role == "control-plane")
+                .map(|m| format!("{scheme}://{}:2379", host(&peer_host(m))))
+                .collect();
+            if node.role == "worker" && !members.is_empty() {
+                t["lease-etcd"] = value(Array::from_iter(members));
+            }
+            if let Some(n) = self.lease_slots {
+                t["lease-slots"] = value(i64::from(n));
+            }
+            if let Some(n) = self.lease_ttl {
+                t["lease-ttl"] = value(n as i64);
+            }
             doc["update"] = Item::Table(t);
         }
         doc.to_string()
@@ -573,7 +683,14 @@ address = "10.0.0.21"
                     assert_eq!(etcd.initial_cluster.len(), 2, "{text}");
                     assert!(text.contains("cp-2 = \"https://10.0.0.12:2380\""), "{text}");
                 }
-                _ => assert!(config.etcd.is_none(), "{text}"),
+                _ => {
+                    assert!(config.etcd.is_none(), "{text}");
+                    // The control plane's etcd for the reboot lease, over https: the
+                    // worker's etcd-lease certificate from the keyserver.
+                    let lease = config.update.unwrap().lease.expect("a worker takes the lease");
+                    let urls: Vec<String> = lease.etcd.iter().map(|u| u.to_string()).collect();
+                    assert_eq!(urls, ["https://10.0.0.11:2379", "https://10.0.0.12:2379"], "{text}");
+                }
             }
         }
     }
@@ -702,6 +819,43 @@ address = "10.0.0.21"
     }
 
     #[test]
+    fn macs_pick_interfaces_and_lease_settings_reach_every_node() {
+        let text = LAB
+            .replace(
+                "update-source = \"http://10.0.0.5:8080/\"",
+                "update-source = \"http://10.0.0.5:8080/\"\nlease-slots = 2\nlease-ttl = 300",
+            )
+            .replace(
+                "address = \"10.0.0.11\"",
+                "address = \"10.0.0.11\"\nmac = \"52:54:00:AA:00:01\"",
+            )
+            .replace(
+                "[network]",
+                "[ssh]\nauthorized-keys = [\"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDrF3u2k6Jw9OZ0cXcS8wFq3r1a2vLx7mJ8rWqkq3x1T admin@lab\"]\n\n[network]",
+            );
+        let c = Cluster::parse(&text, "lab.toml").unwrap();
+        let cp1 = c.node_toml(&c.nodes[0]);
+        assert!(cp1.contains("mac = \"52:54:00:aa:00:01\""), "{cp1}");
+        assert!(!cp1.contains("name = \"en*\""), "one match, by MAC: {cp1}");
+        let cp2 = c.node_toml(&c.nodes[1]);
+        assert!(cp2.contains("name = \"en*\""), "{cp2}");
+        for t in [&cp1, &cp2] {
+            let filled = t.replace(
+                "server = \"https://10.0.0.5:8443\"",
+                "server = \"https://10.0.0.5:8443\"\nca-fingerprint = \"sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\"\nbootstrap-token = \"ck1.6QZ4B2K9TD.VX3Q7M2K4P8R1C6J9W5T2N7H3F-4JPG\"",
+            );
+            let config = cairn_node_config::NodeConfig::parse(&filled, "n").unwrap_or_else(|e| panic!("{e}\n{t}"));
+            assert_eq!(config.ssh_authorized_keys.len(), 1, "{t}");
+            let lease = config
+                .update
+                .unwrap()
+                .lease
+                .expect("a member of a 2-member etcd takes the lease");
+            assert_eq!((lease.slots, lease.ttl), (2, 300));
+        }
+    }
+
+    #[test]
     fn ipv6_addresses_are_bracketed_in_urls() {
         let text =
             "version = 1\nname = \"v6\"\n[[node]]\nname = \"cp-1\"\nrole = \"control-plane\"\naddress = \"fd00::11\"\n";
@@ -803,6 +957,84 @@ address = "10.0.0.21"
                 "unknown field",
             ),
             ("version = 2\nname = \"lab\"\n".to_string(), 1, "version 2"),
+            (
+                format!(
+                    "{head}[network]\nprefix-length = 24\n{}mac = \"52:54:00:12:34\"\n",
+                    node("cp-1", "control-plane", "10.0.0.1")
+                ),
+                9,
+                "not a MAC address",
+            ),
+            (
+                format!(
+                    "{head}[network]\nprefix-length = 24\n{}mac = \"52:54:00:12:34:56\\n[etcd]\"\n",
+                    node("cp-1", "control-plane", "10.0.0.1")
+                ),
+                9,
+                "not a MAC address",
+            ),
+            (
+                format!(
+                    "{head}[ssh]\nauthorized-keys = [\"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDrF3u2k6Jw9OZ0cXcS8wFq3r1a2vLx7mJ8rWqkq3x1T a\\u0000b\"]\n{}",
+                    node("cp-1", "control-plane", "10.0.0.1")
+                ),
+                4,
+                "[ssh] authorized-keys",
+            ),
+            (
+                format!(
+                    "{head}update-source = \"http://x/\"\nlease-ttl = 99999999999999999999\n{}",
+                    node("cp-1", "control-plane", "10.0.0.1")
+                ),
+                4,
+                "too large",
+            ),
+            (
+                format!(
+                    "{head}{}mac = \"52:54:00:12:34:56\"\n",
+                    node("cp-1", "control-plane", "10.0.0.1")
+                ),
+                7,
+                "mac without [network]",
+            ),
+            (
+                format!(
+                    "{head}[network]\nprefix-length = 24\n{}mac = \"52:54:00:12:34:56\"\n{}mac = \"52:54:00:12:34:56\"\n",
+                    node("cp-1", "control-plane", "10.0.0.1"),
+                    node("cp-2", "control-plane", "10.0.0.2")
+                ),
+                14,
+                "given to two nodes",
+            ),
+            (
+                format!(
+                    "{head}[ssh]\nauthorized-keys = [\"ssh-ed25519 AAAA\\nroot\"]\n{}",
+                    node("cp-1", "control-plane", "10.0.0.1")
+                ),
+                4,
+                "[ssh] authorized-keys",
+            ),
+            (
+                format!("{head}lease-ttl = 120\n{}", node("cp-1", "control-plane", "10.0.0.1")),
+                3,
+                "lease-ttl without update-source",
+            ),
+            (
+                format!(
+                    "{head}update-source = \"http://x/\"\nlease-ttl = 30\n{}",
+                    node("cp-1", "control-plane", "10.0.0.1")
+                ),
+                4,
+                "lease-ttl 30 is not in 60..=86400",
+            ),
+            (
+                format!(
+                    "{head}update-source = \"http://x/\"\nlease-slots = 0\n{}",
+                    node("cp-1", "control-plane", "10.0.0.1")
+                ),
+                4,
+                "lease-slots 0",
+            ),
         ];
         for (text, line, want) in cases {
             let e = Cluster::parse(&text, "c.toml").unwrap_err();

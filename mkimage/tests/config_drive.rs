@@ -312,3 +312,60 @@ fn a_bad_cluster_file_writes_no_drive_and_registers_no_node() {
     let tokens = run_ok(cairn().current_dir(p).args(["token", "list", "--state", "ks"]));
     assert!(!tokens.contains(" issued "), "{tokens}");
 }
+
+#[test]
+fn cairn_boot_cluster_refuses_what_it_cannot_boot_before_starting_qemu() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    fs::write(p.join("disk.raw"), b"").unwrap();
+    fs::create_dir(p.join("drives")).unwrap();
+    let boot = |cluster: &str| {
+        fs::write(p.join("lab.toml"), cluster).unwrap();
+        let o = cairn()
+            .current_dir(p)
+            .args([
+                "boot",
+                "disk.raw",
+                "--cluster",
+                "lab.toml",
+                "--drives",
+                "drives",
+                "--until-ready",
+            ])
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let node = |n: u8, mac: &str| {
+        format!("[[node]]\nname = \"cp-{n}\"\nrole = \"control-plane\"\naddress = \"192.168.77.{n}\"\n{mac}")
+    };
+    let head = "version = 1\nname = \"lab\"\n";
+    let err = boot(&format!("{head}{}", node(1, "")));
+    assert!(err.contains("needs [network]"), "{err}");
+    let net = "[network]\nprefix-length = 24\n";
+    let err = boot(&format!(
+        "{head}{net}{}{}",
+        node(1, "mac = \"52:54:00:77:00:01\"\n"),
+        node(2, "")
+    ));
+    assert!(
+        err.contains("node cp-2 has no mac") && err.contains("mac = \"52:54:00:77:00:02\""),
+        "{err}"
+    );
+    let err = boot(&format!("{head}{net}{}", node(1, "mac = \"52:54:00:77:00:01\"\n")));
+    assert!(err.contains("cp-1.img is missing: write the drives first"), "{err}");
+    // A bad cluster file is refused with its line, as config-drive refuses it.
+    let err = boot(&format!("{head}{net}{}", node(1, "mac = \"52:54:00:77\"\n")));
+    assert!(
+        err.contains("lab.toml:9: mac '52:54:00:77' is not a MAC address"),
+        "{err}"
+    );
+    // --cluster without --drives, or with --config-drive, is a usage error.
+    let o = cairn()
+        .current_dir(p)
+        .args(["boot", "disk.raw", "--cluster", "lab.toml"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--drives"));
+}

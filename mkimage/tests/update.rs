@@ -3,7 +3,7 @@
 //! code behind `cairn-node update`) writes it into the inactive slot of a copy of the v1
 //! disk, with the ESP as a directory. Every result is checked with the reference tools
 //! (sgdisk, sfdisk, veritysetup) and byte comparisons; the firmware half (systemd-boot
-//! counting, blessing, rollback) is in qemu-tests/tests/update.rs.
+//! counting, blessing, rollback) is in qemu-tests/tests/node/ab.rs.
 
 mod common;
 
@@ -565,6 +565,14 @@ fn an_index_that_expired_or_was_changed_is_refused() {
     let again = auto(cairn_signing::time::now()).unwrap();
     assert_eq!(again, "Pending(\"0.2.0\")");
     assert_eq!(sha(&t.disk), installed);
+    // A UKI cut to nothing (a power loss before FAT wrote its entry whole) is not a
+    // pending release: the next run installs it again.
+    let uki = t.esp.join("EFI/Linux/cairn_0.2.0+3.efi");
+    let whole = fs::read(&uki).unwrap();
+    fs::write(&uki, b"").unwrap();
+    let again = auto(cairn_signing::time::now()).unwrap();
+    assert!(again.contains("Installed"), "{again}");
+    assert_eq!(fs::read(&uki).unwrap(), whole);
 }
 
 #[test]

@@ -97,6 +97,10 @@ enum Command {
         #[arg(long)]
         ttl: Option<u64>,
     },
+    /// Make etcd's users and roles (the control plane: everything; workers' etcd-lease
+    /// certificates: the reboot lease only) and turn its authentication on
+    /// (cairn-etcd-auth.service, on control-plane nodes whose etcd TLS is the key agent's).
+    EtcdAuth,
     /// Install a signed bundle into the inactive slot, poll for one, or show the slots.
     Update {
         /// The bundle: https://, http:// or a file.
@@ -211,6 +215,7 @@ pub fn run(argv: Vec<OsString>) -> ExitCode {
             max,
             ttl,
         } => reboot_lease(&action, &etcd, node, max, ttl),
+        Command::EtcdAuth => etcd_auth(),
         Command::Update { status: true, .. } => match update::Target::discover().and_then(|t| update::status(&t)) {
             Ok(text) => {
                 print!("{text}");
@@ -336,12 +341,12 @@ fn update_auto() -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(update::AutoOutcome::Installed(i)) => {
-            reboot_into(&config.hostname, &u, &i.manifest.version);
+            reboot_into(&config.hostname, &u, &i.manifest.version, config.etcd.is_some());
             ExitCode::SUCCESS
         }
         Ok(update::AutoOutcome::Pending(version)) => {
             println!("cairn: update: {version} is installed and waits for its first boot");
-            reboot_into(&config.hostname, &u, &version);
+            reboot_into(&config.hostname, &u, &version, config.etcd.is_some());
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -356,8 +361,9 @@ fn update_auto() -> ExitCode {
 }
 
 /// Reboot into `version` as `[update]` says, taking the cluster's reboot lease first when
-/// the node config has one (no lease, no reboot: the next run asks again).
-fn reboot_into(node: &str, u: &crate::config::Update, version: &str) {
+/// the node config has one, and, for a node with an etcd member (`member`), seeing every
+/// member healthy (no lease, no reboot: the next run asks again).
+fn reboot_into(node: &str, u: &crate::config::Update, version: &str, member: bool) {
     let mut log = |l: &str| println!("{l}");
     if let Some(lease) = &u.lease {
         let etcd = match crate::lease::etcd_for(lease, Path::new("/")) {
@@ -369,7 +375,12 @@ fn reboot_into(node: &str, u: &crate::config::Update, version: &str) {
                 return;
             }
         };
-        if !crate::lease::before_reboot(&etcd, lease, node, version, &mut log) {
+        let patience = crate::lease::Patience {
+            every: crate::lease::ASK_EVERY,
+            at_most: crate::lease::ASK_FOR_AT_MOST,
+            sleep: Box::new(std::thread::sleep),
+        };
+        if !crate::lease::before_reboot(&etcd, lease, node, version, member, patience, &mut log) {
             return;
         }
     }
@@ -424,6 +435,59 @@ pub fn chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+fn etcd_auth() -> ExitCode {
+    let config = match applied("etcd auth") {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let Some(etcd) = config
+        .etcd
+        .as_ref()
+        .filter(|e| e.tls == Some(cairn_node_config::EtcdTls::from_key_agent()))
+    else {
+        println!("cairn: etcd auth: nothing to do (no etcd member here whose TLS is the key agent's)");
+        return ExitCode::SUCCESS;
+    };
+    // The node's own member, on loopback (its etcd-server certificate names 127.0.0.1).
+    let url = format!("https://127.0.0.1:{}", etcd.client_urls[0].port);
+    let tls = crate::etcd::ClientTls::from_key_agent(Path::new("/"));
+    let client = match crate::etcd::Etcd::new(&[url], Some(&tls), Duration::from_secs(10)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cairn: etcd auth FAILED: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let members: Vec<String> = etcd.initial_cluster.keys().cloned().collect();
+    match crate::etcd_auth::set_up(&client, &members, Some(Path::new(crate::etcd_auth::DONE_FILE))) {
+        Ok(done) => {
+            let added = if done.as_before {
+                format!("{} users, as set up before", done.users)
+            } else if done.added.is_empty() {
+                format!("{} users, none new", done.users)
+            } else {
+                format!("{} users, new: {}", done.users, done.added.join(", "))
+            };
+            println!(
+                "cairn: etcd auth: on ({added}); {} may use {} only",
+                cairn_keys::profiles::LEASE_USER,
+                crate::etcd_auth::LEASE_PREFIX
+            );
+            if !done.skipped.is_empty() {
+                println!(
+                    "cairn: etcd auth: members without a user (not node names): {}",
+                    done.skipped.join(", ")
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cairn: etcd auth FAILED: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn reboot_lease(action: &str, urls: &[String], node: Option<String>, max: Option<u32>, ttl: Option<u64>) -> ExitCode {

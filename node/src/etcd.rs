@@ -52,10 +52,19 @@ pub struct ClientTls {
 }
 
 impl ClientTls {
-    /// The key agent's etcd-client certificate under `root`, checking members against the
-    /// CA of their etcd-server certificates.
+    /// The key agent's etcd client certificate under `root`: a control-plane node's
+    /// `etcd-client` (checking members against the CA of its own etcd-server
+    /// certificate), or else a worker's `etcd-lease` (whose bundle is the etcd servers' CA;
+    /// etcd lets it use the reboot lease only).
     pub fn from_key_agent(root: &Path) -> ClientTls {
         let pki = crate::apply::at(root, crate::key_agent::PKI_DIR);
+        if !pki.join("etcd-client/current").exists() && pki.join("etcd-lease/current").exists() {
+            return ClientTls {
+                ca: pki.join("etcd-lease/current/bundle.pem"),
+                cert: pki.join("etcd-lease/current/cert.pem"),
+                key: pki.join("etcd-lease/current/key.pem"),
+            };
+        }
         ClientTls {
             ca: pki.join("etcd-server/current/bundle.pem"),
             cert: pki.join("etcd-client/current/cert.pem"),
@@ -72,6 +81,9 @@ pub struct Etcd {
     timeout: Duration,
     program: PathBuf,
 }
+
+/// A member: its name (empty for one that never started) and client URLs.
+pub type Member = (String, Vec<String>);
 
 /// One key-value of a range.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,6 +130,41 @@ impl Etcd {
 
     /// Run `etcdctl -w json ARGS` (with `stdin` when given); its JSON answer.
     fn run(&self, what: &str, args: &[&str], stdin: Option<&str>) -> Result<Value, EtcdError> {
+        self.run_with(what, args, stdin, |_| None)
+    }
+
+    /// [`Etcd::run`], with `why` to read the reason of a failure from what etcdctl wrote
+    /// on stdout (its JSON), before its last "Error:" line is taken.
+    fn run_with(
+        &self,
+        what: &str,
+        args: &[&str],
+        stdin: Option<&str>,
+        why: impl Fn(&Value) -> Option<String>,
+    ) -> Result<Value, EtcdError> {
+        let out = self.output(what, args, stdin, why)?;
+        serde_json::from_slice(&out).map_err(|e| EtcdError::Failed {
+            what: what.into(),
+            endpoints: self.endpoints.clone(),
+            message: format!("unreadable answer ({e})"),
+        })
+    }
+
+    /// Run `etcdctl -w json ARGS` for a command that answers in plain text whatever `-w`
+    /// says (`auth enable`); its answer.
+    fn run_text(&self, what: &str, args: &[&str]) -> Result<String, EtcdError> {
+        let out = self.output(what, args, None, |_| None)?;
+        Ok(String::from_utf8_lossy(&out).trim().to_string())
+    }
+
+    /// Run `etcdctl -w json ARGS`; what it wrote on stdout when it succeeded.
+    fn output(
+        &self,
+        what: &str,
+        args: &[&str],
+        stdin: Option<&str>,
+        why: impl Fn(&Value) -> Option<String>,
+    ) -> Result<Vec<u8>, EtcdError> {
         let mut cmd = Command::new(&self.program);
         cmd.env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={}", self.endpoints))
@@ -155,17 +202,19 @@ impl Etcd {
         if !out.status.success() {
             // etcdctl ends with "Error: …"; the retry warnings before it are noise.
             let err = String::from_utf8_lossy(&out.stderr);
-            let message = err
-                .lines()
-                .rev()
-                .find(|l| l.starts_with("Error:"))
-                .unwrap_or_else(|| err.lines().last().unwrap_or("no message"))
-                .trim_start_matches("Error:")
-                .trim()
-                .to_string();
+            let said = serde_json::from_slice(&out.stdout).ok().and_then(|v| why(&v));
+            let message = said.unwrap_or_else(|| {
+                err.lines()
+                    .rev()
+                    .find(|l| l.starts_with("Error:"))
+                    .unwrap_or_else(|| err.lines().last().unwrap_or("no message"))
+                    .trim_start_matches("Error:")
+                    .trim()
+                    .to_string()
+            });
             return Err(failed(message));
         }
-        serde_json::from_slice(&out.stdout).map_err(|e| failed(format!("unreadable answer ({e})")))
+        Ok(out.stdout)
     }
 
     /// The key-values whose keys start with `prefix`.
@@ -184,6 +233,63 @@ impl Etcd {
                     .collect()
             })
             .unwrap_or_default())
+    }
+
+    /// The cluster's members: name (empty for one that never started) and client URLs.
+    pub fn members(&self) -> Result<Vec<Member>, EtcdError> {
+        self.cluster().map(|(_, m)| m)
+    }
+
+    /// The cluster's id and its [`Etcd::members`].
+    pub fn cluster(&self) -> Result<(u64, Vec<Member>), EtcdError> {
+        let answer = self.run("member list", &["member", "list"], None)?;
+        let id = answer["header"]["cluster_id"].as_u64().unwrap_or(0);
+        let members = answer
+            .get("members")
+            .and_then(Value::as_array)
+            .map(|ms| {
+                ms.iter()
+                    .map(|m| {
+                        let name = m["name"].as_str().unwrap_or_default().to_string();
+                        let urls = m["clientURLs"]
+                            .as_array()
+                            .map(|u| u.iter().filter_map(|u| u.as_str().map(String::from)).collect())
+                            .unwrap_or_default();
+                        (name, urls)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok((id, members))
+    }
+
+    /// The same client for other endpoints (`urls`: what a member advertises).
+    pub fn at(&self, urls: &[String]) -> Result<Etcd, EtcdError> {
+        Etcd::new(urls, self.tls.as_ref(), self.timeout)
+    }
+
+    /// Whether every endpoint of this client answers healthy (etcd's own check: it
+    /// serves a linearizable read, so a member without a leader is not healthy).
+    pub fn healthy(&self) -> Result<(), EtcdError> {
+        // Each endpoint's answer is on stdout, with its error; stderr ends in a bare
+        // "unhealthy cluster".
+        let why = |v: &Value| {
+            let errors: Vec<String> = v
+                .as_array()?
+                .iter()
+                .filter(|e| e["health"] != Value::Bool(true))
+                .map(|e| {
+                    format!(
+                        "{}: {}",
+                        e["endpoint"].as_str().unwrap_or("?"),
+                        e["error"].as_str().unwrap_or("not healthy")
+                    )
+                })
+                .collect();
+            (!errors.is_empty()).then(|| errors.join("; "))
+        };
+        self.run_with("endpoint health", &["endpoint", "health"], None, why)
+            .map(|_| ())
     }
 
     /// A lease of `ttl` seconds; its id.
@@ -238,5 +344,60 @@ impl Etcd {
         );
         let answer = self.run("txn", &["txn"], Some(&text))?;
         Ok(answer.get("succeeded").and_then(Value::as_bool).unwrap_or(false))
+    }
+
+    /// User `name` (no password: it is known by its client certificate's CN) with `role`;
+    /// one that exists gets the role too. Whether the user was made now.
+    pub fn add_user(&self, name: &str, role: &str) -> Result<bool, EtcdError> {
+        for v in [name, role] {
+            if v.is_empty() || v.starts_with('-') || v.contains(|c: char| c.is_control() || c.is_whitespace()) {
+                return Err(EtcdError::Setup(format!(
+                    "'{}' cannot be an etcd user or role",
+                    v.escape_debug()
+                )));
+            }
+        }
+        let made = match self.run("user add", &["user", "add", "--no-password", "--", name], None) {
+            Err(EtcdError::Failed { message, .. }) if message.contains("already exists") => false,
+            r => r.map(|_| true)?,
+        };
+        self.run("user grant-role", &["user", "grant-role", "--", name, role], None)?;
+        Ok(made)
+    }
+
+    /// Role `role` (made when missing) may read and write the keys under `prefix`.
+    pub fn allow_prefix(&self, role: &str, prefix: &str) -> Result<(), EtcdError> {
+        match self.run("role add", &["role", "add", "--", role], None) {
+            Err(EtcdError::Failed { message, .. }) if message.contains("already exists") => {}
+            r => r.map(|_| ())?,
+        }
+        self.run(
+            "role grant-permission",
+            &[
+                "role",
+                "grant-permission",
+                "--prefix=true",
+                "--",
+                role,
+                "readwrite",
+                prefix,
+            ],
+            None,
+        )
+        .map(|_| ())
+    }
+
+    /// Turn authentication on (it may be on already): from then on a client is the user its
+    /// certificate's CN names, with that user's roles.
+    pub fn enable_auth(&self) -> Result<(), EtcdError> {
+        let said = self.run_text("auth enable", &["auth", "enable"])?;
+        if said != "Authentication Enabled" {
+            return Err(EtcdError::Failed {
+                what: "auth enable".into(),
+                endpoints: self.endpoints.clone(),
+                message: format!("unexpected answer '{}'", said.escape_debug()),
+            });
+        }
+        Ok(())
     }
 }

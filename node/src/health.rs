@@ -242,8 +242,16 @@ pub fn keys_held(root: &Path, now: u64) -> Result<String, String> {
         .ok_or("the key agent has not enrolled (`cairn-node key-agent --status`, `journalctl -u cairn-key-agent`)")?;
     let names = cairn_keys::profiles::profile_names(state.role);
     let mut ended = Vec::new();
+    let mut not_yet = Vec::new();
     let mut earliest = u64::MAX;
     for p in &names {
+        // A profile this node never held is one its running release added (a worker's
+        // etcd-lease, for one enrolled before it): the agent asks for it at once, and a
+        // rollback would not bring it, so it does not fail the boot.
+        if !crate::apply::at(root, crate::key_agent::PKI_DIR).join(p).exists() {
+            not_yet.push(*p);
+            continue;
+        }
         let c = current(root, p).map_err(|e| {
             let last = state
                 .last_error
@@ -259,7 +267,7 @@ pub fn keys_held(root: &Path, now: u64) -> Result<String, String> {
     let mut line = format!(
         "{} holds {} certificates of generation {}, the first ends {}",
         state.node,
-        names.len(),
+        names.len() - not_yet.len(),
         state.generation,
         crate::key_agent::run::date(earliest)
     );
@@ -267,6 +275,13 @@ pub fn keys_held(root: &Path, now: u64) -> Result<String, String> {
         line.push_str(&format!(
             "; WARNING: {} ended (the keyserver has not been reached; they renew when it answers)",
             ended.join(", ")
+        ));
+    }
+    if !not_yet.is_empty() {
+        line.push_str(&format!(
+            "; {} not issued yet (new in this release; the key agent asks for {} now)",
+            not_yet.join(", "),
+            if not_yet.len() == 1 { "it" } else { "them" }
         ));
     }
     Ok(line)

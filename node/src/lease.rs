@@ -13,11 +13,20 @@
 //! reboot and the health gates take); the node finds its slot again after booting, keeps
 //! the lease alive until it is done, then deletes the slot. A node that dies holding a slot
 //! stops keeping its lease alive, and etcd frees the slot after the TTL.
+//!
+//! A slot alone does not make a reboot safe: its holder may have died, or been slow to
+//! come back, and lost the slot to the TTL while its member is still down. So a node that
+//! runs a member of the cluster's etcd, holding a slot, also asks every member for its
+//! health, and gives the slot back and waits while any is not healthy. `update --auto`
+//! asks every 5 s for up to half an hour ([`before_reboot`]).
 
 use crate::etcd::{Etcd, EtcdError};
 
 /// Where the slots live.
 pub const PREFIX: &str = "/cairn/reboot/slot/";
+
+/// Every key of the lease is under this (and workers' etcd user may touch nothing else).
+pub const KEYS: &str = "/cairn/reboot/";
 
 /// A slot a node holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,39 +172,145 @@ pub fn etcd_for(lease: &cairn_node_config::Lease, root: &std::path::Path) -> Res
     Etcd::new(&urls, tls.as_ref(), std::time::Duration::from_secs(10))
 }
 
-/// Before rebooting into `version`: take a slot of the lease. `true` when the node holds
-/// one (reboot now); `false` when every slot is held or etcd cannot be asked (the new
-/// version stays installed, and the next `update --auto` asks again without installing
-/// it again), each said in a console line.
+/// The members of the cluster that are not healthy right now, each with why (empty: all
+/// are). A node whose etcd member is one of a cluster checks this after it took its slot:
+/// a member already down (powered off, still booting, cut off) plus this one rebooting
+/// could be more than the cluster can lose, whatever the lease says: a slot that ran out
+/// while its holder was slow to come back, or a node that died without one.
+pub fn unhealthy_members(etcd: &Etcd) -> Result<Vec<String>, EtcdError> {
+    let mut bad = Vec::new();
+    for (name, urls) in etcd.members()? {
+        // Member names go into console lines: as etcd has them, but on one line.
+        let name = name.escape_debug().to_string();
+        if name.is_empty() || urls.is_empty() {
+            bad.push(format!(
+                "{} (not started)",
+                if name.is_empty() { "a member" } else { &name }
+            ));
+            continue;
+        }
+        if let Err(e) = etcd.at(&urls).and_then(|m| m.healthy()) {
+            let why = match e {
+                EtcdError::Failed { message, .. } => message,
+                EtcdError::Setup(m) => m,
+            };
+            bad.push(format!("{name} ({why})"));
+        }
+    }
+    Ok(bad)
+}
+
+/// How long [`before_reboot`] keeps asking, and how it waits in between.
+pub struct Patience<'a> {
+    /// The wait between two asks.
+    pub every: std::time::Duration,
+    /// Give up (until the next update run) after waiting this long in all.
+    pub at_most: std::time::Duration,
+    /// How to wait (`std::thread::sleep` on a node; tests count).
+    pub sleep: Box<dyn FnMut(std::time::Duration) + 'a>,
+}
+
+impl Patience<'static> {
+    /// Ask once, do not wait.
+    pub fn none() -> Patience<'static> {
+        Patience {
+            every: std::time::Duration::ZERO,
+            at_most: std::time::Duration::ZERO,
+            sleep: Box::new(|_| {}),
+        }
+    }
+}
+
+/// On a node: ask every 5 s, for up to 30 minutes (the update timer runs again an hour
+/// later).
+pub const ASK_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+/// See [`ASK_EVERY`].
+pub const ASK_FOR_AT_MOST: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
+/// One ask: `Ok(line)` when the node may reboot now, `Err(why)` when not yet.
+fn ask(etcd: &Etcd, lease: &cairn_node_config::Lease, node: &str, guard: bool) -> Result<String, String> {
+    let h = match acquire(etcd, node, lease.slots, lease.ttl) {
+        Ok(Acquired::Held(h)) => h,
+        Ok(Acquired::Busy(holders)) => {
+            return Err(format!(
+                "the reboot lease is held by {}",
+                holders.iter().map(|h| h.node.as_str()).collect::<Vec<_>>().join(", ")
+            ))
+        }
+        Err(e) => return Err(format!("the reboot lease cannot be asked for ({e})")),
+    };
+    if guard {
+        let bad = match unhealthy_members(etcd) {
+            Ok(bad) if bad.is_empty() => None,
+            Ok(bad) => Some(format!(
+                "etcd member {} not healthy, and {node} rebooting now could cost the cluster its quorum",
+                bad.join(", ")
+            )),
+            Err(e) => Some(format!("etcd's members cannot be seen ({e})")),
+        };
+        if let Some(why) = bad {
+            // Someone else may be able to go (a worker, or a member once this one's peer is back).
+            let _ = release(etcd, node);
+            return Err(why);
+        }
+    }
+    Ok(format!(
+        "cairn: update: {node} {} reboot lease slot {} (freed after {} s if the node does not come back){}",
+        if h.taken_now { "took" } else { "holds" },
+        h.slot,
+        lease.ttl,
+        if guard { "; every etcd member is healthy" } else { "" }
+    ))
+}
+
+/// Before rebooting into `version`: take a slot of the lease and, with `guard` (the node
+/// runs a member of the cluster's etcd), see every member healthy. `true` when the node
+/// may reboot now; `false` when it waited as long as `patience` allows (every slot held,
+/// a member down, etcd not answering): the new version stays installed, and the next
+/// `update --auto` asks again without installing it again. Each new reason is said in a
+/// console line.
 pub fn before_reboot(
     etcd: &Etcd,
     lease: &cairn_node_config::Lease,
     node: &str,
     version: &str,
+    guard: bool,
+    mut patience: Patience<'_>,
     log: &mut dyn FnMut(&str),
 ) -> bool {
-    match acquire(etcd, node, lease.slots, lease.ttl) {
-        Ok(Acquired::Held(h)) => {
+    let mut waited = std::time::Duration::ZERO;
+    let mut said: Option<String> = None;
+    loop {
+        let why = match ask(etcd, lease, node, guard) {
+            Ok(line) => {
+                log(&line);
+                return true;
+            }
+            Err(why) => why,
+        };
+        if waited >= patience.at_most {
             log(&format!(
-                "cairn: update: {node} {} reboot lease slot {} (freed after {} s if the node does not come back)",
-                if h.taken_now { "took" } else { "holds" },
-                h.slot,
-                lease.ttl
+                "cairn: update: {version} is installed; not rebooting: {why} (the next update run asks again)"
             ));
-            true
+            return false;
         }
-        Ok(Acquired::Busy(holders)) => {
+        if said.as_deref() != Some(why.as_str()) {
             log(&format!(
-                "cairn: update: {version} is installed; waiting for the reboot lease, held by {} (the next update run asks again)",
-                holders.iter().map(|h| h.node.as_str()).collect::<Vec<_>>().join(", ")
+                "cairn: update: {version} is installed; waiting to reboot: {why} (asking every {} s for up to {} min)",
+                patience.every.as_secs(),
+                patience.at_most.saturating_sub(waited).as_secs().div_ceil(60)
             ));
-            false
+            said = Some(why);
         }
-        Err(e) => {
-            log(&format!(
-                "cairn: update: {version} is installed, but the reboot lease cannot be asked for ({e}); not rebooting (the next update run asks again)"
-            ));
-            false
-        }
+        (patience.sleep)(patience.every);
+        waited += patience.every;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_slots_are_among_the_keys_workers_may_touch() {
+        assert!(super::PREFIX.starts_with(super::KEYS));
     }
 }

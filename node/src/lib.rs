@@ -21,6 +21,7 @@ pub mod cli;
 pub mod cloud;
 pub mod drive;
 pub mod etcd;
+pub mod etcd_auth;
 pub mod firstboot;
 pub mod grow;
 pub mod harness;

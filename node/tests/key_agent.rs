@@ -272,7 +272,25 @@ fn apply_writes_the_token_until_the_node_has_enrolled_and_keeps_the_agents_state
     );
     assert!(cairn_node::health::keys_held(root.path(), cairn_signing::time::now())
         .unwrap()
-        .starts_with("w-3 holds 3 certificates of generation 1"),);
+        .starts_with("w-3 holds 4 certificates of generation 1"),);
+    // A worker enrolled before its release had etcd-lease certificates: the gate passes
+    // and says so, and the agent's next pass asks for it at once.
+    let lease_dir = root.path().join("var/lib/cairn/pki/etcd-lease");
+    std::fs::remove_dir_all(&lease_dir).unwrap();
+    let said = cairn_node::health::keys_held(root.path(), cairn_signing::time::now()).unwrap();
+    assert!(
+        said.starts_with("w-3 holds 3 certificates of generation 1")
+            && said.ends_with("; etcd-lease not issued yet (new in this release; the key agent asks for it now)"),
+        "{said}"
+    );
+    let p = key_agent::run::Agent::new(
+        root.path(),
+        key_agent::run::Settings::from_config(&config),
+        Clock::system(),
+    )
+    .pass();
+    assert!(p.lines[0].contains("renewed 4 certificates of w-3"), "{p:?}");
+    assert!(lease_dir.join("current/cert.pem").exists());
     // A broken key fails the gate, naming the file.
     std::fs::write(
         root.path().join("var/lib/cairn/pki/kubelet-serving/current/key.pem"),

@@ -3,7 +3,8 @@
 //! the environment `cairn-node apply` renders for a node with a keyserver. They form a
 //! cluster over TLS that `etcdctl` reaches with an etcd-client certificate; a peer
 //! certificate that does not name the connecting address is refused; a renewed
-//! certificate is served without restarting etcd.
+//! certificate is served without restarting etcd. A worker's etcd-lease certificate is all
+//! of etcd until `etcd-auth` has run on the members, and then the reboot lease only.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -45,6 +46,17 @@ impl Drop for Members {
             let _ = c.wait();
         }
     }
+}
+
+/// `cairn-node etcd-auth` once more, through cp-1's member, noting what it did in `done`.
+fn cairn_node_etcd_auth_again(root: &Path, done: &Path) -> cairn_node::etcd_auth::Done {
+    let own = cairn_node::etcd::Etcd::new(
+        &["https://127.0.0.1:2379".to_string()],
+        Some(&cairn_node::etcd::ClientTls::from_key_agent(root)),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    cairn_node::etcd_auth::set_up(&own, &["cp-1".into(), "cp-2".into(), "cp-3".into()], Some(done)).unwrap()
 }
 
 fn pki(root: &Path, profile: &str, file: &str) -> PathBuf {
@@ -281,6 +293,11 @@ fn three_etcd_members_run_on_the_key_agents_certificates() {
     assert_eq!(code, 200, "{said}\n{}", logs());
     let (code, said) = peer_get(&roots[1], "127.0.0.9");
     assert_eq!(code, 0, "{said}");
+    // etcd logs it a moment after the handshake failed (more than a moment on a busy machine).
+    let start = Instant::now();
+    while !logs().contains("rejected connection from \"127.0.0.9:") && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert!(
         logs().contains("rejected connection from \"127.0.0.9:"),
         "etcd says why: {}",
@@ -322,4 +339,196 @@ fn three_etcd_members_run_on_the_key_agents_certificates() {
         "{}",
         logs()
     );
+
+    // A worker enrolls and gets an etcd-lease certificate (and the etcd servers' CA).
+    let worker_toml = format!(
+        "version = 1\ngeneration = 1\nhostname = \"w-1\"\nrole = \"worker\"\n\
+         [key-agent]\nserver = \"https://127.0.0.1:8443\"\nca-fingerprint = \"sha256:{}\"\n\
+         bootstrap-token = \"ck1.6QZ4B2K9TD.VX3Q7M2K4P8R1C6J9W5T2N7H3F-4JPG\"\n\
+         [update]\nsource = \"http://127.0.0.1:1/\"\nlease-etcd = [\"https://127.0.0.1:2379\"]\n",
+        "00".repeat(32)
+    );
+    let config = NodeConfig::parse(&worker_toml, "node.toml").unwrap();
+    assert_eq!(config.update.as_ref().unwrap().lease.as_ref().unwrap().etcd.len(), 1);
+    registry::register(&ks, &registry::record_for(&config), "alice", clock.now()).unwrap();
+    let (token, _) = tokens::create(&ks, "w-1", Role::Worker, 3600, "alice", clock.now()).unwrap();
+    let worker = tmp.path().join("worker");
+    let token_file = worker.join("var/lib/cairn/key-agent/token");
+    std::fs::create_dir_all(token_file.parent().unwrap()).unwrap();
+    std::fs::write(&token_file, token.to_string()).unwrap();
+    let mut settings = Settings::from_config(&config);
+    settings.server = Some(key_agent::Server {
+        host: "127.0.0.1".into(),
+        port,
+        ca_fingerprint: fingerprint,
+    });
+    let p = Agent::new(&worker, settings, clock.clone()).pass();
+    assert!(p.ready && p.lines[0].contains("enrolled w-1"), "{p:?}");
+    assert!(pki(&worker, "etcd-lease", "cert.pem").exists() && !pki(&worker, "etcd-client", "cert.pem").exists());
+    let as_worker = |args: &[&str]| {
+        let tls = cairn_node::etcd::ClientTls::from_key_agent(&worker);
+        assert_eq!(tls.cert, pki(&worker, "etcd-lease", "cert.pem"));
+        Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg("--endpoints=https://127.0.0.1:2379")
+            .arg(format!("--cacert={}", tls.ca.display()))
+            .arg(format!("--cert={}", tls.cert.display()))
+            .arg(format!("--key={}", tls.key.display()))
+            .args(["--dial-timeout=3s", "--command-timeout=3s"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    // Before etcd's authentication is on, any certificate of the client CA is all of etcd:
+    // the worker's too (it checks the servers with the CA it was sent).
+    let out = as_worker(&["put", "/cairn/worker-was-here", "1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Every control-plane node sets up users and roles at once, each through its member.
+    let runs: Vec<_> = (1..=3u8)
+        .map(|n| {
+            let root = roots[n as usize - 1].clone();
+            std::thread::spawn(move || {
+                let own = cairn_node::etcd::Etcd::new(
+                    &[format!("https://127.0.0.{n}:2379")],
+                    Some(&cairn_node::etcd::ClientTls::from_key_agent(&root)),
+                    Duration::from_secs(10),
+                )
+                .unwrap();
+                let names = ["cp-1", "cp-2", "cp-3"].map(String::from);
+                cairn_node::etcd_auth::set_up(&own, &names, None)
+            })
+        })
+        .collect();
+    let mut added: Vec<String> = Vec::new();
+    for r in runs {
+        let done = r.join().unwrap().unwrap_or_else(|e| panic!("{e}\n{}", logs()));
+        assert!(done.skipped.is_empty(), "{done:?}");
+        added.extend(done.added);
+    }
+    added.sort();
+    added.dedup();
+    assert_eq!(
+        added,
+        [
+            "cairn-lease",
+            "cairn-node:cp-1",
+            "cairn-node:cp-2",
+            "cairn-node:cp-3",
+            "root"
+        ],
+        "made between them"
+    );
+    // Again: nothing new; the run is noted, and the next one only asks for the members.
+    let done = tmp.path().join("node-1/var/lib/cairn/etcd-auth/done");
+    let again = cairn_node_etcd_auth_again(&roots[0], &done);
+    assert!(
+        again.added.is_empty() && !again.as_before && again.users == 5,
+        "{again:?}"
+    );
+    let noted = std::fs::read_to_string(&done).unwrap();
+    assert!(
+        noted.contains(
+            ": root cairn-node:cp-1 cairn-node:cp-2 cairn-node:cp-3 cairn-lease (cairn-lease: /cairn/reboot/)"
+        ),
+        "{noted}"
+    );
+    let again = cairn_node_etcd_auth_again(&roots[0], &done);
+    assert!(again.as_before && again.added.is_empty(), "{again:?}");
+    // A note from another cluster (or other users) is no reason to skip.
+    std::fs::write(&done, noted.replacen("cluster ", "cluster 1", 1)).unwrap();
+    assert!(!cairn_node_etcd_auth_again(&roots[0], &done).as_before);
+
+    // Now the worker is the lease user: the reboot lease works, nothing else does.
+    let worker_client = cairn_node::etcd::Etcd::new(
+        &endpoints,
+        Some(&cairn_node::etcd::ClientTls::from_key_agent(&worker)),
+        Duration::from_secs(3),
+    )
+    .unwrap();
+    let held = match lease::acquire(&worker_client, "w-1", 1, 60).unwrap() {
+        Acquired::Held(h) => h,
+        other => panic!("{other:?}"),
+    };
+    match lease::acquire(&client(&roots[1]), "cp-2", 1, 60).unwrap() {
+        Acquired::Busy(h) => assert_eq!(h[0].node, "w-1", "the control plane sees the worker's slot"),
+        other => panic!("{other:?}"),
+    }
+    assert!(worker_client.keep_alive(held.lease).unwrap().is_some());
+    assert!(lease::release(&worker_client, "w-1").unwrap());
+    for args in [
+        &["put", "/cairn/worker-was-here", "2"][..],
+        &["get", "/cairn/test"],
+        &["del", "/cairn/test"],
+        &["user", "add", "--no-password", "mallory"],
+        &["auth", "disable"],
+    ] {
+        let out = as_worker(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("permission denied"),
+            "{args:?}: {err}"
+        );
+    }
+    // The control plane still has all of etcd, and a member's health still reads true.
+    assert!(etcdctl(&roots[2], &["put", "/cairn/test", "still"]).status.success());
+    let got = etcdctl(&roots[0], &["get", "--print-value-only", "/cairn/test"]);
+    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "still");
+    let health = Command::new("curl")
+        .args(["-s", "http://127.0.0.1:2381/health"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&health.stdout).contains("\"health\":\"true\""),
+        "{health:?}"
+    );
+
+    // The reboot guard: every member healthy, cp-1 may go. With cp-3 down, cp-1 holding a
+    // slot still waits (two of three down is no quorum), names cp-3, and gives the slot
+    // back.
+    assert_eq!(
+        lease::unhealthy_members(&client(&roots[0])).unwrap(),
+        Vec::<String>::new()
+    );
+    let _ = members.0[2].kill();
+    let _ = members.0[2].wait();
+    let bad = lease::unhealthy_members(&client(&roots[0])).unwrap();
+    assert_eq!(bad.len(), 1, "{bad:?}");
+    assert!(
+        bad[0].starts_with("cp-3 (https://127.0.0.3:2379: "),
+        "which endpoint and why: {bad:?}"
+    );
+    let config = cairn_node_config::Lease {
+        etcd: vec![cairn_node_config::Url::parse("https://127.0.0.1:2379").unwrap()],
+        slots: 1,
+        ttl: 60,
+    };
+    let mut said = Vec::new();
+    assert!(!lease::before_reboot(
+        &client(&roots[0]),
+        &config,
+        "cp-1",
+        "0.2.0",
+        true,
+        lease::Patience::none(),
+        &mut |l| said.push(l.to_string())
+    ));
+    assert!(
+        said[0].contains("not rebooting: etcd member cp-3 (") && said[0].contains("could cost the cluster its quorum"),
+        "{said:?}"
+    );
+    assert!(
+        lease::holders(&client(&roots[0])).unwrap().is_empty(),
+        "the slot is given back"
+    );
+    // A worker (no member of its own), with its lease certificate, is not held back by it.
+    assert!(lease::before_reboot(
+        &worker_client,
+        &config,
+        "w-1",
+        "0.2.0",
+        false,
+        lease::Patience::none(),
+        &mut |_| {}
+    ));
 }

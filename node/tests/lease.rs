@@ -30,11 +30,16 @@ fn free_port() -> u16 {
 
 /// One etcd member on loopback; its client URL.
 fn member() -> (Member, String) {
+    member_named("m")
+}
+
+/// One etcd member called `name` on loopback; its client URL.
+fn member_named(name: &str) -> (Member, String) {
     let dir = tempfile::tempdir().unwrap();
     let (client, peer) = (free_port(), free_port());
     let url = format!("http://127.0.0.1:{client}");
     let child = Command::new("etcd")
-        .args(["--name", "m", "--data-dir"])
+        .args(["--name", name, "--data-dir"])
         .arg(dir.path().join("data"))
         .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
         .args([
@@ -43,7 +48,7 @@ fn member() -> (Member, String) {
             "--initial-advertise-peer-urls",
             &format!("http://127.0.0.1:{peer}"),
             "--initial-cluster",
-            &format!("m=http://127.0.0.1:{peer}"),
+            &format!("{name}=http://127.0.0.1:{peer}"),
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -204,6 +209,27 @@ fn no_endpoint_answering_is_an_error_naming_them() {
 }
 
 #[test]
+fn member_urls_that_are_not_one_endpoint_never_reach_etcdctl() {
+    // The reboot guard dials what etcd's members advertise: each URL is one endpoint or
+    // refused, so a member cannot add endpoints (a comma) or options to the command line.
+    let base = client_for("http://127.0.0.1:2379");
+    let huge = format!("http://{}:2379", "a".repeat(100_000));
+    for bad in [
+        "http://a,http://b:2379",
+        "http://a:2379,http://b:2379",
+        "http://a\n:2379",
+        "http://a\0:2379",
+        "http://a:2379/../x",
+        "--endpoints=http://a:2379",
+        "http://a:99999",
+        huge.as_str(),
+    ] {
+        assert!(base.at(&[bad.to_string()]).is_err(), "{:?}", &bad[..bad.len().min(40)]);
+    }
+    assert!(base.at(&["http://[fd90::1]:2379".into()]).is_ok());
+}
+
+#[test]
 fn node_names_that_are_not_host_names_never_reach_etcd() {
     let (_m, url) = member();
     let etcd = client_for(&url);
@@ -226,20 +252,102 @@ fn an_update_reboots_only_with_a_slot_and_says_why_not() {
     let etcd = lease::etcd_for(&lease, std::path::Path::new("/nonexistent")).unwrap();
     let mut lines = Vec::new();
     let mut log = |l: &str| lines.push(l.to_string());
-    assert!(lease::before_reboot(&etcd, &lease, "cp-1", "0.2.0", &mut log));
+    let once = lease::Patience::none;
+    // One member, healthy: the guard lets it go.
+    assert!(lease::before_reboot(
+        &etcd,
+        &lease,
+        "cp-1",
+        "0.2.0",
+        true,
+        once(),
+        &mut log
+    ));
     // Asked again (the timer ran again before the reboot): still the holder.
-    assert!(lease::before_reboot(&etcd, &lease, "cp-1", "0.2.0", &mut log));
+    assert!(lease::before_reboot(
+        &etcd,
+        &lease,
+        "cp-1",
+        "0.2.0",
+        true,
+        once(),
+        &mut log
+    ));
     // Another node waits, installed, and says for whom.
-    assert!(!lease::before_reboot(&etcd, &lease, "cp-2", "0.2.0", &mut log));
+    assert!(!lease::before_reboot(
+        &etcd,
+        &lease,
+        "cp-2",
+        "0.2.0",
+        false,
+        once(),
+        &mut log
+    ));
     assert!(lines[0].contains("cp-1 took reboot lease slot 0"), "{lines:?}");
     assert!(lines[1].contains("cp-1 holds reboot lease slot 0"), "{lines:?}");
     assert!(
-        lines[2].contains("0.2.0 is installed; waiting for the reboot lease, held by cp-1"),
+        lines[2].contains("0.2.0 is installed; not rebooting: the reboot lease is held by cp-1"),
         "{lines:?}"
     );
-    // cp-1 is back and healthy: it gives the slot up, and cp-2 gets it.
-    assert!(lease::release(&etcd, "cp-1").unwrap());
-    assert!(lease::before_reboot(&etcd, &lease, "cp-2", "0.2.0", &mut |_| {}));
+
+    // With patience, it asks again until the slot is free: the holder gives it up while
+    // cp-2 waits (here: in cp-2's third wait), and the reason is said once.
+    let mut lines = Vec::new();
+    let mut waits = 0;
+    let mut sleep = |d: Duration| {
+        assert_eq!(d, Duration::from_secs(15));
+        waits += 1;
+        if waits == 3 {
+            assert!(lease::release(&etcd, "cp-1").unwrap());
+        }
+    };
+    let patience = lease::Patience {
+        every: Duration::from_secs(15),
+        at_most: Duration::from_secs(600),
+        sleep: Box::new(&mut sleep),
+    };
+    assert!(lease::before_reboot(
+        &etcd,
+        &lease,
+        "cp-2",
+        "0.2.0",
+        false,
+        patience,
+        &mut |l| lines.push(l.to_string())
+    ));
+    assert_eq!(waits, 3);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines[0].contains("waiting to reboot: the reboot lease is held by cp-1 (asking every 15 s for up to 10 min)"),
+        "{lines:?}"
+    );
+    assert!(lines[1].contains("cp-2 took reboot lease slot 0"), "{lines:?}");
+
+    // Patience runs out: it says so, and leaves the rest to the next update run.
+    let mut lines = Vec::new();
+    let mut waits = 0;
+    let mut sleep = |_| waits += 1;
+    let patience = lease::Patience {
+        every: Duration::from_secs(15),
+        at_most: Duration::from_secs(60),
+        sleep: Box::new(&mut sleep),
+    };
+    assert!(!lease::before_reboot(
+        &etcd,
+        &lease,
+        "cp-3",
+        "0.2.0",
+        false,
+        patience,
+        &mut |l| lines.push(l.to_string())
+    ));
+    assert_eq!(waits, 4);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines[1].contains("not rebooting: the reboot lease is held by cp-2 (the next update run asks again)"),
+        "{lines:?}"
+    );
+
     // An etcd nobody answers on: no reboot, and the reason.
     let dead = cairn_node_config::Lease {
         etcd: vec![cairn_node_config::Url::parse(&format!("http://127.0.0.1:{}", free_port())).unwrap()],
@@ -247,9 +355,36 @@ fn an_update_reboots_only_with_a_slot_and_says_why_not() {
     };
     let etcd = lease::etcd_for(&dead, std::path::Path::new("/")).unwrap();
     let mut said = String::new();
-    assert!(!lease::before_reboot(&etcd, &dead, "cp-3", "0.2.0", &mut |l| said.push_str(l)));
+    assert!(!lease::before_reboot(
+        &etcd,
+        &dead,
+        "cp-3",
+        "0.2.0",
+        true,
+        once(),
+        &mut |l| said.push_str(l)
+    ));
     assert!(
         said.contains("cannot be asked for") && said.contains("not rebooting"),
         "{said}"
     );
+}
+
+#[test]
+fn member_names_that_are_not_host_names_get_no_etcd_user() {
+    // A member name is whatever its etcd was started with; only host names become users
+    // (and the node config's names are checked the same way).
+    let (_m, url) = member_named("cp 1;$(reboot)");
+    let etcd = client_for(&url);
+    let names = ["cp-2", "../cp-3", "-rf", "cp-4\n"].map(String::from);
+    let done = cairn_node::etcd_auth::set_up(&etcd, &names, None).unwrap();
+    assert_eq!(done.added, ["root", "cairn-node:cp-2", "cairn-lease"], "{done:?}");
+    assert_eq!(
+        done.skipped,
+        ["../cp-3", "-rf", "cp-4\\n", "cp 1;$(reboot)"],
+        "{done:?}"
+    );
+    // Authentication is on: this plain-http client (no certificate, no user) gets nothing.
+    let e = lease::holders(&etcd).unwrap_err();
+    assert!(e.to_string().contains("user name is empty"), "{e}");
 }

@@ -16,7 +16,7 @@ use cairn_keys::Clock;
 use cairn_keyserver::serve::Server;
 use cairn_keyserver::{ca, registry, renew as ks_renew, tokens, Keyserver};
 use cairn_node::config::NodeConfig;
-use cairn_node::key_agent::run::{Agent, Settings, PEER_INTERVAL};
+use cairn_node::key_agent::run::{Agent, Settings, PEERS_STARTING_FOR, PEER_INTERVAL, PEER_INTERVAL_STARTING};
 use cairn_node::mesh::{LivePeer, WgTool};
 
 /// A WireGuard interface's peers, as `wg set` changes them and `wg show dump` prints them.
@@ -192,11 +192,12 @@ fn nodes_find_each_other_through_the_keyserver() {
     let again = std::fs::read_to_string(a.root.join("var/lib/cairn/wireguard/wg0.pub")).unwrap();
     assert_eq!(again, public, "and puts its public half back");
 
-    // The first node to enroll has no one to talk to yet; the next pass a minute later
-    // lists the others once they have enrolled.
+    // The first node to enroll has no one to talk to yet; a pass soon after (every 10 s
+    // while the agent is starting, then every minute) lists the others once they have
+    // enrolled.
     let p = a.agent.pass();
     assert!(p.lines[0].contains("enrolled w-1"), "{p:?}");
-    assert!(p.sleep <= PEER_INTERVAL, "{p:?}");
+    assert!(p.sleep <= PEER_INTERVAL_STARTING, "{p:?}");
     assert!(a.peers().is_empty());
     b.agent.pass();
     d.agent.pass();
@@ -269,6 +270,11 @@ fn nodes_find_each_other_through_the_keyserver() {
     assert!(!a.peers().contains_key(&e.public_key()));
     let kept = cairn_node::mesh::load(&a.root, "wg0").unwrap();
     assert_eq!(kept.peers.len(), 2);
+
+    // Past its start, the agent asks once a minute.
+    c.tick(PEERS_STARTING_FOR);
+    let p = a.agent.pass();
+    assert!(p.sleep > PEER_INTERVAL_STARTING && p.sleep <= PEER_INTERVAL, "{p:?}");
 }
 
 #[test]

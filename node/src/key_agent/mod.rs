@@ -8,7 +8,8 @@
 //! /var/lib/cairn/pki/<profile>/gen-<n>/cert.pem    the certificate and the CA that signed it
 //! /var/lib/cairn/pki/<profile>/gen-<n>/key.pem     its key (0600)
 //! /var/lib/cairn/pki/<profile>/gen-<n>/both.pem    both, for programs that take one file (0600)
-//! /var/lib/cairn/pki/<profile>/gen-<n>/bundle.pem  the CA, to trust peers with
+//! /var/lib/cairn/pki/<profile>/gen-<n>/bundle.pem  the CA, to trust peers with (a worker's
+//!                                                  etcd-lease: the etcd servers' CA)
 //! /var/lib/cairn/pki/<profile>/current -> gen-<n>
 //! ```
 //!
@@ -151,7 +152,8 @@ pub(crate) fn answer<T: serde::de::DeserializeOwned>(status: u16, body: &[u8]) -
 /// Who owns a profile's key: etcd's files belong to the `etcd` user (etcd runs as it),
 /// the rest to root.
 fn key_owner(root: &Path, profile: &str) -> Option<(u32, u32)> {
-    if !profile.starts_with("etcd-") || profile == "etcd-client" || !crate::apply::running_as_root() {
+    // etcd's own certificates; the clients' (etcd-client, etcd-lease) are the agent's.
+    if !matches!(profile, "etcd-server" | "etcd-peer") || !crate::apply::running_as_root() {
         return None;
     }
     crate::apply::lookup_user(root, "etcd")
@@ -246,7 +248,27 @@ pub(crate) fn install(
             )));
         }
         not_after = not_after.min(parsed.validity().not_after.timestamp().max(0) as u64);
-        files.push((name.clone(), chain.clone(), key_pem.clone(), ca.text.clone()));
+        // The CA to trust the other side with: the profile's own, or (a worker's
+        // etcd-lease) the servers' CA, which comes among the answer's bundles.
+        let trust = match cairn_keys::profiles::server_ca(name) {
+            None => ca.text.clone(),
+            Some(server_ca) => {
+                let pem = resp.bundles.get(server_ca).ok_or_else(|| {
+                    AgentError::BadAnswer(format!(
+                        "no {server_ca} CA to check the {name} certificate's servers by"
+                    ))
+                })?;
+                match cairn_keys::pem::blocks(pem, "CERTIFICATE") {
+                    Ok(b) if b.len() == 1 => pem.clone(),
+                    _ => {
+                        return Err(AgentError::BadAnswer(format!(
+                            "the {server_ca} CA is not one certificate"
+                        )))
+                    }
+                }
+            }
+        };
+        files.push((name.clone(), chain.clone(), key_pem.clone(), trust));
     }
     let generation = next_generation(root)?;
     for (name, chain, key, ca) in &files {
@@ -497,4 +519,65 @@ pub fn current(root: &Path, profile: &str) -> Result<Current, String> {
         },
         serial: hex::encode(parsed.raw_serial()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A worker's real enrollment answer from a keyserver in `dir`, and the keys it is for.
+    fn worker_answer(dir: &Path) -> (EnrollResponse, ByProfile) {
+        let now = cairn_signing::time::now();
+        cairn_keyserver::ca::init(&dir.join("ks"), "test", now).unwrap();
+        let ks = cairn_keyserver::Keyserver::open(&dir.join("ks")).unwrap();
+        let (token, _) = cairn_keyserver::tokens::create(&ks, "w-1", Role::Worker, 3600, "alice", now).unwrap();
+        let (keys, csrs) = keys_and_csrs(&profile_names(Role::Worker)).unwrap();
+        let req = EnrollRequest {
+            ssh_host_key: None,
+            wireguard_key: None,
+            token: token.to_string(),
+            role: "worker".into(),
+            csrs,
+        };
+        let resp = cairn_keyserver::enroll::enroll(&ks, &req, None, now).unwrap().unwrap();
+        (resp, keys)
+    }
+
+    #[test]
+    fn the_servers_ca_of_an_answer_is_installed_only_as_one_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let (resp, keys) = worker_answer(dir.path());
+        let peer_ca = resp.bundles["etcd-peer"].clone();
+        let two = format!("{peer_ca}{}", resp.bundles["etcd-client"]);
+        let root = dir.path().join("node");
+        for (bundle, why) in [
+            (None, "no etcd-peer CA to check the etcd-lease certificate's servers by"),
+            (Some(two.as_str()), "the etcd-peer CA is not one certificate"),
+            (
+                Some("-----BEGIN CERTIFICATE-----\n\0\n-----END CERTIFICATE-----\n"),
+                "the etcd-peer CA is not one certificate",
+            ),
+            (Some(""), "the etcd-peer CA is not one certificate"),
+        ] {
+            let mut bad = resp.clone();
+            match bundle {
+                None => bad.bundles.remove("etcd-peer"),
+                Some(b) => bad.bundles.insert("etcd-peer".into(), b.into()),
+            };
+            let e = install(&root, &bad, &keys, "w-1", Role::Worker).unwrap_err();
+            assert!(e.to_string().contains(why), "{why}: {e}");
+            assert!(!root.join("var/lib/cairn/pki").exists(), "nothing written for {why}");
+        }
+        install(&root, &resp, &keys, "w-1", Role::Worker).unwrap();
+        let pki = root.join("var/lib/cairn/pki");
+        assert_eq!(
+            fs::read_to_string(pki.join("etcd-lease/current/bundle.pem")).unwrap(),
+            peer_ca
+        );
+        // The other profiles keep their own CA as their bundle.
+        assert_eq!(
+            fs::read_to_string(pki.join("kubelet-client/current/bundle.pem")).unwrap(),
+            resp.bundles["kubernetes"]
+        );
+    }
 }

@@ -30,6 +30,12 @@ pub const REPEAT_FAILURE: u64 = 3600;
 /// How often the mesh's peer list is asked for: a node added to the cluster is reached
 /// by the others within this.
 pub const PEER_INTERVAL: u64 = 60;
+/// For this long after the agent starts, the peer list is asked for every
+/// [`PEER_INTERVAL_STARTING`] seconds instead: nodes of a cluster that boot together find
+/// each other within seconds of the last one's enrollment, not a minute later.
+pub const PEERS_STARTING_FOR: u64 = 300;
+/// See [`PEERS_STARTING_FOR`].
+pub const PEER_INTERVAL_STARTING: u64 = 10;
 
 /// What the node config says about the key agent.
 #[derive(Debug, Clone)]
@@ -103,6 +109,8 @@ pub struct Agent {
     wg: Box<dyn crate::mesh::WgTool + Send>,
     /// When to ask for the peer list next (0: at the first pass after enrolling).
     next_peers: u64,
+    /// When the agent started (the clock's seconds).
+    started: u64,
     /// Whether the kept peer list was applied at start.
     restored: bool,
     /// The peer list applied last, and when a mesh failure was last printed.
@@ -114,6 +122,7 @@ impl Agent {
     /// An agent for the node under `root` (`/` on a node).
     pub fn new(root: &Path, settings: Settings, clock: Clock) -> Agent {
         let seed = seed(&settings.hostname);
+        let started = clock.now();
         Agent {
             root: root.to_path_buf(),
             settings,
@@ -126,6 +135,7 @@ impl Agent {
             warned_server: false,
             wg: Box::new(crate::mesh::SystemWg),
             next_peers: 0,
+            started,
             restored: false,
             applied: Vec::new(),
             mesh_printed: None,
@@ -175,11 +185,20 @@ impl Agent {
             if now >= self.next_peers {
                 let lines = self.poll_peers(now);
                 p.lines.extend(lines);
-                self.next_peers = now + PEER_INTERVAL;
+                self.next_peers = now + self.peer_interval(now);
             }
             p.sleep = p.sleep.min(self.next_peers.saturating_sub(now).max(1));
         }
         p
+    }
+
+    /// How long until the peer list is asked for again.
+    fn peer_interval(&self, now: u64) -> u64 {
+        if now < self.started.saturating_add(PEERS_STARTING_FOR) {
+            PEER_INTERVAL_STARTING
+        } else {
+            PEER_INTERVAL
+        }
     }
 
     /// At the first pass: put the kept peer list on the interface, before anything is

@@ -67,10 +67,14 @@ pub fn auto_at(
     }
     let bundle_url = format!("{source}{}", latest.file);
     let on_esp = entries(&t.esp)?;
-    if on_esp
-        .iter()
-        .any(|e| e.version == latest.version && e.tries_left.is_some_and(|l| l > 0) && e.tries_done == Some(0))
-    {
+    // Pending: its UKI is there, untried, and whole (a UKI whose root hash cannot be read,
+    // e.g. cut short by a power loss, is installed again).
+    if on_esp.iter().any(|e| {
+        e.version == latest.version
+            && e.tries_left.is_some_and(|l| l > 0)
+            && e.tries_done == Some(0)
+            && e.root_hash.is_some()
+    }) {
         return Ok(AutoOutcome::Pending(latest.version.clone()));
     }
     record_exhausted(t, &on_esp);

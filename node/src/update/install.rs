@@ -60,7 +60,28 @@ pub fn install(
     if let Some(what) = &table.mended {
         log(&format!("cairn: update: {}: {what}", t.disk.display()));
     }
-    let entries = entries(&t.esp)?;
+    let mut entries = entries(&t.esp)?;
+    // An empty UKI under Cairn's name is what a power loss right after an install leaves
+    // on FAT (a renamed file whose entry was never filled in): it boots nothing, and the
+    // firmware skips it. Take it away, so the release can be installed again.
+    let linux = t.esp.join("EFI/Linux");
+    let empty: Vec<String> = entries
+        .iter()
+        .filter(|e| e.root_hash.is_none())
+        .filter(|e| fs::metadata(linux.join(&e.file)).is_ok_and(|m| m.is_file() && m.len() == 0))
+        .map(|e| e.file.clone())
+        .collect();
+    for file in &empty {
+        let path = linux.join(file);
+        fs::remove_file(&path).map_err(io_at("removing", &path))?;
+        log(&format!(
+            "cairn: update: EFI/Linux/{file} was empty (an install cut short by a power loss); removed"
+        ));
+    }
+    if !empty.is_empty() {
+        sync_dir(&linux)?;
+        entries.retain(|e| !empty.contains(&e.file));
+    }
     let running_hex = t.running_hex();
     // Every entry must say what it boots, and exactly one must boot what runs: anything
     // else and the ESP is not what this updater expects, so it touches nothing.
@@ -179,7 +200,6 @@ pub fn install(
     }
 
     // 3. Make the inactive slot unreachable.
-    let linux = t.esp.join("EFI/Linux");
     for e in &stale {
         let p = linux.join(&e.file);
         fs::remove_file(&p).map_err(io_at("removing", &p))?;
@@ -300,6 +320,14 @@ fn write_slot(
     let uki = format!("cairn_{}+{TRIES}.efi", m.version);
     let dest = linux.join(&uki);
     fs::rename(partial, &dest).map_err(io_at("installing", &dest))?;
+    // On FAT a file's size and first cluster live in its directory entry, and a rename
+    // writes a new entry that the file's inode fills in only when it is written back: the
+    // directory's fsync alone makes a zero-length UKI durable (a power cut right after
+    // the reboot line left one, found by the QEMU cluster test). The file's own fsync
+    // writes its entry whole.
+    File::open(&dest)
+        .and_then(|f| f.sync_all())
+        .map_err(io_at("syncing", &dest))?;
     sync_dir(linux)?;
     let _ = fs::remove_file(t.state_dir.join(format!("failed-{}", m.version)));
     let mut note = String::new();
