@@ -21,7 +21,7 @@ pub(crate) type Shared = Arc<(Mutex<Console>, Condvar)>;
 
 /// Start the threads that read QEMU's stdout and stderr into `console`; stdout is copied to
 /// this process's stdout as it comes when `echo` is set.
-pub(crate) fn read_output(console: &Shared, child: &mut Child, started: Instant, echo: bool) {
+pub(crate) fn read_output(console: &Shared, child: &mut Child, started: Instant, echo: bool, label: Option<String>) {
     let stdout = child.stdout.take().expect("piped");
     let stderr = child.stderr.take().expect("piped");
     for (stream, is_err) in [
@@ -29,9 +29,11 @@ pub(crate) fn read_output(console: &Shared, child: &mut Child, started: Instant,
         (Box::new(stderr), true),
     ] {
         let console = console.clone();
+        let label = label.clone();
         std::thread::spawn(move || {
             let mut reader = BufReader::new(stream);
             let mut buf = Vec::new();
+            let mut line_start = true;
             loop {
                 buf.clear();
                 // Read up to a newline, but hand over partial lines (prompts) too.
@@ -48,9 +50,19 @@ pub(crate) fn read_output(console: &Shared, child: &mut Child, started: Instant,
                 }
                 reader.consume(n);
                 if echo && !is_err {
-                    let mut o = std::io::stdout();
-                    let _ = o.write_all(&buf);
+                    let mut o = std::io::stdout().lock();
+                    match &label {
+                        // `buf` holds at most one newline, at its end.
+                        Some(l) if line_start => {
+                            let _ = write!(o, "{l} | ");
+                            let _ = o.write_all(&buf);
+                        }
+                        _ => {
+                            let _ = o.write_all(&buf);
+                        }
+                    }
                     let _ = o.flush();
+                    line_start = buf.ends_with(b"\n");
                 }
                 let text = String::from_utf8_lossy(&buf).into_owned();
                 let (lock, cv) = &*console;

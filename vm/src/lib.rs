@@ -109,6 +109,9 @@ pub struct VmSpec {
     pub accel: Accel,
     /// Copy the console to this process's stdout as it comes.
     pub echo: bool,
+    /// With `echo`: put this and `| ` before every echoed line (several VMs on one
+    /// terminal).
+    pub label: Option<String>,
     /// A second network card on a segment shared with other VMs, if any.
     pub lan: Option<Lan>,
 }
@@ -330,7 +333,7 @@ impl Vm {
         let mut child = q.spawn().map_err(io_err("starting", "qemu-system-x86_64"))?;
         let started = Instant::now();
         let console: console::Shared = Arc::new((Mutex::new(Console::default()), Condvar::new()));
-        console::read_output(&console, &mut child, started, spec.echo);
+        console::read_output(&console, &mut child, started, spec.echo, spec.label.clone());
         let stdin = child.stdin.take().expect("piped");
         Ok(Vm {
             child,
