@@ -83,7 +83,7 @@ fn a_node_enrolls_at_first_boot_and_boots_as_fast_without_its_keyserver() {
     assert!(said.contains("key agent  token "), "{said}");
 
     let (_tmp, disk) = copy_disk("keys");
-    let _slot = vm_slot();
+    let _machine = whole_machine();
     let boot = |drive: Option<&Path>| {
         let port = free_port();
         let mut s = spec(&disk);

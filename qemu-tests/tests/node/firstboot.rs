@@ -1,6 +1,7 @@
-//! First boot from config drives, under QEMU + OVMF: one image, two drives, two nodes; a
-//! newer generation replaces the saved config, an older one does not; a malformed drive
-//! boots with one message and without its settings.
+//! First boot from config drives, under QEMU + OVMF: a newer generation replaces the saved
+//! config (DHCP plus a static address, then a static address alone), an older one does not;
+//! a malformed drive boots with one message and without its settings; a NoCloud seed.
+//! (Three nodes personalized from one image by three drives: the cluster test.)
 
 use std::path::Path;
 use std::process::Command;
@@ -34,64 +35,6 @@ fn console_line(vm: &Vm, needle: &str) -> String {
         .unwrap_or_else(|| panic!("no console line with '{needle}'"))
 }
 
-#[test]
-fn one_image_two_drives_two_nodes() {
-    let dir = tempfile::tempdir().unwrap();
-    let (key_a, pub_a) = ssh_keypair(dir.path(), "admin-a");
-    let (key_b, pub_b) = ssh_keypair(dir.path(), "admin-b");
-    // Node A: static address (the one QEMU's user network forwards SSH to) and no DHCP.
-    let a = config_drive(
-        dir.path(),
-        "a",
-        &node(
-            "node-a",
-            1,
-            "[[network.interface]]\nname = \"en*\"\naddress = [\"10.0.2.15/24\"]\ngateway = [\"10.0.2.2\"]\ndns = [\"10.0.2.3\"]\n",
-            &pub_a,
-        ),
-    );
-    // Node B: DHCP plus a second, static address.
-    let b = config_drive(
-        dir.path(),
-        "b",
-        &node(
-            "node-b",
-            1,
-            "[[network.interface]]\nname = \"en*\"\ndhcp = true\naddress = [\"10.0.2.77/24\"]\n",
-            &pub_b,
-        ),
-    );
-    let image = test_image().join("disk.raw");
-    let _slot = vm_slot();
-    for (drive, host, key, other_key, addr, not_addr, dhcp) in [
-        (&a, "node-a", &key_a, &key_b, "10.0.2.15/24", "10.0.2.77", "no"),
-        (&b, "node-b", &key_b, &key_a, "10.0.2.77/24", "", "yes"),
-    ] {
-        let (mut vm, port) = boot_ready(&image, Some(drive), false);
-        let saved = console_line(&vm, "cairn: config drive CAIRN");
-        assert!(
-            saved.contains(&format!("saved: generation 1, no saved config; host {host}")),
-            "{saved}"
-        );
-        let (out, ok) = ssh(&mut vm, port, key, "hostname; ip -br -4 addr show scope global; networkctl status en* | grep -i 'DHCP4\\|Address'; cat /var/lib/cairn/node.toml | grep hostname");
-        assert!(ok, "ssh as root with the drive's key failed: {out}");
-        let mut lines = out.lines();
-        assert_eq!(lines.next(), Some(host), "{out}");
-        assert!(out.contains(addr), "{out}");
-        if !not_addr.is_empty() {
-            assert!(!out.contains(not_addr), "{out}");
-        }
-        if dhcp == "yes" {
-            assert!(out.contains("10.0.2.15"), "DHCP address missing: {out}");
-        }
-        assert!(out.contains(&format!("hostname = \"{host}\"")), "saved config: {out}");
-        // The other node's key does not get in; there is no password login either.
-        let (out, ok) = ssh(&mut vm, port, other_key, "true");
-        assert!(!ok && out.contains("Permission denied"), "{out}");
-        vm.kill();
-    }
-}
-
 fn mkfs_drive(dir: &Path, name: &str, files: &[(&str, &str)]) -> std::path::PathBuf {
     // A drive made by the reference tools, not by Cairn, so bad content can be written.
     let img = dir.join(format!("{name}.img"));
@@ -118,9 +61,10 @@ fn mkfs_drive(dir: &Path, name: &str, files: &[(&str, &str)]) -> std::path::Path
 }
 
 #[test]
-fn generations_decide_and_bad_drives_do_not_brick() {
+fn newer_generations_replace_the_saved_config_and_older_ones_do_not() {
     let dir = tempfile::tempdir().unwrap();
     let (key, public) = ssh_keypair(dir.path(), "admin");
+    let (stranger, _) = ssh_keypair(dir.path(), "stranger");
     let (_tmp, disk) = copy_disk("generations");
     // A disk with room to grow into, as a real one has (first boot grows /var into it).
     std::fs::OpenOptions::new()
@@ -130,25 +74,56 @@ fn generations_decide_and_bad_drives_do_not_brick() {
         .set_len(4 << 30)
         .unwrap();
     let _slot = vm_slot();
-    let gen = |g: u32, host: &str| config_drive(dir.path(), host, &node(host, g, "", &public));
+    let gen = |g: u32, host: &str, network: &str| config_drive(dir.path(), host, &node(host, g, network, &public));
+    // What the node says about its name, addresses and saved config.
+    const ADDRESSES: &str = "hostname; ip -br -4 addr show scope global; grep hostname /var/lib/cairn/node.toml";
 
-    // Generation 2 on a fresh node: saved.
-    let (mut vm, port) = boot_ready(&disk, Some(&gen(2, "gen-two")), true);
-    assert_eq!(ssh(&mut vm, port, &key, "hostname").0.trim(), "gen-two");
+    // Generation 2 on a fresh node: saved. DHCP plus a second, static address.
+    let dhcp = "[[network.interface]]\nname = \"en*\"\ndhcp = true\naddress = [\"10.0.2.77/24\"]\n";
+    let (mut vm, port) = boot_ready(&disk, Some(&gen(2, "gen-two", dhcp)), true);
+    let saved = console_line(&vm, "cairn: config drive CAIRN");
+    assert!(
+        saved.contains("saved: generation 2, no saved config; host gen-two"),
+        "{saved}"
+    );
+    let (out, ok) = ssh(&mut vm, port, &key, ADDRESSES);
+    assert!(ok, "ssh as root with the drive's key failed: {out}");
+    assert_eq!(out.lines().next(), Some("gen-two"), "{out}");
+    assert!(out.contains("10.0.2.77/24"), "the static address is missing: {out}");
+    assert!(out.contains("10.0.2.15/24"), "the DHCP address is missing: {out}");
+    assert!(out.contains("hostname = \"gen-two\""), "saved config: {out}");
     vm.kill();
-    // Generation 1 afterwards: ignored, with a log line.
-    let (mut vm, port) = boot_ready(&disk, Some(&gen(1, "gen-one")), true);
+    // Generation 1 afterwards: ignored, with a log line. A key that is not on any drive
+    // does not get in; there is no password login either.
+    let (mut vm, port) = boot_ready(&disk, Some(&gen(1, "gen-one", "")), true);
     let line = console_line(&vm, "cairn: config drive CAIRN");
     assert!(
         line.contains("ignored: generation 1 is not newer than the saved generation 2"),
         "{line}"
     );
     assert_eq!(ssh(&mut vm, port, &key, "hostname").0.trim(), "gen-two");
+    let (out, ok) = ssh(&mut vm, port, &stranger, "true");
+    assert!(!ok && out.contains("Permission denied"), "{out}");
     vm.kill();
-    // Generation 3: replaces it.
-    let (mut vm, port) = boot_ready(&disk, Some(&gen(3, "gen-three")), true);
-    assert_eq!(ssh(&mut vm, port, &key, "hostname").0.trim(), "gen-three");
+    // Generation 3: replaces it. A static address only: the second address is gone.
+    let (mut vm, port) = boot_ready(&disk, Some(&gen(3, "gen-three", FIXED)), true);
+    let (out, ok) = ssh(&mut vm, port, &key, ADDRESSES);
+    assert!(ok, "{out}");
+    assert_eq!(out.lines().next(), Some("gen-three"), "{out}");
+    assert!(out.contains("10.0.2.15/24") && !out.contains("10.0.2.77"), "{out}");
+    assert!(out.contains("hostname = \"gen-three\""), "saved config: {out}");
     vm.kill();
+}
+
+/// A static address only (the one QEMU's user network forwards SSH to), no DHCP.
+const FIXED: &str = "[[network.interface]]\nname = \"en*\"\naddress = [\"10.0.2.15/24\"]\ngateway = [\"10.0.2.2\"]\ndns = [\"10.0.2.3\"]\n";
+
+#[test]
+fn bad_drives_and_power_cuts_do_not_brick() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, public) = ssh_keypair(dir.path(), "admin");
+    let (_tmp, disk) = disk_with_saved_config("bad-drives", &node("gen-three", 3, FIXED, &public));
+    let _slot = vm_slot();
     // A malformed drive (and its hostname) is refused with one message; the node keeps
     // generation 3 and stays reachable over SSH with the key it already has.
     let bad = mkfs_drive(

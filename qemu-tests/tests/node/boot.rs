@@ -154,19 +154,7 @@ fn a_configured_node_boots_onto_its_verity_root_with_healthy_components() {
 
     // Debian's node-exporter serves Cairn's metrics beside its own (textfile collector),
     // and Prometheus' promtool finds them clean.
-    let scraped = run_ok(
-        &mut vm,
-        "{ systemctl start cairn-metrics.service && exec 3<>/dev/tcp/127.0.0.1/9100 && \
-         printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3 && grep -a 'cairn_' <&3; } || \
-         { systemctl status --no-pager cairn-metrics.service prometheus-node-exporter.service | tail -30; \
-           journalctl -u prometheus-node-exporter.service --no-pager | tail -12; false; }",
-    );
-    let ours: String = scraped
-        .lines()
-        .map(|l| l.trim_end_matches('\r'))
-        .filter(|l| l.starts_with("cairn_") || l.starts_with("# HELP cairn_") || l.starts_with("# TYPE cairn_"))
-        .map(|l| format!("{l}\n"))
-        .collect();
+    let ours = cairn_metrics(&mut vm);
     for want in [
         // (node-exporter sorts labels by name.)
         "cairn_info{image=\"node\",node=\"cp-1\",slot=\"a\",version=\"0.1.0\"} 1",
@@ -177,31 +165,14 @@ fn a_configured_node_boots_onto_its_verity_root_with_healthy_components() {
     ] {
         assert!(
             ours.lines().any(|l| l == want),
-            "no {want} in node-exporter's answer:\n{scraped}"
+            "no {want} in node-exporter's answer:\n{ours}"
         );
     }
     assert!(
         ours.contains("cairn_health_gate_duration_seconds{gate=\"containerd\"}"),
         "{ours}"
     );
-    let mut promtool = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool (apt-get install prometheus)");
-    std::io::Write::write_all(&mut promtool.stdin.take().unwrap(), ours.as_bytes()).unwrap();
-    let checked = promtool.wait_with_output().unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&checked.stdout),
-        String::from_utf8_lossy(&checked.stderr)
-    );
-    assert!(
-        checked.status.success() && said.trim().is_empty(),
-        "promtool check metrics: {said}\n{ours}"
-    );
+    promtool_check(&ours);
 
     // What Cairn generated passes systemd's own checks: the factory /var tmpfiles file
     // (re-applying it reports nothing) and every unit Cairn installs or extends.
@@ -216,7 +187,7 @@ fn a_configured_node_boots_onto_its_verity_root_with_healthy_components() {
         "systemd-analyze verify --man=no cairn-firstboot.service cairn-ready.service cairn-ssh-hostkeys.service \
          cairn-health-etcd.service cairn-health-containerd.service cairn-health-wireguard.service \
          cairn-health-kubelet.service cairn-health-sshd.service cairn-health-keys.service cairn-key-agent.service \
-         cairn-keyserver.service cairn-keyserver.path cairn-lease-release.service \
+         cairn-keyserver.service cairn-keyserver.path cairn-lease-release.service cairn-etcd-auth.service \
          cairn-metrics.service cairn-metrics.timer prometheus-node-exporter.service \
          cairn-gate-failed@etcd.service cairn-update.service cairn-update.timer cairn-boot-deadline.service \
          etcd.service containerd.service 2>&1",
