@@ -12,7 +12,7 @@ use cairn_qemu_tests::*;
 #[ignore = "a soak: about 2 minutes per round under TCG"]
 fn power_loss_in_the_first_minute() {
     let moments: [(&str, u64); 7] = [
-        ("cairn: SSH host key rsa", 0),
+        ("cairn: SSH host key ed25519", 0),
         ("cairn: health gate etcd passed", 0),
         ("cairn: health gate containerd passed", 0),
         ("cairn: ready ", 0),
