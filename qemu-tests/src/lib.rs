@@ -348,14 +348,7 @@ pub fn copy_disk(tag: &str) -> (tempfile::TempDir, PathBuf) {
 /// config (`/var/lib/cairn/node.toml`), written with e2fsprogs' debugfs.
 pub fn disk_with_saved_config(tag: &str, node_toml: &str) -> (tempfile::TempDir, PathBuf) {
     let (dir, disk) = copy_disk(tag);
-    let state = manifest()["partitions"]
-        .as_array()
-        .expect("partitions")
-        .iter()
-        .find(|p| p["label"] == "state")
-        .expect("a state partition")["offset"]
-        .as_u64()
-        .expect("offset");
+    let state = partition_offset("state");
     let file = dir.path().join("node.toml");
     std::fs::write(&file, node_toml).expect("writing node.toml");
     let script = format!(
@@ -380,6 +373,55 @@ pub fn disk_with_saved_config(tag: &str, node_toml: &str) -> (tempfile::TempDir,
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && !text.contains("rror"), "debugfs: {text}");
     (dir, disk)
+}
+
+/// Where the partition labelled `label` starts in the test image's disk, in bytes.
+pub fn partition_offset(label: &str) -> u64 {
+    manifest()["partitions"]
+        .as_array()
+        .expect("partitions")
+        .iter()
+        .find(|p| p["label"] == label)
+        .unwrap_or_else(|| panic!("no partition labelled {label}"))["offset"]
+        .as_u64()
+        .expect("offset")
+}
+
+/// The UKIs in `EFI/Linux` on a (stopped) node's ESP, read with mtools.
+pub fn esp_on_disk(disk: &Path) -> Vec<String> {
+    let out = Command::new("mdir")
+        .arg("-b")
+        .arg("-i")
+        .arg(format!("{}@@{}", disk.display(), partition_offset("ESP")))
+        .arg("::/EFI/Linux")
+        .output()
+        .expect("running mdir");
+    assert!(out.status.success(), "mdir: {}", String::from_utf8_lossy(&out.stderr));
+    let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.rsplit('/').next())
+        .filter(|n| !n.is_empty())
+        .map(str::to_string)
+        .collect();
+    names.sort();
+    names
+}
+
+/// A file on a (stopped) node's state partition (`/var`), read with e2fsprogs' debugfs;
+/// `path` is relative to `/var`.
+pub fn state_file(disk: &Path, path: &str) -> String {
+    let out = Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("cat /{path}"))
+        .arg(format!("{}?offset={}", disk.display(), partition_offset("state")))
+        .output()
+        .expect("running debugfs");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !text.contains("not found"),
+        "debugfs cat /{path}: {text}"
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// `python3 -m http.server` serving `dir` on 127.0.0.1 (the guest reaches it as

@@ -275,6 +275,10 @@ fn without_a_node_config_the_image_is_a_healthy_single_node() {
         ),
         "{applied}"
     );
+    assert!(
+        lines.iter().any(|(_, l)| l.contains("cairn: no config drive attached")),
+        "no word about the missing config drive on the console"
+    );
     for gate in [
         "etcd passed after",
         "containerd passed after",
