@@ -309,6 +309,33 @@ fn a_bad_cluster_file_writes_no_drive_and_registers_no_node() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("no --keyserver STATE"), "{err}");
     assert!(!p.join("drives").exists());
+    // The third node's drive would replace a directory: refused before any node is
+    // registered or any drive written.
+    fs::create_dir_all(p.join("drives/cp-3.img")).unwrap();
+    let o = cairn()
+        .current_dir(p)
+        .args([
+            "config-drive",
+            "--cluster",
+            "lab.toml",
+            "--out",
+            "drives",
+            "--keyserver",
+            "ks",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("drives/cp-3.img is a directory, not a file"),
+        "{err}"
+    );
+    let left: Vec<_> = fs::read_dir(p.join("drives"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["cp-3.img"]);
+    assert!(!p.join("ks/nodes/cp-1.json").exists());
     let tokens = run_ok(cairn().current_dir(p).args(["token", "list", "--state", "ks"]));
     assert!(!tokens.contains(" issued "), "{tokens}");
 }

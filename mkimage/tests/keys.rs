@@ -196,6 +196,45 @@ fn a_config_drive_with_keyserver_registers_the_node_and_carries_its_token() {
         assert!(!ok && err.contains(says), "{name}: {err}");
         assert!(!out2.exists(), "{name}");
     }
+    // A good node.toml whose drive cannot be written (a directory or a FIFO where the image
+    // goes: a USB stick's device node is refused the same way) or signed (no such key):
+    // refused before the keyserver registers the node or makes its token.
+    let good = tmp.path().join("cp-2.toml");
+    std::fs::write(
+        &good,
+        "version = 1\ngeneration = 1\nhostname = \"cp-2\"\n[key-agent]\nserver = \"https://10.0.0.5:8443\"\n",
+    )
+    .unwrap();
+    std::fs::create_dir(tmp.path().join("a-dir")).unwrap();
+    assert!(Command::new("mkfifo")
+        .arg(tmp.path().join("a-fifo"))
+        .status()
+        .unwrap()
+        .success());
+    let missing_key = tmp.path().join("no-such.key").display().to_string();
+    for (target, extra, says) in [
+        ("a-dir", vec![], "is a directory, not a file"),
+        ("a-fifo", vec![], "is a FIFO, not a file"),
+        (
+            "cp-2.img",
+            vec!["--sign", missing_key.as_str()],
+            "reading the signing key",
+        ),
+    ] {
+        let target = tmp.path().join(target).display().to_string();
+        let mut args = vec![
+            "config-drive",
+            good.to_str().unwrap(),
+            "--out",
+            &target,
+            "--keyserver",
+            &st,
+        ];
+        args.extend(extra);
+        let (ok, _, err) = cairn(&args);
+        assert!(!ok && err.contains(says), "{target}: {err}");
+    }
+    assert!(tmp.path().join("a-dir").is_dir() && !tmp.path().join("cp-2.img").exists());
     let (_, list, _) = cairn(&["token", "list", "--state", &st]);
     assert_eq!(list.matches("cp-").count(), 1, "{list}");
     assert!(!tmp.path().join("ks/nodes/cp-2.json").exists());

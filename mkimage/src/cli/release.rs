@@ -262,6 +262,10 @@ fn cluster_drives(
         cairn_node_config::render::plan(&config, &trial).map_err(|e| anyhow::anyhow!("{label}: {e}"))?;
         texts.push((n.name.clone(), label, text));
     }
+    // Every drive's target before any node is registered or any drive written.
+    for n in &cluster.nodes {
+        crate::release::configdrive::check_target(&dir.join(format!("{}.img", n.name)))?;
+    }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     for (name, label, text) in texts {
         let toml = dir.join(format!("{name}.toml"));
@@ -298,6 +302,16 @@ fn one_drive(
     } = opts;
     let format = *format;
     let file = file.to_string();
+    // What can fail without the keyserver fails before it registers the node or makes a
+    // token: a target that is a device (or any other non-file), an unreadable signing key.
+    crate::release::configdrive::check_target(drive)?;
+    let key = match &sign {
+        Some(k) => Some((
+            k,
+            cairn_signing::PrivateKey::read(k).with_context(|| format!("reading the signing key {}", k.display()))?,
+        )),
+        None => None,
+    };
     let mut enrolled = None;
     if let Some(state) = &keyserver {
         let ks = cairn_keyserver::Keyserver::open(state)?;
@@ -330,10 +344,8 @@ fn one_drive(
     // What the node will render from it must be writable too (the second wall).
     cairn_node_config::render::plan(&config, &text).map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
     let mut files = vec![("node.toml".to_string(), text.clone().into_bytes())];
-    let signed = match &sign {
-        Some(k) => {
-            let key = cairn_signing::PrivateKey::read(k)
-                .with_context(|| format!("reading the signing key {}", k.display()))?;
+    let signed = match key {
+        Some((k, key)) => {
             files.push(("node.toml.sig".to_string(), key.sign(text.as_bytes()).to_vec()));
             format!("signed with {} ({})", k.display(), key.public().fingerprint())
         }

@@ -75,18 +75,26 @@ fn special(path: &Path) -> Option<&'static str> {
     })
 }
 
+/// Refuse an output that is not a regular file (or not there yet): a device node, a link,
+/// a directory, a FIFO or a socket is never replaced by a drive image. Callers check
+/// before anything else happens (a keyserver registering the node), [`write`] again.
+pub fn check_target(out: &Path) -> Result<(), DriveError> {
+    match special(out) {
+        Some(kind) => Err(DriveError::NotAFile {
+            path: out.to_owned(),
+            kind,
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Write a config drive holding `files` (name, bytes) to `out`.
 pub fn write(out: &Path, format: DriveFormat, files: &[(String, Vec<u8>)], epoch: u64) -> Result<(), DriveError> {
     let dir = out
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    if let Some(kind) = special(out) {
-        return Err(DriveError::NotAFile {
-            path: out.to_owned(),
-            kind,
-        });
-    }
+    check_target(out)?;
     let tmp: PathBuf = dir.join(crate::packages::store::unique(&format!(
         ".{}.cairn-tmp-",
         out.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
