@@ -53,6 +53,7 @@ pub fn package_of(tool: &str) -> &'static str {
         "veritysetup" => "cryptsetup-bin",
         "depmod" => "kmod",
         "xorriso" => "xorriso",
+        "qemu-img" => "qemu-utils",
         _ => "(unknown package)",
     }
 }

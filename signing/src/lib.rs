@@ -11,11 +11,14 @@
 //!   signature over the manifest's exact bytes.
 //! * [`bundle`]: `update.cairn`, the signed update bundle nodes stream into their
 //!   inactive slot.
+//! * [`outputs`]: `outputs.json`, the signed list of a build's other forms of its disk
+//!   image (bmap, zstd, qcow2), bound to the manifest.
 
 pub mod bundle;
 pub mod harness;
 pub mod keys;
 pub mod manifest;
+pub mod outputs;
 pub mod time;
 
 pub use keys::{KeyError, PrivateKey, PublicKey, SIGNATURE_LEN};

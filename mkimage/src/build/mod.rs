@@ -18,7 +18,10 @@
 //! output directory is left as it was.
 
 pub mod layout;
+mod outputs;
 pub mod plan;
+
+pub use outputs::hash_file;
 
 use plan::EspSource;
 pub use plan::{KeyChoice, KeyPlan, Overrides, Plan};
@@ -35,7 +38,7 @@ use cairn_signing::manifest::{self, BuildKind, DataRange, Disk, Manifest, Partit
 use cairn_signing::{KeyError, PrivateKey};
 use sha2::{Digest, Sha256};
 
-use crate::definition::{Artifact, ArtifactSource, Definition, ModulePolicy, RootSource, Size};
+use crate::definition::{Artifact, ArtifactSource, Definition, ModulePolicy, OutputFormat, RootSource, Size};
 use crate::formats::ext4::{self, Ext4Spec};
 use crate::formats::fat::{FatError, FatSpec};
 use crate::formats::squashfs::{self, PackError, SquashfsSpec};
@@ -319,6 +322,12 @@ pub fn required_tools(def: &Definition) -> Vec<&'static str> {
     }
     if let RootSource::Tarball(p) = &def.root {
         t.extend(decompressor(p));
+    }
+    if def.formats.contains(&OutputFormat::RawZst) && !t.contains(&"zstd") {
+        t.push("zstd");
+    }
+    if def.formats.contains(&OutputFormat::Qcow2) {
+        t.push("qemu-img");
     }
     t
 }
@@ -996,7 +1005,7 @@ fn manifest(
 
 /// Move the finished files into the output directory: a rename of the whole staging
 /// directory when it is new, else one rename per file, the manifest last.
-fn commit(staging: &mut Staging, out: &Path, parent: &Path, files: &[&str]) -> Result<(), BuildError> {
+fn commit(staging: &mut Staging, out: &Path, parent: &Path, files: &[&str], stale: &[&str]) -> Result<(), BuildError> {
     for f in files {
         let p = staging.dir.join(f);
         File::open(&p)
@@ -1007,6 +1016,14 @@ fn commit(staging: &mut Staging, out: &Path, parent: &Path, files: &[&str]) -> R
         fs::rename(&staging.dir, out).map_err(io_err("moving the build into", out))?;
         staging.keep = true;
     } else {
+        // The signed list first: without it, a stale output is an unlisted file.
+        for f in stale.iter().rev() {
+            let p = out.join(f);
+            match fs::remove_file(&p) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err("removing the stale", &p)(e).into()),
+                _ => {}
+            }
+        }
         for f in files {
             fs::rename(staging.dir.join(f), out.join(f)).map_err(io_err("moving the build into", out))?;
         }
@@ -1091,13 +1108,26 @@ pub fn build(plan: &Plan, log: &mut dyn FnMut(&str)) -> Result<BuildReport, Buil
     )?;
     stages.lap("bundle");
 
-    // The manifest last: a reader that sees the new manifest finds the files it names.
-    commit(
-        &mut staging,
-        &plan.out,
-        &parent,
-        &[DISK_FILE, bundle::FILE, SIGNATURE_FILE, MANIFEST_FILE],
-    )?;
+    let extra = outputs::write(&scratch, &plan.def.formats, &manifest, &bytes, &inputs.key, log)?;
+    if !extra.is_empty() {
+        stages.lap("outputs");
+    }
+
+    // The manifest after the files it names, the outputs' list after the manifest it
+    // names: a reader never sees a list or manifest whose files are not there yet. What
+    // an earlier build into the same directory wrote and this one did not is removed
+    // first, so no stale bmap sits beside a new disk.
+    let (extra_files, extra_list): (Vec<&str>, Vec<&str>) = extra
+        .iter()
+        .partition(|f| **f != cairn_signing::outputs::FILE && **f != cairn_signing::outputs::SIGNATURE_FILE);
+    let mut files = extra_files;
+    files.extend([DISK_FILE, bundle::FILE, SIGNATURE_FILE, MANIFEST_FILE]);
+    files.extend(extra_list);
+    let stale: Vec<&str> = outputs::all_files()
+        .into_iter()
+        .filter(|f| !files.contains(f))
+        .collect();
+    commit(&mut staging, &plan.out, &parent, &files, &stale)?;
     drop(staging);
 
     Ok(BuildReport {

@@ -17,7 +17,8 @@ use cairn_signing::{BuildKind, PrivateKey, PublicKey};
 use super::layout::{self, Layout};
 use super::{BuildError, DISK_FILE, MANIFEST_FILE, SIGNATURE_FILE};
 use crate::definition::{
-    Artifact, Compression, Definition, ModulePolicy, NodeAgent, PackageSource, RootSource, SigningKey, Size,
+    Artifact, Compression, Definition, ModulePolicy, NodeAgent, OutputFormat, PackageSource, RootSource, SigningKey,
+    Size,
 };
 use crate::packages::debian::{self, LockMode, LockState};
 
@@ -50,6 +51,8 @@ pub struct Overrides {
     pub package_sources: Vec<PackageSource>,
     /// Where the development key lives (normally [`super::dev_key_path`]).
     pub dev_key: PathBuf,
+    /// `--format`: more outputs, added to the definition's `[output] formats`.
+    pub formats: Vec<OutputFormat>,
 }
 
 /// Where the signing key came from.
@@ -205,6 +208,12 @@ impl Plan {
             }
             def.overlays.push(d.clone());
         }
+        for f in &o.formats {
+            if !def.formats.contains(f) {
+                def.formats.push(*f);
+            }
+        }
+        def.formats.sort();
         if let RootSource::Debian(spec) = &mut def.root {
             if !o.package_sources.is_empty() {
                 spec.package_sources = o.package_sources.clone();
@@ -460,6 +469,17 @@ impl Plan {
             line("next key", format!("{} (announced in the bundle)", k.fingerprint()));
         }
         line("tools", self.tools.join(" "));
+        line(
+            "outputs",
+            self.def
+                .formats
+                .iter()
+                .map(|f| f.file())
+                .chain(["update.cairn", "manifest.json"])
+                .chain((self.def.formats.len() > 1).then_some(cairn_signing::outputs::FILE))
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
         for (path, from) in &self.esp {
             let what = match from {
                 EspSource::File(p) => p.display().to_string(),

@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::build::layout::Role;
 use crate::build::{self, Overrides, Plan};
-use crate::definition::{Definition, Size};
+use crate::definition::{Definition, OutputFormat, Size};
 use crate::packages::debian::LockMode;
 
 #[derive(Debug, clap::Args)]
@@ -54,6 +54,12 @@ pub(super) struct BuildArgs {
     /// as `cairn keygen` writes it): nodes that install this release trust it from then on.
     #[arg(long, value_name = "PUBLIC_KEY")]
     next_key: Option<PathBuf>,
+    /// Write this form of the disk image too (repeatable; adds to the definition's
+    /// `[output] formats`): `bmap` (disk.raw.bmap for `bmaptool copy`), `raw.zst`
+    /// (disk.raw.zst), `qcow2` (disk.qcow2). Each is listed with its sha256 in the signed
+    /// outputs.json.
+    #[arg(long = "format", value_name = "FORMAT", value_enum)]
+    formats: Vec<OutputFormat>,
 }
 
 pub(super) fn build(args: BuildArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
@@ -69,6 +75,7 @@ pub(super) fn build(args: BuildArgs, out: &mut dyn Write, err: &mut dyn Write) -
         locked,
         package_source,
         next_key,
+        formats,
     } = args;
     let def = Definition::load(&definition)?;
     let overrides = Overrides {
@@ -83,6 +90,7 @@ pub(super) fn build(args: BuildArgs, out: &mut dyn Write, err: &mut dyn Write) -
         lock_mode: if locked { LockMode::Locked } else { LockMode::Follow },
         package_sources: package_sources(&package_source)?,
         dev_key: build::dev_key_path(),
+        formats,
     };
     let plan = Plan::new(def, &overrides).with_context(|| format!("planning {}", definition.display()))?;
     if print {

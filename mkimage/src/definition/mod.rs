@@ -68,10 +68,52 @@ pub enum Compression {
 }
 
 /// What the build writes besides the manifest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
 pub enum OutputFormat {
-    /// `disk.raw`, the image to flash or boot.
+    /// `disk.raw`, the image to flash or boot (always written).
     Raw,
+    /// `disk.raw.bmap`: the block map for `bmaptool copy` (bmap 2.0, sha256 per range).
+    Bmap,
+    /// `disk.raw.zst`: the raw image compressed with zstd, to download and flash.
+    #[value(name = "raw.zst")]
+    RawZst,
+    /// `disk.qcow2`: for QEMU, libvirt and OpenStack.
+    Qcow2,
+}
+
+impl OutputFormat {
+    /// Every format, in the order they are written.
+    pub const ALL: [OutputFormat; 4] = [
+        OutputFormat::Raw,
+        OutputFormat::Bmap,
+        OutputFormat::RawZst,
+        OutputFormat::Qcow2,
+    ];
+
+    /// Its name in `[output] formats` and `--format`.
+    pub fn name(self) -> &'static str {
+        match self {
+            OutputFormat::Raw => "raw",
+            OutputFormat::Bmap => "bmap",
+            OutputFormat::RawZst => "raw.zst",
+            OutputFormat::Qcow2 => "qcow2",
+        }
+    }
+
+    /// The file it is written to in the output directory.
+    pub fn file(self) -> &'static str {
+        match self {
+            OutputFormat::Raw => "disk.raw",
+            OutputFormat::Bmap => "disk.raw.bmap",
+            OutputFormat::RawZst => "disk.raw.zst",
+            OutputFormat::Qcow2 => "disk.qcow2",
+        }
+    }
+
+    /// The format called `name`.
+    pub fn from_name(name: &str) -> Option<OutputFormat> {
+        Self::ALL.into_iter().find(|f| f.name() == name)
+    }
 }
 
 /// Signing mode: a configured key, or the per-user development key.
@@ -469,19 +511,29 @@ impl Definition {
         let formats = match &raw.output.formats {
             None => vec![OutputFormat::Raw],
             Some(f) => {
-                let mut out = Vec::new();
+                // disk.raw is always written: the manifest describes it and the update
+                // bundle and every other format are made from it.
+                let mut seen = Vec::new();
                 for name in f.get_ref() {
-                    match name.as_str() {
-                        "raw" => out.push(OutputFormat::Raw),
-                        other => {
-                            return cx.err(
-                                Some(f.span()),
-                                format!("output format '{other}' is not supported"),
-                                "use [\"raw\"]",
-                            )
-                        }
+                    let Some(format) = OutputFormat::from_name(name) else {
+                        return cx.err(
+                            Some(f.span()),
+                            format!("output format '{}' is not supported", name.escape_debug()),
+                            "use any of \"raw\", \"bmap\", \"raw.zst\", \"qcow2\" (disk.raw is always written)",
+                        );
+                    };
+                    if seen.contains(&format) {
+                        return cx.err(
+                            Some(f.span()),
+                            format!("output format '{name}' is listed twice"),
+                            "list each format once",
+                        );
                     }
+                    seen.push(format);
                 }
+                let mut out = vec![OutputFormat::Raw];
+                out.extend(seen.into_iter().filter(|f| *f != OutputFormat::Raw));
+                out.sort();
                 out
             }
         };
@@ -555,6 +607,11 @@ mod tests {
         assert_eq!(d.compression, Compression::Zstd(15));
         assert_eq!(d.signing, SigningKey::Development);
         assert_eq!(d.formats, vec![OutputFormat::Raw]);
+        let d = f.parse("[output]\nformats = [\"qcow2\", \"bmap\"]\n").unwrap();
+        assert_eq!(
+            d.formats,
+            vec![OutputFormat::Raw, OutputFormat::Bmap, OutputFormat::Qcow2]
+        );
     }
 
     #[test]
@@ -641,6 +698,8 @@ mod tests {
             ("cmdline = [\"roothash=00\"]\n", 10, "set by Cairn"),
             ("cmdline = [\"a b\"]\n", 10, "printable"),
             ("[output]\nformats = [\"vhd\"]\n", 11, "not supported"),
+            ("[output]\nformats = [\"bmap\", \"bmap\"]\n", 11, "listed twice"),
+            ("[output]\nformats = [\"../x\\n\"]\n", 11, "'../x\\n' is not supported"),
         ] {
             let e = err(f.parse(extra));
             assert_eq!(e.at.map(|a| a.0), Some(line), "{extra}: {e}");

@@ -224,7 +224,66 @@ pub fn verify_dir(dir: &Path, key: &PublicKey) -> Result<(Manifest, Vec<String>)
         expect_eq(format!("bundle payload {} sha256", bp.name), dp, &bp.sha256)?;
     }
     ok.push(format!("{}: same release as the disk image", bundle::FILE));
+    ok.extend(verify_outputs(dir, &bytes, key)?);
     Ok((m, ok))
+}
+
+/// The build's other outputs (`outputs.json`): signed with `key`, naming this manifest,
+/// and every file it lists there with its size and sha256. An output file that no signed
+/// list names is a mismatch too (a stale or planted bmap must not pass as this build's).
+fn verify_outputs(dir: &Path, manifest_bytes: &[u8], key: &PublicKey) -> Result<Vec<String>, VerifyError> {
+    use cairn_signing::outputs::{self, Outputs};
+    use sha2::{Digest, Sha256};
+    let lpath = dir.join(outputs::FILE);
+    let known = crate::definition::OutputFormat::ALL
+        .into_iter()
+        .filter(|f| *f != crate::definition::OutputFormat::Raw)
+        .map(|f| f.file());
+    if !lpath.exists() {
+        if let Some(f) = known.into_iter().find(|f| dir.join(f).exists()) {
+            return Err(VerifyError::Mismatch {
+                what: f.to_string(),
+                expected: format!("listed in a signed {}", outputs::FILE),
+                found: format!("no {} beside it", outputs::FILE),
+            });
+        }
+        return Ok(vec![]);
+    }
+    let spath = dir.join(outputs::SIGNATURE_FILE);
+    let bytes = std::fs::read(&lpath).map_err(io_err("reading", &lpath))?;
+    let sig = std::fs::read(&spath).map_err(io_err("reading", &spath))?;
+    let list = Outputs::from_signed(&bytes, &sig, key).map_err(|e| VerifyError::Mismatch {
+        what: outputs::FILE.into(),
+        expected: "signed with the manifest's key".into(),
+        found: e.to_string(),
+    })?;
+    expect_eq(
+        format!("{} manifest sha256", outputs::FILE),
+        &list.manifest_sha256,
+        hex::encode(Sha256::digest(manifest_bytes)),
+    )?;
+    let mut ok = vec![format!("{}: signature good, names this manifest", outputs::FILE)];
+    for f in known {
+        if dir.join(f).exists() && !list.files.iter().any(|l| l.file == f) {
+            return Err(VerifyError::Mismatch {
+                what: f.to_string(),
+                expected: format!("listed in {}", outputs::FILE),
+                found: "not listed".into(),
+            });
+        }
+    }
+    for f in &list.files {
+        let path = dir.join(&f.file);
+        let (size, sha256) = crate::build::hash_file(&path).map_err(|e| VerifyError::Mismatch {
+            what: f.file.clone(),
+            expected: format!("{} bytes", f.size),
+            found: e.to_string(),
+        })?;
+        expect_eq(format!("{} size", f.file), f.size, size)?;
+        expect_eq(format!("{} sha256", f.file), &f.sha256, sha256)?;
+        ok.push(format!("{} ({}): {size} bytes, sha256 matches", f.file, f.format));
+    }
+    Ok(ok)
 }
 
 /// Recompute the verity tree of `len` bytes of `root` with the salt and UUID of the stored
