@@ -9,7 +9,8 @@
 //! into one [`build::Plan`]) → [`packages`] (lock, resolver, package store, cached Debian
 //! trees) → [`tree`] (the root tree: customization, modules, overlays) → [`formats`]
 //! (squashfs, dm-verity, UKI, FAT ESP, ext4, GPT) → [`build`] (the stages, one place that
-//! writes the disk) → [`release`] (verify, publish, config drives) → [`cli`].
+//! writes the disk) → [`release`] (verify, publish, config drives), [`flash`] (images onto
+//! disks) → [`cli`].
 
 pub use cairn_disk::{gpt, guid, verity};
 
@@ -17,6 +18,7 @@ pub mod build;
 pub mod cli;
 pub mod cluster;
 pub mod definition;
+pub mod flash;
 pub mod formats;
 pub mod ioerr;
 pub mod packages;

@@ -327,20 +327,26 @@ pub fn config_drive(dir: &Path, name: &str, node_toml: &str) -> PathBuf {
     out
 }
 
-/// A sparse copy of the test image's disk in a fresh temporary directory.
+/// The test image's disk written into a fresh temporary directory by `cairn flash` (its
+/// signature checked with the development key the test images are signed with, every
+/// range read back), so every VM boots what a user's flash wrote.
 pub fn copy_disk(tag: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::Builder::new()
         .prefix(&format!("cairn-qemu-{tag}-"))
         .tempdir()
         .expect("temp dir");
     let disk = dir.path().join("disk.raw");
-    let st = Command::new("cp")
-        .arg("--sparse=always")
-        .arg(test_image().join("disk.raw"))
+    let out = Command::new(cairn_bin())
+        .arg("flash")
+        .arg(test_image())
         .arg(&disk)
-        .status()
-        .expect("cp");
-    assert!(st.success(), "copying the test disk");
+        .output()
+        .expect("running cairn flash");
+    assert!(
+        out.status.success(),
+        "cairn flash of the test image: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     (dir, disk)
 }
 

@@ -6,6 +6,7 @@
 
 mod boot;
 mod build;
+mod flash;
 mod keys;
 mod packages;
 mod release;
@@ -51,6 +52,18 @@ enum Command {
     /// same release. Given a `.cairn` file, checks that bundle alone (what a node will
     /// accept). Exits non-zero on the first mismatch.
     Verify(release::VerifyArgs),
+    /// Write a verified image to a whole disk, a USB stick or an image file.
+    ///
+    /// Checks the manifest's signature first, then refuses a target that is not a whole
+    /// disk or a regular file, that is mounted, swapped on or held by device-mapper, that
+    /// holds the running system, is read-only, smaller than the image or has other than
+    /// 512-byte sectors. Shows the disk (model, size, partitions) and asks unless --yes.
+    /// Writes only the image's data ranges (each checked against its signed sha256; the
+    /// rest of the image is zero), the first MiB last, with progress once a second; reads
+    /// every range back past the page cache; asks the kernel to re-read the partition
+    /// table. On a failure the partition table is wiped so the disk never boots
+    /// half-written. A file target is written beside its name and renamed once verified.
+    Flash(flash::FlashArgs),
     /// Publish a build's update bundle for nodes to fetch from a static web server.
     ///
     /// Verifies `update.cairn` with the release key, copies it to
@@ -140,6 +153,7 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
         Command::Boot(a) => boot::boot(a, out, err),
         Command::Keygen(a) => release::keygen(a, out, err),
         Command::Verify(a) => release::verify(a, out, err),
+        Command::Flash(a) => flash::flash(a, out, err),
         Command::Publish(a) => release::publish(a, out, err),
         Command::Lock(a) => packages::lock(a, out, err),
         Command::Store(c) => packages::store(c, out, err),

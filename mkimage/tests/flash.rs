@@ -1,0 +1,421 @@
+//! `cairn flash` on the fixture image: to files (the result `cmp`-identical to `disk.raw`,
+//! from `disk.raw` and from `disk.raw.zst`), to loop devices where `losetup` works (the
+//! written range identical, `sfdisk` reads the table, a damaged image leaves the disk with
+//! no partition table), and every refusal: a bad signature or key, a damaged image, a
+//! directory, a character device, a FIFO, a missing device, a partition, a mounted or
+//! swapped-on disk (through the mountinfo and swaps seam), the disk holding the real `/`,
+//! a read-only, a too small disk, and no confirmation without a terminal.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use cairn_mkimage::flash::{self, Host, Target};
+use common::*;
+
+fn flash_cmd(args: &[&str]) -> Output {
+    cairn().arg("flash").args(args).output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn flip(file: &Path, at: u64) {
+    use std::os::unix::fs::FileExt;
+    let fd = fs::OpenOptions::new().read(true).write(true).open(file).unwrap();
+    let mut b = [0u8; 1];
+    fd.read_exact_at(&mut b, at).unwrap();
+    fd.write_all_at(&[b[0] ^ 0x01], at).unwrap();
+}
+
+/// The fixture built with `disk.raw.zst` too.
+fn built() -> (Fixture, PathBuf, String) {
+    let f = Fixture::new();
+    f.write_definition("\n[output]\nformats = [\"raw.zst\"]\n");
+    let out = f.build_ok("out");
+    let key = f.path("release.pub").display().to_string();
+    (f, out, key)
+}
+
+fn same_bytes(a: &Path, b: &Path, len: u64) -> bool {
+    Command::new("cmp")
+        .arg("-n")
+        .arg(len.to_string())
+        .arg(a)
+        .arg(b)
+        .status()
+        .unwrap()
+        .success()
+}
+
+#[test]
+fn to_files_from_raw_and_zst() {
+    let (f, out, key) = built();
+    let disk = out.join("disk.raw");
+    let size = fs::metadata(&disk).unwrap().len();
+    let dir = out.display().to_string();
+
+    // A dry run writes nothing.
+    let target = f.path("copy.raw");
+    let o = flash_cmd(&[&dir, target.to_str().unwrap(), "--key", &key, "--dry-run"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("dry run: nothing written") && !target.exists(),
+        "{}",
+        text(&o)
+    );
+
+    // From the directory (disk.raw) and from disk.raw.zst: the same bytes, a sparse file.
+    for (source, name) in [
+        (dir.clone(), "copy.raw"),
+        (out.join("disk.raw.zst").display().to_string(), "from-zst.raw"),
+    ] {
+        let target = f.path(name);
+        let o = flash_cmd(&[&source, target.to_str().unwrap(), "--key", &key]);
+        assert!(o.status.success(), "{source}: {}", text(&o));
+        assert!(text(&o).contains("read back past the page cache"), "{}", text(&o));
+        assert_eq!(fs::metadata(&target).unwrap().len(), size);
+        assert!(same_bytes(&disk, &target, size), "{source}: differs from disk.raw");
+        use std::os::unix::fs::MetadataExt;
+        let m = manifest(&out);
+        let data: u64 = m["disk"]["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["size"].as_u64().unwrap())
+            .sum();
+        assert!(
+            fs::metadata(&target).unwrap().blocks() * 512 < data + (4 << 20),
+            "{name} is not sparse"
+        );
+    }
+    // Over an existing file: replaced whole. The image itself: refused.
+    fs::write(f.path("old.raw"), vec![0x55; 4096]).unwrap();
+    let o = flash_cmd(&[&dir, f.path("old.raw").to_str().unwrap(), "--key", &key]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(same_bytes(&disk, &f.path("old.raw"), size));
+    let o = flash_cmd(&[&dir, disk.to_str().unwrap(), "--key", &key]);
+    assert!(
+        !o.status.success() && text(&o).contains("is the image itself"),
+        "{}",
+        text(&o)
+    );
+
+    // Another key, a changed manifest, no manifest: refused before anything is written.
+    run_ok(cairn().arg("keygen").arg(f.path("other.pem")));
+    let t = f.path("never.raw");
+    let o = flash_cmd(&[
+        &dir,
+        t.to_str().unwrap(),
+        "--key",
+        f.path("other.pub").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success() && text(&o).contains("signature"), "{}", text(&o));
+    flip(&out.join("manifest.json"), 30);
+    let o = flash_cmd(&[&dir, t.to_str().unwrap(), "--key", &key]);
+    assert!(!o.status.success() && text(&o).contains("signature"), "{}", text(&o));
+    flip(&out.join("manifest.json"), 30);
+    let lone = f.path("lone");
+    fs::create_dir(&lone).unwrap();
+    fs::copy(&disk, lone.join("disk.raw")).unwrap();
+    let o = flash_cmd(&[
+        lone.join("disk.raw").to_str().unwrap(),
+        t.to_str().unwrap(),
+        "--key",
+        &key,
+    ]);
+    assert!(
+        !o.status.success() && text(&o).contains("manifest.json"),
+        "{}",
+        text(&o)
+    );
+    let o = flash_cmd(&["https://example.com/node/", t.to_str().unwrap(), "--key", &key]);
+    assert!(
+        !o.status.success() && text(&o).contains("not supported"),
+        "{}",
+        text(&o)
+    );
+    assert!(!t.exists());
+
+    // A damaged image: stopped at the damaged range; no file, no temporary file left.
+    let (r_off, r_len) = payload(&manifest(&out), "root");
+    flip(&disk, r_off + r_len / 3);
+    let o = flash_cmd(&[&dir, t.to_str().unwrap(), "--key", &key]);
+    assert!(
+        !o.status.success() && text(&o).contains("does not match its signed manifest in data range"),
+        "{}",
+        text(&o)
+    );
+    flip(&disk, r_off + r_len / 3);
+    assert!(!t.exists());
+    let left: Vec<_> = fs::read_dir(f.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("cairn-flash"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn targets_that_are_not_disks_or_files_are_refused() {
+    let (f, out, key) = built();
+    let dir = out.display().to_string();
+    fs::create_dir(f.path("a-dir")).unwrap();
+    run_ok(Command::new("mkfifo").arg(f.path("a-fifo")));
+    for (target, says) in [
+        (f.path("a-dir").display().to_string(), "is a directory"),
+        (f.path("a-fifo").display().to_string(), "is a FIFO"),
+        ("/dev/null".to_string(), "is a character device"),
+        ("/dev/cairn-no-such-disk".to_string(), "no such device"),
+    ] {
+        let o = flash_cmd(&[&dir, &target, "--key", &key]);
+        assert!(!o.status.success() && text(&o).contains(says), "{target}: {}", text(&o));
+    }
+    assert!(fs::symlink_metadata("/dev/cairn-no-such-disk").is_err());
+}
+
+#[test]
+fn the_disk_holding_the_running_root_is_refused() {
+    // Whatever holds / here (a whole disk, a partition's disk), found the way cairn does.
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let source = info.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        let dash = f.iter().position(|x| *x == "-")?;
+        (f[4] == "/").then(|| f[dash + 2].to_string())
+    });
+    let Some(source) = source.filter(|s| s.starts_with("/dev/")) else {
+        eprintln!("skipping: / is not on a block device here");
+        return;
+    };
+    let (_f, out, key) = built();
+    // The root's own device (a partition is refused as one, a whole disk as the system's),
+    // and its disk through sysfs.
+    let o = flash_cmd(&[out.to_str().unwrap(), &source, "--key", &key, "--dry-run"]);
+    let said = text(&o);
+    assert!(!o.status.success(), "{said}");
+    assert!(
+        said.contains("holds / of the running system") || said.contains("is partition"),
+        "{said}"
+    );
+    if said.contains("is partition") {
+        let disk = said.split("hint: flash ").nth(1).unwrap().trim().to_string();
+        let o = flash_cmd(&[out.to_str().unwrap(), &disk, "--key", &key, "--dry-run"]);
+        assert!(
+            !o.status.success() && text(&o).contains("holds / of the running system"),
+            "{}",
+            text(&o)
+        );
+    }
+}
+
+/// A loop device over a sparse file of `size` bytes, detached when dropped.
+struct Loop {
+    dev: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Loop {
+    fn new(size: u64, read_only: bool) -> Option<Loop> {
+        let dir = tempfile::tempdir().unwrap();
+        let back = dir.path().join("back.img");
+        fs::File::create(&back).unwrap().set_len(size).unwrap();
+        let mut c = Command::new("losetup");
+        c.args(["-f", "--show"]);
+        if read_only {
+            c.arg("-r");
+        }
+        let o = c.arg(&back).output().ok()?;
+        if !o.status.success() {
+            eprintln!("skipping: losetup: {}", String::from_utf8_lossy(&o.stderr).trim());
+            return None;
+        }
+        Some(Loop {
+            dev: String::from_utf8_lossy(&o.stdout).trim().to_string(),
+            _dir: dir,
+        })
+    }
+
+    fn devno(&self) -> String {
+        fs::read_to_string(format!("/sys/class/block/{}/dev", self.name()))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    fn name(&self) -> &str {
+        self.dev.trim_start_matches("/dev/")
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        for (tool, arg) in [("partx", "-d"), ("losetup", "-d")] {
+            let _ = Command::new(tool)
+                .arg(arg)
+                .arg(&self.dev)
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+
+fn first_mib_is_zero(dev: &str) -> bool {
+    let mut b = vec![0u8; 1 << 20];
+    use std::io::Read;
+    fs::File::open(dev).unwrap().read_exact(&mut b).unwrap();
+    b.iter().all(|x| *x == 0)
+}
+
+#[test]
+fn to_loop_devices_and_what_is_refused_there() {
+    if skip_without_root("loop devices need root") {
+        return;
+    }
+    let (f, out, key) = built();
+    let dir = out.display().to_string();
+    let disk = out.join("disk.raw");
+    let size = fs::metadata(&disk).unwrap().len();
+    let Some(lo) = Loop::new(size + (8 << 20), false) else {
+        return;
+    };
+
+    // Without a terminal and without --yes: nothing is written.
+    let o = cairn()
+        .args(["flash", &dir, &lo.dev, "--key", &key])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!o.status.success() && text(&o).contains("pass --yes"), "{}", text(&o));
+    assert!(
+        text(&o).contains(&format!("to       {} ({}", lo.dev, lo.name())),
+        "{}",
+        text(&o)
+    );
+
+    // Written: the image's bytes, a partition table sfdisk reads.
+    let o = flash_cmd(&[&dir, &lo.dev, "--key", &key, "--yes"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        same_bytes(&disk, Path::new(&lo.dev), size),
+        "the loop device differs from disk.raw"
+    );
+    let table = run_ok(Command::new("sfdisk").arg("-d").arg(&lo.dev));
+    assert!(
+        table.contains("label: gpt") && table.contains("name=\"root-a\""),
+        "{table}"
+    );
+
+    // Its partition is refused as one (the kernel here may not scan GPTs: partx adds them,
+    // and a device node of our own stands for it).
+    let _ = Command::new("partx").arg("-a").arg(&lo.dev).status();
+    let p2 = format!("/sys/class/block/{}/{}p2/dev", lo.name(), lo.name());
+    match fs::read_to_string(&p2) {
+        Err(e) => eprintln!("skipping the partition cases: {p2}: {e}"),
+        Ok(devno) => {
+            let (maj, min) = devno.trim().split_once(':').unwrap();
+            let node = f.path("part2");
+            run_ok(Command::new("mknod").arg(&node).args(["b", maj, min]));
+            let o = flash_cmd(&[&dir, node.to_str().unwrap(), "--key", &key, "--dry-run"]);
+            assert!(
+                !o.status.success() && text(&o).contains(&format!("is partition {}p2 of {}", lo.name(), lo.name())),
+                "{}",
+                text(&o)
+            );
+            // Mounted, as far as the mountinfo seam says: the disk and its partition.
+            let m = f.path("mountinfo");
+            fs::write(
+                &m,
+                format!(
+                    "22 1 254:0 / / rw - ext4 /dev/vda rw\n36 22 {} / /mnt/usb\\040stick rw - vfat /dev/{}p2 rw\n",
+                    devno.trim(),
+                    lo.name()
+                ),
+            )
+            .unwrap();
+            let host = Host {
+                mountinfo: m.clone(),
+                swaps: "/proc/swaps".into(),
+                sys_dev_block: "/sys/dev/block".into(),
+            };
+            let err = flash::target::inspect(&host, Path::new(&lo.dev), size)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("{}p2 is mounted on /mnt/usb stick", lo.name())),
+                "{err}"
+            );
+        }
+    }
+    // The whole disk mounted, or as the running root, or swapped on (the swaps seam).
+    let m = f.path("mountinfo-root");
+    fs::write(&m, format!("22 1 {} / / rw - ext4 {} rw\n", lo.devno(), lo.dev)).unwrap();
+    let swaps = f.path("swaps");
+    fs::write(
+        &swaps,
+        format!(
+            "Filename\tType\tSize\tUsed\tPriority\n{}\tpartition\t1024\t0\t-2\n",
+            lo.dev
+        ),
+    )
+    .unwrap();
+    let empty = f.path("empty");
+    fs::write(&empty, "").unwrap();
+    let host = |mountinfo: &Path, swaps: &Path| Host {
+        mountinfo: mountinfo.to_owned(),
+        swaps: swaps.to_owned(),
+        sys_dev_block: "/sys/dev/block".into(),
+    };
+    let err = flash::target::inspect(&host(&m, &empty), Path::new(&lo.dev), size)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("holds / of the running system"), "{err}");
+    let err = flash::target::inspect(&host(&empty, &swaps), Path::new(&lo.dev), size)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&format!("{} is swap", lo.dev)), "{err}");
+    // Nothing uses it: a disk, described.
+    match flash::target::inspect(&host(&empty, &empty), Path::new(&lo.dev), size).unwrap() {
+        Target::Disk(d) => assert_eq!((d.size, d.sector), (size + (8 << 20), 512)),
+        t => panic!("{t:?}"),
+    }
+    // Too small by a sector.
+    let err = flash::target::inspect(&host(&empty, &empty), Path::new(&lo.dev), size + (8 << 20) + 512)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("the image needs"), "{err}");
+
+    // A damaged image stops the write, and the disk is left with no partition table.
+    let (r_off, r_len) = payload(&manifest(&out), "root");
+    flip(&disk, r_off + r_len - 100);
+    let o = flash_cmd(&[&dir, &lo.dev, "--key", &key, "--yes"]);
+    flip(&disk, r_off + r_len - 100);
+    assert!(
+        !o.status.success() && text(&o).contains("its partition table was wiped"),
+        "{}",
+        text(&o)
+    );
+    assert!(first_mib_is_zero(&lo.dev), "a partition table is left");
+    let o = Command::new("sfdisk").arg("-d").arg(&lo.dev).output().unwrap();
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("root-a"), "{}", text(&o));
+
+    // Read-only and too small, as the kernel reports them.
+    if let Some(ro) = Loop::new(size + (8 << 20), true) {
+        let o = flash_cmd(&[&dir, &ro.dev, "--key", &key, "--yes"]);
+        assert!(!o.status.success() && text(&o).contains("is read-only"), "{}", text(&o));
+    }
+    if let Some(small) = Loop::new(size - (1 << 20), false) {
+        let o = flash_cmd(&[&dir, &small.dev, "--key", &key, "--yes"]);
+        assert!(
+            !o.status.success() && text(&o).contains("the image needs"),
+            "{}",
+            text(&o)
+        );
+    }
+}
