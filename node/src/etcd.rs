@@ -21,6 +21,9 @@ use std::time::Duration;
 use base64::Engine;
 use serde_json::Value;
 
+/// What etcd says when users or roles changed between checking a request and applying it.
+const AUTH_OLD_REVISION: &str = "revision of auth store is old";
+
 /// What went wrong talking to etcd.
 #[derive(Debug, thiserror::Error)]
 pub enum EtcdError {
@@ -164,6 +167,29 @@ impl Etcd {
         args: &[&str],
         stdin: Option<&str>,
         why: impl Fn(&Value) -> Option<String>,
+    ) -> Result<Vec<u8>, EtcdError> {
+        // etcd refuses a request whose authentication was checked against users and roles
+        // that changed before it was applied ("revision of auth store is old"): while the
+        // control-plane nodes set up etcd's users at once, any of them may see it. Nothing
+        // was applied, so asking again is safe.
+        let mut tries = 0u64;
+        loop {
+            match self.output_once(what, args, stdin, &why) {
+                Err(EtcdError::Failed { message, .. }) if message.contains(AUTH_OLD_REVISION) && tries < 8 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(250 * tries));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn output_once(
+        &self,
+        what: &str,
+        args: &[&str],
+        stdin: Option<&str>,
+        why: &impl Fn(&Value) -> Option<String>,
     ) -> Result<Vec<u8>, EtcdError> {
         let mut cmd = Command::new(&self.program);
         cmd.env("ETCDCTL_API", "3")
@@ -399,5 +425,50 @@ impl Etcd {
             });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An etcdctl stand-in that fails with `message` the first `fails` times, then answers.
+    fn fake(dir: &Path, fails: u32, message: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let p = dir.join("etcdctl");
+        let count = dir.join("runs");
+        std::fs::write(
+            &p,
+            format!(
+                "#!/bin/sh\nn=$(cat {c} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {c}\n\
+                 if [ $n -le {fails} ]; then echo '{{\"level\":\"warn\"}}' >&2; echo 'Error: {message}' >&2; exit 1; fi\necho '{{}}'\n",
+                c = count.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+
+    fn runs(dir: &Path) -> String {
+        std::fs::read_to_string(dir.join("runs")).unwrap().trim().to_string()
+    }
+
+    #[test]
+    fn an_old_auth_revision_is_asked_again_and_nothing_else_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut etcd = Etcd::new(&["http://127.0.0.1:1".into()], None, Duration::from_secs(1)).unwrap();
+        etcd.program = fake(dir.path(), 2, "etcdserver: revision of auth store is old");
+        assert_eq!(etcd.run_text("auth enable", &["auth", "enable"]).unwrap(), "{}");
+        assert_eq!(runs(dir.path()), "3");
+
+        let dir = tempfile::tempdir().unwrap();
+        etcd.program = fake(dir.path(), 2, "etcdserver: permission denied");
+        let err = etcd
+            .run_text("user add", &["user", "add", "x"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("permission denied"), "{err}");
+        assert_eq!(runs(dir.path()), "1");
     }
 }

@@ -327,7 +327,10 @@ fn three_nodes_form_a_cluster_and_roll_through_an_update_without_losing_quorum()
     for node in &mut nodes {
         let said = run_ok(
             node.vm(),
-            "systemctl is-active cairn-etcd-auth.service; journalctl -b -u cairn-etcd-auth -o cat --no-pager | grep 'etcd auth: on'",
+            // A run etcd could not answer is tried again (Restart=on-failure): wait it out.
+            "for i in $(seq 90); do s=$(systemctl is-active cairn-etcd-auth.service); \
+             [ \"$s\" = activating ] || break; sleep 2; done; echo $s; \
+             journalctl -b -u cairn-etcd-auth -o cat --no-pager | grep 'etcd auth: on'",
         );
         assert!(
             said.starts_with("active") && said.contains("cairn-lease may use /cairn/reboot/ only"),
