@@ -398,7 +398,7 @@ pub fn esp_on_disk(disk: &Path) -> Vec<String> {
     let out = Command::new("mdir")
         .arg("-b")
         .arg("-i")
-        .arg(format!("{}@@{}", disk.display(), partition_offset("ESP")))
+        .arg(format!("{}@@{}", disk.display(), partition_offset("esp")))
         .arg("::/EFI/Linux")
         .output()
         .expect("running mdir");
