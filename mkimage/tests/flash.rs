@@ -96,6 +96,23 @@ fn to_files_from_raw_and_zst() {
             "{name} is not sparse"
         );
     }
+    // Two flashes into one file at once: each writes its own file beside it and renames
+    // it, so the file is whole either way and no temporary file stays.
+    let both = f.path("both.raw");
+    let runs: Vec<_> = (0..2)
+        .map(|_| {
+            cairn()
+                .args(["flash", &dir, both.to_str().unwrap(), "--key", &key])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut r in runs {
+        assert!(r.wait().unwrap().success());
+    }
+    assert!(same_bytes(&disk, &both, size));
     // Over an existing file: replaced whole. The image itself: refused.
     fs::write(f.path("old.raw"), vec![0x55; 4096]).unwrap();
     let o = flash_cmd(&[&dir, f.path("old.raw").to_str().unwrap(), "--key", &key]);
