@@ -158,23 +158,34 @@ impl Manifest {
     /// Check `signature` over `bytes` with `key`, then parse. Nothing is parsed before
     /// the signature holds.
     pub fn from_signed(bytes: &[u8], signature: &[u8], key: &PublicKey) -> Result<Self, ManifestError> {
-        key.verify(bytes, signature).map_err(ManifestError::Signature)?;
-        // The format first, so an older manifest is named as such, not as malformed.
-        #[derive(Deserialize)]
-        struct Format {
-            format: u32,
-        }
-        let f: Format = serde_json::from_slice(bytes).map_err(ManifestError::Parse)?;
-        if f.format != FORMAT {
-            return Err(ManifestError::Format(f.format));
-        }
-        serde_json::from_slice(bytes).map_err(ManifestError::Parse)
+        from_signed_json(bytes, signature, key, FORMAT)
     }
 
     /// The payload called `name`, if any.
     pub fn payload(&self, name: &str) -> Option<&Payload> {
         self.payloads.iter().find(|p| p.name == name)
     }
+}
+
+/// Check `signature` over `bytes` with `key`, then the JSON's `format` against `format`,
+/// then parse: nothing is parsed before the signature holds, and a document of another
+/// format is named by its format, not as malformed. Shared by Cairn's signed JSON files.
+pub(crate) fn from_signed_json<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    signature: &[u8],
+    key: &PublicKey,
+    format: u32,
+) -> Result<T, ManifestError> {
+    key.verify(bytes, signature).map_err(ManifestError::Signature)?;
+    #[derive(Deserialize)]
+    struct Format {
+        format: u32,
+    }
+    let f: Format = serde_json::from_slice(bytes).map_err(ManifestError::Parse)?;
+    if f.format != format {
+        return Err(ManifestError::Format(f.format));
+    }
+    serde_json::from_slice(bytes).map_err(ManifestError::Parse)
 }
 
 #[cfg(test)]

@@ -71,16 +71,12 @@ impl Outputs {
     /// Check `signature` over `bytes` with `key`, then parse. Nothing is parsed before
     /// the signature holds. A file name that is not a plain name is refused as malformed.
     pub fn from_signed(bytes: &[u8], signature: &[u8], key: &PublicKey) -> Result<Self, OutputsError> {
-        key.verify(bytes, signature).map_err(OutputsError::Signature)?;
-        #[derive(Deserialize)]
-        struct Format {
-            format: u32,
-        }
-        let f: Format = serde_json::from_slice(bytes).map_err(OutputsError::Parse)?;
-        if f.format != FORMAT {
-            return Err(OutputsError::Format(f.format));
-        }
-        let o: Outputs = serde_json::from_slice(bytes).map_err(OutputsError::Parse)?;
+        use crate::manifest::{from_signed_json, ManifestError};
+        let o: Outputs = from_signed_json(bytes, signature, key, FORMAT).map_err(|e| match e {
+            ManifestError::Signature(e) => OutputsError::Signature(e),
+            ManifestError::Parse(e) => OutputsError::Parse(e),
+            ManifestError::Format(f) => OutputsError::Format(f),
+        })?;
         if let Some(bad) = o.files.iter().find(|f| !plain_name(&f.file)) {
             return Err(OutputsError::Parse(serde::de::Error::custom(format!(
                 "file {:?} is not a plain file name",

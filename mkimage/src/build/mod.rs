@@ -21,8 +21,6 @@ pub mod layout;
 mod outputs;
 pub mod plan;
 
-pub use outputs::hash_file;
-
 use plan::EspSource;
 pub use plan::{KeyChoice, KeyPlan, Overrides, Plan};
 

@@ -10,8 +10,7 @@
 //! not depend on the number of threads (unlike its single-threaded mode); qemu-img writes
 //! clusters in order.
 
-use std::fs::{self, File};
-use std::io::Read;
+use std::fs;
 use std::path::Path;
 use std::process::Command;
 
@@ -90,7 +89,8 @@ pub(super) fn write(
                 )?;
             }
         }
-        let (size, sha256) = hash_file(&path)?;
+        let size = fs::metadata(&path).map_err(io_err("reading", &path))?.len();
+        let sha256 = crate::packages::store::sha256_file(&path)?;
         files.push(OutputFile {
             file: name.to_string(),
             format: format.name().to_string(),
@@ -123,21 +123,4 @@ pub(super) fn write(
         outputs::FILE
     ));
     Ok(names)
-}
-
-/// A file's size and sha256 (hex).
-pub fn hash_file(path: &Path) -> Result<(u64, String), BuildError> {
-    let mut f = File::open(path).map_err(io_err("opening", path))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = f.read(&mut buf).map_err(io_err("reading", path))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-        size += n as u64;
-    }
-    Ok((size, hex::encode(h.finalize())))
 }

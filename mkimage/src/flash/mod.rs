@@ -432,6 +432,7 @@ fn write_and_verify(
         log,
     };
     let mut aligned = Aligned::new(CHUNK);
+    let mut chunk = vec![0u8; CHUNK];
     let mut got_head = vec![0u8; head_len];
     read_back(&back, &mut aligned, 0, &mut got_head, direct)
         .map_err(io_at(format!("reading back {}", out_path.display())))?;
@@ -447,10 +448,9 @@ fn write_and_verify(
         let mut at = r.offset;
         while at < end {
             let n = ((end - at) as usize).min(CHUNK);
-            let mut chunk = vec![0u8; n];
-            read_back(&back, &mut aligned, at, &mut chunk, direct)
+            read_back(&back, &mut aligned, at, &mut chunk[..n], direct)
                 .map_err(io_at(format!("reading back {} at byte {at}", out_path.display())))?;
-            h.update(&chunk);
+            h.update(&chunk[..n]);
             at += n as u64;
             progress.add(n as u64);
         }

@@ -266,20 +266,9 @@ pub fn inspect(host: &Host, path: &Path, image_size: u64) -> Result<Target, Targ
         return Ok(Target::File(path.to_owned()));
     }
     if !t.is_block_device() {
-        let kind = if t.is_dir() {
-            "a directory"
-        } else if t.is_char_device() {
-            "a character device"
-        } else if t.is_fifo() {
-            "a FIFO"
-        } else if t.is_socket() {
-            "a socket"
-        } else {
-            "not a file or block device"
-        };
         return Err(TargetError::Kind {
             path: path.to_owned(),
-            kind,
+            kind: crate::ioerr::file_kind(t),
         });
     }
     let rdev = meta.rdev();

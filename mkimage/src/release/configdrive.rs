@@ -53,26 +53,16 @@ pub enum DriveError {
     },
 }
 
-/// What `path` is when it exists and is not a regular file.
+/// What `path` is when it exists and is not a regular file (a link counts as one, even to
+/// a regular file).
 fn special(path: &Path) -> Option<&'static str> {
-    use std::os::unix::fs::FileTypeExt;
     let t = std::fs::metadata(path).ok()?.file_type();
     let link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
-    Some(if t.is_block_device() {
-        "a block device"
-    } else if t.is_char_device() {
-        "a character device"
-    } else if t.is_dir() {
-        "a directory"
-    } else if t.is_fifo() {
-        "a FIFO"
-    } else if t.is_socket() {
-        "a socket"
-    } else if link {
-        "a symbolic link"
-    } else {
-        return None;
-    })
+    match crate::ioerr::file_kind(t) {
+        "a regular file" if link => Some("a symbolic link"),
+        "a regular file" => None,
+        kind => Some(kind),
+    }
 }
 
 /// Refuse an output that is not a regular file (or not there yet): a device node, a link,
