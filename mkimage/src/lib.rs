@@ -9,7 +9,7 @@
 //! into one [`build::Plan`]) → [`packages`] (lock, resolver, package store, cached Debian
 //! trees) → [`tree`] (the root tree: customization, modules, overlays) → [`formats`]
 //! (squashfs, dm-verity, UKI, FAT ESP, ext4, GPT) → [`build`] (the stages, one place that
-//! writes the disk) → [`release`] (verify, publish, config drives), [`flash`] (images onto
+//! writes the disk; [`sbom`] lists what is in it) → [`release`] (verify, publish, config drives), [`flash`] (images onto
 //! disks) → [`cli`].
 
 pub use cairn_disk::{gpt, guid, verity};
@@ -23,5 +23,6 @@ pub mod formats;
 pub mod ioerr;
 pub mod packages;
 pub mod release;
+pub mod sbom;
 pub mod tools;
 pub mod tree;

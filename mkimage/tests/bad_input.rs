@@ -152,7 +152,15 @@ fn failure_midway_keeps_the_previous_output() {
     );
     assert_eq!(
         listing(&out),
-        ["disk.raw", "manifest.json", "manifest.json.sig", "update.cairn"]
+        [
+            "disk.raw",
+            "manifest.json",
+            "manifest.json.sig",
+            "outputs.json",
+            "outputs.json.sig",
+            "sbom.spdx.json",
+            "update.cairn"
+        ]
     );
 }
 

@@ -274,7 +274,7 @@ fn an_exported_store_rebuilds_the_image_offline_byte_identical() {
         log.contains("packages: fetched"),
         "the offline build fetched from the store: {log}"
     );
-    for f in ["disk.raw", "manifest.json", "update.cairn"] {
+    for f in ["disk.raw", "manifest.json", "update.cairn", "sbom.spdx.json"] {
         let sha = |d: &str| {
             let o = run_ok(Command::new("sha256sum").arg(img.path(d).join(f)));
             o.split_whitespace().next().unwrap().to_string()
@@ -285,6 +285,47 @@ fn an_exported_store_rebuilds_the_image_offline_byte_identical() {
             "{f} differs between the online and the offline build"
         );
     }
+    // The SBOM lists every locked package with its .deb's sha256, passes a real SPDX
+    // validator, and reads licenses from the packages' copyright files.
+    let sbom_path = img.path("online/sbom.spdx.json");
+    let (ok, said) = spdx_valid(&sbom_path);
+    assert!(ok, "{said}");
+    let sbom: serde_json::Value = serde_json::from_slice(&fs::read(&sbom_path).unwrap()).unwrap();
+    let debs: Vec<&serde_json::Value> = sbom["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["SPDXID"].as_str().unwrap().starts_with("SPDXRef-deb-"))
+        .collect();
+    assert_eq!(debs.len(), count, "one SBOM package per locked package");
+    for p in lock["package"].as_array().unwrap() {
+        let name = p["name"].as_str().unwrap();
+        let listed = debs
+            .iter()
+            .find(|d| d["name"] == name)
+            .unwrap_or_else(|| panic!("{name} is not in the SBOM"));
+        assert_eq!(listed["versionInfo"], p["version"].as_str().unwrap(), "{name}");
+        assert_eq!(
+            listed["checksums"][0]["checksumValue"],
+            p["sha256"].as_str().unwrap(),
+            "{name}"
+        );
+    }
+    let zstd = debs.iter().find(|d| d["name"] == "zstd").unwrap();
+    assert!(
+        zstd["licenseDeclared"].as_str().unwrap().contains("BSD-3-Clause"),
+        "zstd's copyright file declares BSD-3-clause: {zstd}"
+    );
+    let licensed = debs.iter().filter(|d| d["licenseDeclared"] != "NOASSERTION").count();
+    assert!(
+        licensed * 4 > count * 3,
+        "only {licensed} of {count} packages with a license"
+    );
+    assert!(
+        log.contains(&format!("sbom: {count} Debian packages ({licensed} with a license")),
+        "{log}"
+    );
+
     // The export is a repository apt itself reads: the index names files that are there.
     for line in packages.lines().filter_map(|l| l.strip_prefix("Filename: ")) {
         assert!(img.path("store").join(line).is_file(), "{line}");

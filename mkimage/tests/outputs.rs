@@ -83,6 +83,7 @@ fn bmap_zst_and_qcow2_are_read_by_their_tools_listed_signed_and_reproducible() {
         "disk.raw.bmap",
         "disk.raw.zst",
         "disk.qcow2",
+        "sbom.spdx.json",
         "outputs.json",
         "outputs.json.sig",
     ];
@@ -136,7 +137,12 @@ fn bmap_zst_and_qcow2_are_read_by_their_tools_listed_signed_and_reproducible() {
     let key = f.path("release.pub");
     let (ok, out, err) = verify(&a, &key);
     assert!(ok, "{err}");
-    for name in ["disk.raw.bmap (bmap)", "disk.raw.zst (raw.zst)", "disk.qcow2 (qcow2)"] {
+    for name in [
+        "sbom.spdx.json (spdx)",
+        "disk.raw.bmap (bmap)",
+        "disk.raw.zst (raw.zst)",
+        "disk.qcow2 (qcow2)",
+    ] {
         assert!(out.contains(&format!("ok  {name}: ")), "{name}: {out}");
     }
     assert!(
@@ -168,15 +174,17 @@ fn bmap_zst_and_qcow2_are_read_by_their_tools_listed_signed_and_reproducible() {
     fs::rename(f.path("outputs.json"), b.join("outputs.json")).unwrap();
     assert!(verify(&b, &key).0);
 
-    // A later build into the same directory without them leaves none behind.
+    // A later build into the same directory without them leaves none behind (the SBOM
+    // and the list that signs it are in every build).
     f.write_definition("");
     let o = f.build("a");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    for name in files {
+    for name in &files[..3] {
         assert!(!a.join(name).exists(), "{name} left behind by the earlier build");
     }
     let (ok, out, err) = verify(&a, &key);
-    assert!(ok && !out.contains("outputs.json"), "{out}{err}");
+    assert!(ok && out.contains("ok  sbom.spdx.json (spdx)"), "{out}{err}");
+    assert!(!out.contains("disk.raw.bmap"), "{out}");
 }
 
 #[test]
@@ -199,12 +207,13 @@ fn the_plan_names_the_outputs_and_their_tools() {
     };
     let default = plan(&[]);
     assert!(
-        line(&default, "outputs").ends_with("disk.raw update.cairn manifest.json"),
+        line(&default, "outputs").ends_with("disk.raw update.cairn manifest.json sbom.spdx.json outputs.json"),
         "{default}"
     );
     let more = plan(&["--format", "qcow2", "--format", "bmap"]);
     assert!(
-        line(&more, "outputs").ends_with("disk.raw disk.raw.bmap disk.qcow2 update.cairn manifest.json outputs.json"),
+        line(&more, "outputs")
+            .ends_with("disk.raw disk.raw.bmap disk.qcow2 update.cairn manifest.json sbom.spdx.json outputs.json"),
         "{more}"
     );
     assert!(line(&more, "tools").contains("qemu-img"), "{more}");

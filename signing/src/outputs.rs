@@ -1,5 +1,6 @@
-//! `outputs.json`: the other forms of one build's disk image (a bmap, a zstd-compressed
-//! raw image, a qcow2), each with its size and sha256, signed like the manifest.
+//! `outputs.json`: the files of one build beside its disk image and manifest (the SBOM,
+//! and the other forms of the disk image: a bmap, a zstd-compressed raw image, a qcow2),
+//! each with its size and sha256, signed like the manifest.
 //!
 //! Why a second signed file and not more fields in `manifest.json`: the manifest travels
 //! inside every update bundle, and nodes refuse a manifest with fields they do not know
@@ -52,7 +53,7 @@ pub struct Outputs {
 pub struct OutputFile {
     /// File name inside the build directory (no directories).
     pub file: String,
-    /// What it is: `bmap`, `raw.zst`, `qcow2`.
+    /// What it is: `spdx`, `bmap`, `raw.zst`, `qcow2`.
     pub format: String,
     /// Size in bytes.
     pub size: u64,

@@ -518,6 +518,49 @@ struct TreeReport {
     modules: Vec<crate::tree::modules::TrimReport>,
     units: Vec<String>,
     kubelet: Option<String>,
+    /// What the SBOM lists besides the image.
+    components: Vec<crate::sbom::Component>,
+    /// The Debian suite, for the SBOM's purls.
+    suite: Option<String>,
+}
+
+/// The Debian packages of `lock` as SBOM components, each with the license its copyright
+/// file in `tree` declares (`usr/share/doc/NAME/copyright`; a doc directory that is a
+/// symlink to a sibling, as Debian allows for packages of one source, is followed once).
+fn debian_components(
+    tree: &Tree,
+    lock: &crate::packages::lock::Lock,
+) -> Result<Vec<crate::sbom::Component>, BuildError> {
+    use crate::sbom::copyright::{self, Declared};
+    use crate::tree::tarstream::Kind;
+    let mut out = Vec::new();
+    for p in &lock.package {
+        let mut doc = format!("usr/share/doc/{}", p.name);
+        if let Some(Kind::Symlink(t)) = tree.get(&doc).map(|h| &h.kind) {
+            let t = t.strip_prefix("./").unwrap_or(t);
+            if !t.is_empty() && !t.contains('/') && t != ".." && t != "." {
+                doc = format!("usr/share/doc/{t}");
+            }
+        }
+        let license = match tree.read_file(&format!("{doc}/copyright"))? {
+            Some(text) => copyright::declared(&text),
+            None => Declared::NoAssertion("the package has no copyright file in the image"),
+        };
+        out.push(crate::sbom::Component {
+            origin: crate::sbom::Origin::Debian,
+            name: p.name.clone(),
+            version: Some(p.version.clone()),
+            architecture: Some(p.architecture.clone()),
+            sha256: Some(p.sha256.clone()),
+            download: Some(format!(
+                "{}/{}",
+                lock.mirrors.url(p.archive).trim_end_matches('/'),
+                p.path
+            )),
+            license,
+        });
+    }
+    Ok(out)
 }
 
 /// Stage 2: the root tree: the Debian tree (or a directory or tarball), Cairn's changes,
@@ -532,6 +575,8 @@ fn root_tree(
     let def = &plan.def;
     let epoch = plan.epoch;
     let mut debian = None;
+    let mut components = Vec::new();
+    let mut suite = None;
     // A cached Debian tree's content is fixed by its key: work derived from it alone may be
     // kept beside it for the next build.
     let mut tree_cache = None;
@@ -559,6 +604,8 @@ fn root_tree(
             tree_cache = prepared.tar.parent().map(Path::to_owned);
             check_kernel_config(&tree, log)?;
             let c = customize::debian_root(&mut tree, epoch)?;
+            components = debian_components(&tree, &prepared.lock)?;
+            suite = Some(prepared.lock.suite.clone());
             log(&format!(
                 "root tree: removed {} entries an image must not carry, {} /var entries moved to the factory copy",
                 c.removed, c.factory_var
@@ -649,6 +696,18 @@ fn root_tree(
     ] {
         if let Some(p) = file {
             let bytes = read_input(p, what, hint)?;
+            components.push(crate::sbom::Component {
+                origin: crate::sbom::Origin::Cairn,
+                name: name.to_string(),
+                version: Some(env!("CARGO_PKG_VERSION").to_string()),
+                architecture: None,
+                sha256: Some(hex::encode(Sha256::digest(&bytes))),
+                download: None,
+                license: crate::sbom::copyright::Declared::Expression {
+                    spdx: env!("CARGO_PKG_LICENSE").to_string(),
+                    refs: vec![],
+                },
+            });
             tree.add_file(&format!("usr/bin/{name}"), 0o755, bytes, epoch)?;
         }
     }
@@ -665,6 +724,20 @@ fn root_tree(
         None => None,
         Some(a) => {
             let bytes = fetch_artifact(a, scratch)?;
+            components.push(crate::sbom::Component {
+                origin: crate::sbom::Origin::Artifact,
+                name: "kubelet".into(),
+                version: None,
+                architecture: None,
+                sha256: Some(hex::encode(a.sha256)),
+                download: match &a.source {
+                    ArtifactSource::Url(u) => Some(u.clone()),
+                    ArtifactSource::Path(_) => None,
+                },
+                license: crate::sbom::copyright::Declared::NoAssertion(
+                    "a pinned artifact: Cairn knows its hash, not its license",
+                ),
+            });
             tree.add_file("usr/bin/kubelet", 0o755, bytes, epoch)?;
             Some(hex::encode(a.sha256))
         }
@@ -693,6 +766,8 @@ fn root_tree(
             modules,
             units,
             kubelet,
+            components,
+            suite,
         },
     })
 }
@@ -1106,10 +1181,23 @@ pub fn build(plan: &Plan, log: &mut dyn FnMut(&str)) -> Result<BuildReport, Buil
     )?;
     stages.lap("bundle");
 
-    let extra = outputs::write(&scratch, &plan.def.formats, &manifest, &bytes, &inputs.key, log)?;
-    if !extra.is_empty() {
-        stages.lap("outputs");
-    }
+    let (sbom, counts) = crate::sbom::document(
+        &crate::sbom::Image {
+            name: &manifest.name,
+            version: &manifest.version,
+            architecture: &manifest.architecture,
+            root_hash: &manifest.root_hash,
+            epoch: plan.epoch,
+            suite: report.suite.as_deref(),
+        },
+        &report.components,
+    );
+    log(&format!(
+        "sbom: {} Debian packages ({} with a license read from their copyright file), {} other components",
+        counts.debian, counts.debian_licensed, counts.other
+    ));
+    let extra = outputs::write(&scratch, &plan.def.formats, &manifest, &bytes, &sbom, &inputs.key, log)?;
+    stages.lap("outputs");
 
     // The manifest after the files it names, the outputs' list after the manifest it
     // names: a reader never sees a list or manifest whose files are not there yet. What

@@ -1,8 +1,9 @@
-//! The build's other forms of `disk.raw`, asked for with `[output] formats` or `--format`:
-//! `disk.raw.bmap` (from the manifest's data ranges), `disk.raw.zst` (zstd) and
-//! `disk.qcow2` (qemu-img), each listed with its size and sha256 in `outputs.json`,
-//! signed with the manifest's key and bound to the manifest by its sha256 (why a second
-//! file: `cairn_signing::outputs`).
+//! The build's files beside `disk.raw` and its manifest: the SBOM (`sbom.spdx.json`,
+//! always) and the other forms of `disk.raw` asked for with `[output] formats` or
+//! `--format`: `disk.raw.bmap` (from the manifest's data ranges), `disk.raw.zst` (zstd)
+//! and `disk.qcow2` (qemu-img). Each is listed with its size and sha256 in
+//! `outputs.json`, signed with the manifest's key and bound to the manifest by its sha256
+//! (why a second file: `cairn_signing::outputs`).
 //!
 //! Every one is a function of `disk.raw`'s bytes and the tools' versions, so two builds
 //! of the same inputs give the same files: the bmap is rendered from the data map, not
@@ -30,24 +31,31 @@ pub(super) fn all_files() -> Vec<&'static str> {
         .into_iter()
         .filter(|f| *f != OutputFormat::Raw)
         .map(OutputFormat::file)
-        .chain([outputs::FILE, outputs::SIGNATURE_FILE])
+        .chain([crate::sbom::FILE, outputs::FILE, outputs::SIGNATURE_FILE])
         .collect()
 }
 
-/// Write the outputs `formats` asks for besides `disk.raw` into `dir` (which holds
-/// `disk.raw` and the signed manifest `manifest_bytes`), then `outputs.json` and its
-/// signature. Returns the files written, `outputs.json` last; none when only `disk.raw`
-/// was asked for.
+/// Write the SBOM `sbom` and the outputs `formats` asks for besides `disk.raw` into
+/// `dir` (which holds `disk.raw` and the signed manifest `manifest_bytes`), then
+/// `outputs.json` and its signature. Returns the files written, `outputs.json` last.
 pub(super) fn write(
     dir: &Path,
     formats: &[OutputFormat],
     manifest: &Manifest,
     manifest_bytes: &[u8],
+    sbom: &[u8],
     key: &PrivateKey,
     log: &mut dyn FnMut(&str),
 ) -> Result<Vec<&'static str>, BuildError> {
     let disk = dir.join(&manifest.disk.file);
-    let mut files = Vec::new();
+    let path = dir.join(crate::sbom::FILE);
+    fs::write(&path, sbom).map_err(io_err("writing", &path))?;
+    let mut files = vec![OutputFile {
+        file: crate::sbom::FILE.to_string(),
+        format: "spdx".to_string(),
+        size: sbom.len() as u64,
+        sha256: hex::encode(Sha256::digest(sbom)),
+    }];
     for &format in formats.iter().filter(|f| **f != OutputFormat::Raw) {
         let name = format.file();
         let path = dir.join(name);
@@ -98,9 +106,6 @@ pub(super) fn write(
             sha256,
         });
     }
-    if files.is_empty() {
-        return Ok(vec![]);
-    }
     let listed = Outputs {
         format: outputs::FORMAT,
         manifest_sha256: hex::encode(Sha256::digest(manifest_bytes)),
@@ -111,11 +116,8 @@ pub(super) fn write(
     fs::write(&path, &bytes).map_err(io_err("writing", &path))?;
     let sig = dir.join(outputs::SIGNATURE_FILE);
     fs::write(&sig, key.sign(&bytes)).map_err(io_err("writing", &sig))?;
-    let mut names: Vec<&'static str> = formats
-        .iter()
-        .filter(|f| **f != OutputFormat::Raw)
-        .map(|f| f.file())
-        .collect();
+    let mut names: Vec<&'static str> = vec![crate::sbom::FILE];
+    names.extend(formats.iter().filter(|f| **f != OutputFormat::Raw).map(|f| f.file()));
     names.extend([outputs::SIGNATURE_FILE, outputs::FILE]);
     log(&format!(
         "outputs: {} listed and signed in {}",

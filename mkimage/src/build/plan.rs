@@ -475,8 +475,12 @@ impl Plan {
                 .formats
                 .iter()
                 .map(|f| f.file())
-                .chain(["update.cairn", "manifest.json"])
-                .chain((self.def.formats.len() > 1).then_some(cairn_signing::outputs::FILE))
+                .chain([
+                    "update.cairn",
+                    "manifest.json",
+                    crate::sbom::FILE,
+                    cairn_signing::outputs::FILE,
+                ])
                 .collect::<Vec<_>>()
                 .join(" "),
         );

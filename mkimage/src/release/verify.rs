@@ -228,7 +228,7 @@ pub fn verify_dir(dir: &Path, key: &PublicKey) -> Result<(Manifest, Vec<String>)
     Ok((m, ok))
 }
 
-/// The build's other outputs (`outputs.json`): signed with `key`, naming this manifest,
+/// The build's other outputs (`outputs.json`: the SBOM and the disk image's other forms): signed with `key`, naming this manifest,
 /// and every file it lists there with its size and sha256. An output file that no signed
 /// list names is a mismatch too (a stale or planted bmap must not pass as this build's).
 fn verify_outputs(dir: &Path, manifest_bytes: &[u8], key: &PublicKey) -> Result<Vec<String>, VerifyError> {
@@ -238,7 +238,8 @@ fn verify_outputs(dir: &Path, manifest_bytes: &[u8], key: &PublicKey) -> Result<
     let known = crate::definition::OutputFormat::ALL
         .into_iter()
         .filter(|f| *f != crate::definition::OutputFormat::Raw)
-        .map(|f| f.file());
+        .map(|f| f.file())
+        .chain([crate::sbom::FILE]);
     if !lpath.exists() {
         if let Some(f) = known.into_iter().find(|f| dir.join(f).exists()) {
             return Err(VerifyError::Mismatch {

@@ -350,3 +350,11 @@ pub fn describe_tar(path: &Path) -> BTreeMap<String, Desc> {
     }
     out
 }
+
+/// Run the SPDX validator (`pyspdxtools`, PyPI spdx-tools) on `path`: (valid, what it said).
+pub fn spdx_valid(path: &Path) -> (bool, String) {
+    require(&["pyspdxtools"]);
+    let o = Command::new("pyspdxtools").arg("-i").arg(path).output().unwrap();
+    let said = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    (o.status.success() && !said.contains("invalid"), said)
+}
