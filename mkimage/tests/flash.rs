@@ -4,7 +4,10 @@
 //! no partition table), and every refusal: a bad signature or key, a damaged image, a
 //! directory, a character device, a FIFO, a missing device, a partition, a mounted or
 //! swapped-on disk (through the mountinfo and swaps seam), the disk holding the real `/`,
-//! a read-only, a too small disk, and no confirmation without a terminal.
+//! a read-only, a too small disk, and no confirmation without a terminal. From web
+//! servers: busybox httpd (answers Range requests) and Python's http.server (does not):
+//! `disk.raw.zst` streamed, `disk.raw` by ranges and whole, and every bad answer refused
+//! with nothing written.
 
 mod common;
 
@@ -42,6 +45,16 @@ fn built() -> (Fixture, PathBuf, String) {
     let out = f.build_ok("out");
     let key = f.path("release.pub").display().to_string();
     (f, out, key)
+}
+
+/// No file a flash writes beside its target is left in `dir`.
+fn no_temporary_files(dir: &Path) {
+    let left: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("cairn-flash"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 fn same_bytes(a: &Path, b: &Path, len: u64) -> bool {
@@ -153,12 +166,6 @@ fn to_files_from_raw_and_zst() {
         "{}",
         text(&o)
     );
-    let o = flash_cmd(&["https://example.com/node/", t.to_str().unwrap(), "--key", &key]);
-    assert!(
-        !o.status.success() && text(&o).contains("not supported"),
-        "{}",
-        text(&o)
-    );
     assert!(!t.exists());
 
     // A damaged image: stopped at the damaged range; no file, no temporary file left.
@@ -172,12 +179,7 @@ fn to_files_from_raw_and_zst() {
     );
     flip(&disk, r_off + r_len / 3);
     assert!(!t.exists());
-    let left: Vec<_> = fs::read_dir(f.dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains("cairn-flash"))
-        .collect();
-    assert!(left.is_empty(), "{left:?}");
+    no_temporary_files(f.dir.path());
 }
 
 #[test]
@@ -435,4 +437,167 @@ fn to_loop_devices_and_what_is_refused_there() {
             text(&o)
         );
     }
+}
+
+/// A free TCP port on the loopback.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A web server for a directory, stopped when dropped.
+struct Server {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Server {
+    /// busybox httpd (answers Range requests) or, with `ranges` false, Python's
+    /// http.server (answers every GET with the whole file).
+    fn start(dir: &Path, ranges: bool) -> Server {
+        let port = free_port();
+        let mut c = if ranges {
+            let mut c = Command::new("busybox");
+            c.args(["httpd", "-f", "-p", &format!("127.0.0.1:{port}"), "-h"])
+                .arg(dir);
+            c
+        } else {
+            let mut c = Command::new("python3");
+            c.args([
+                "-m",
+                "http.server",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--directory",
+            ])
+            .arg(dir);
+            c
+        };
+        let child = c
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Dropped (killed and waited for) however this ends.
+        let server = Server { child, port };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return server;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("the web server on port {port} did not start");
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}/{path}", self.port)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn from_web_servers_with_and_without_ranges() {
+    require(&["busybox", "python3", "zstd", "cmp"]);
+    let (f, out, key) = built();
+    let disk = out.join("disk.raw");
+    let size = fs::metadata(&disk).unwrap().len();
+    // A directory without the compressed image, and damaged copies.
+    let plain = f.path("www/plain");
+    let bad = f.path("www/bad");
+    let odd = f.path("www/odd");
+    for d in [&plain, &bad, &odd] {
+        fs::create_dir_all(d).unwrap();
+    }
+    for name in ["disk.raw", "manifest.json", "manifest.json.sig"] {
+        run_ok(
+            Command::new("cp")
+                .arg("--sparse=always")
+                .arg(out.join(name))
+                .arg(plain.join(name)),
+        );
+        run_ok(
+            Command::new("cp")
+                .arg("--sparse=always")
+                .arg(out.join(name))
+                .arg(bad.join(name)),
+        );
+    }
+    let (r_off, r_len) = payload(&manifest(&out), "root");
+    flip(&bad.join("disk.raw"), r_off + r_len / 2);
+    let zst = fs::read(out.join("disk.raw.zst")).unwrap();
+    fs::write(bad.join("disk.raw.zst"), &zst[..zst.len() / 2]).unwrap();
+    // A "manifest" far larger than any manifest, and a signature that is not one.
+    let huge = fs::File::create(odd.join("manifest.json")).unwrap();
+    huge.set_len(64 << 20).unwrap();
+    fs::write(odd.join("manifest.json.sig"), b"x").unwrap();
+    fs::create_dir_all(f.path("www/out")).unwrap();
+    let served = f.path("www");
+    run_ok(
+        Command::new("cp")
+            .args(["-a", "--sparse=always"])
+            .arg(&out)
+            .arg(served.join("build")),
+    );
+    let busybox = Server::start(&served, true);
+    let python = Server::start(&served, false);
+
+    let good = |url: &str, name: &str, says: &str| {
+        let target = f.path(name);
+        let o = flash_cmd(&[url, target.to_str().unwrap(), "--key", &key]);
+        assert!(o.status.success(), "{url}: {}", text(&o));
+        assert!(text(&o).contains(says), "{url}: {}", text(&o));
+        assert!(same_bytes(&disk, &target, size), "{url}: differs from disk.raw");
+        assert_eq!(fs::metadata(&target).unwrap().len(), size);
+    };
+    // A directory with disk.raw.zst: streamed through zstd.
+    good(&busybox.url("build/"), "a.raw", "downloaded as a zstd stream");
+    good(&busybox.url("build"), "b.raw", "downloaded as a zstd stream");
+    // disk.raw by Range requests; from a server without them, whole and in order.
+    good(&busybox.url("build/disk.raw"), "c.raw", "by HTTP Range requests");
+    good(&busybox.url("plain/"), "d.raw", "by HTTP Range requests");
+    good(
+        &python.url("plain/disk.raw"),
+        "e.raw",
+        "the server ignores HTTP Range requests",
+    );
+    good(
+        &python.url("build/disk.raw.zst"),
+        "f.raw",
+        "downloaded as a zstd stream",
+    );
+
+    // Refused with nothing written: another key, no manifest, a huge one, a damaged
+    // image by ranges and by stream, a cut-off download, a URL with a newline.
+    let t = f.path("never.raw");
+    let refused = |url: &str, key: &str, says: &str| {
+        let o = flash_cmd(&[url, t.to_str().unwrap(), "--key", key]);
+        assert!(!o.status.success(), "{url}: {}", text(&o));
+        assert!(text(&o).contains(says), "{url}: wanted {says:?} in {}", text(&o));
+        assert!(!t.exists(), "{url}: left {}", t.display());
+    };
+    run_ok(cairn().arg("keygen").arg(f.path("other.pem")));
+    let other = f.path("other.pub").display().to_string();
+    refused(&busybox.url("build/"), &other, "signature");
+    refused(&busybox.url("out/"), &key, "HTTP 404");
+    refused(
+        &busybox.url("nowhere/disk.raw"),
+        &key,
+        "hint: serve the build directory's manifest.json",
+    );
+    refused(&busybox.url("odd/"), &key, "larger than");
+    refused(&busybox.url("bad/disk.raw"), &key, "does not match its signed manifest");
+    refused(&python.url("bad/disk.raw"), &key, "does not match its signed manifest");
+    refused(&busybox.url("bad/disk.raw.zst"), &key, "reading the image");
+    refused(&format!("{}\n", busybox.url("build/")), &key, "not an image location");
+    no_temporary_files(f.dir.path());
 }

@@ -10,7 +10,9 @@ use crate::flash::{self, Host, Target};
 #[derive(Debug, clap::Args)]
 pub(super) struct FlashArgs {
     /// A build output directory, or its disk.raw or disk.raw.zst, with manifest.json and
-    /// manifest.json.sig beside it.
+    /// manifest.json.sig beside it; here or on a web server (http:// or https://: the
+    /// directory's URL, or the image file's). From a server, disk.raw.zst is streamed when
+    /// it is there, else disk.raw's data ranges are fetched by HTTP Range requests.
     #[arg(value_name = "IMAGE")]
     image: String,
     /// The whole disk to write (/dev/sdX, /dev/disk/by-id/…), or an image file.

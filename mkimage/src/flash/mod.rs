@@ -106,6 +106,8 @@ pub fn describe(image: &Image, target: &Target) -> Vec<String> {
             match &image.data {
                 Data::Raw(p) => p.display().to_string(),
                 Data::Zst(p) => format!("{} (zstd stream)", p.display()),
+                Data::ZstUrl(u) => format!("{u} (downloaded as a zstd stream)"),
+                Data::RawUrl(u) => format!("{u} (the data ranges downloaded by HTTP Range requests)"),
             }
         ),
         format!(
@@ -394,6 +396,7 @@ fn write_and_verify(
             )));
         }
     }
+    let streamed_whole = reader.streamed_whole();
     drop(reader);
     out.sync_all()
         .map_err(io_at(format!("flushing {}", out_path.display())))?;
@@ -402,6 +405,9 @@ fn write_and_verify(
     out.sync_all()
         .map_err(io_at(format!("flushing {}", out_path.display())))?;
     progress.say();
+    if streamed_whole {
+        log("the server ignores HTTP Range requests: the whole image was downloaded and its zeros skipped");
+    }
     let write_secs = started.elapsed().as_secs_f64();
     log(&format!(
         "wrote {} in {} ranges in {write_secs:.1} s; reading it back",
