@@ -1,5 +1,5 @@
 //! Real consumers of the key agent's certificates: three etcd members (Debian's etcd) on
-//! 127.0.0.1–3, each enrolled by its own agent with a keyserver on loopback and run with
+//! 127.0.0.1, each on its own ports and enrolled by its own agent with a keyserver on loopback and run with
 //! the environment `cairn-node apply` renders for a node with a keyserver. They form a
 //! cluster over TLS that `etcdctl` reaches with an etcd-client certificate; a peer
 //! certificate that does not name the connecting address is refused; a renewed
@@ -24,16 +24,31 @@ fn node_toml(n: u8) -> String {
 generation = 1
 hostname = "cp-{n}"
 [etcd]
-client-urls = ["https://127.0.0.{n}:2379"]
-peer-urls = ["https://127.0.0.{n}:2380"]
-initial-cluster = {{ cp-1 = "https://127.0.0.1:2380", cp-2 = "https://127.0.0.2:2380", cp-3 = "https://127.0.0.3:2380" }}
+client-urls = ["https://127.0.0.1:{client}"]
+peer-urls = ["https://127.0.0.1:{peer}"]
+initial-cluster = {{ cp-1 = "https://127.0.0.1:2380", cp-2 = "https://127.0.0.1:12380", cp-3 = "https://127.0.0.1:22380" }}
 [key-agent]
 server = "https://127.0.0.1:8443"
 ca-fingerprint = "sha256:{}"
 bootstrap-token = "ck1.6QZ4B2K9TD.VX3Q7M2K4P8R1C6J9W5T2N7H3F-4JPG"
 "#,
-        "00".repeat(32)
+        "00".repeat(32),
+        client = member_port(n, 2379),
+        peer = member_port(n, 2380),
     )
+}
+
+/// Member `n`'s port for `base` (2379 client, 2380 peer, 2381 metrics): 2379, 12379,
+/// 22379 for the clients. All three members share 127.0.0.1: a connection to another
+/// loopback address leaves from 127.0.0.1 (the kernel's `local 127.0.0.0/8 ... src
+/// 127.0.0.1` route), and a peer port checks the connecting address against the peer
+/// certificate, so members on 127.0.0.2 and 127.0.0.3 would refuse each other.
+fn member_port(n: u8, base: u16) -> u16 {
+    base + 10000 * (u16::from(n) - 1)
+}
+
+fn client_url(n: u8) -> String {
+    format!("https://127.0.0.1:{}", member_port(n, 2379))
 }
 
 /// Kills the members however the test ends.
@@ -66,7 +81,12 @@ fn pki(root: &Path, profile: &str, file: &str) -> PathBuf {
 fn etcdctl(root: &Path, args: &[&str]) -> std::process::Output {
     Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
-        .arg("--endpoints=https://127.0.0.1:2379,https://127.0.0.2:2379,https://127.0.0.3:2379")
+        .arg(format!(
+            "--endpoints={},{},{}",
+            client_url(1),
+            client_url(2),
+            client_url(3)
+        ))
         .arg(format!("--cacert={}", pki(root, "etcd-server", "bundle.pem").display()))
         .arg(format!("--cert={}", pki(root, "etcd-client", "cert.pem").display()))
         .arg(format!("--key={}", pki(root, "etcd-client", "key.pem").display()))
@@ -158,7 +178,7 @@ fn three_etcd_members_run_on_the_key_agents_certificates() {
         let mut settings = Settings::from_config(&config);
         assert_eq!(
             settings.etcd,
-            Some("127.0.0.1:2379".parse().unwrap()),
+            Some(format!("127.0.0.1:{}", member_port(n, 2379)).parse().unwrap()),
             "etcd runs on the agent's certificates: the agent checks it after renewals"
         );
         settings.server = Some(key_agent::Server {
@@ -170,7 +190,7 @@ fn three_etcd_members_run_on_the_key_agents_certificates() {
         assert!(p.ready && p.lines[0].contains("enrolled cp-"), "{p:?}");
 
         // etcd with the environment apply renders, its state-partition paths under this
-        // node's root (and, three nodes sharing one loopback, each on its own address).
+        // node's root (and, three nodes sharing one loopback, each on its own ports).
         let env = cairn_node::render::render_etcd_env(&config, config.etcd.as_ref().unwrap()).unwrap();
         let data = tmp.path().join(format!("etcd-{n}"));
         let mut cmd = Command::new("etcd");
@@ -179,8 +199,10 @@ fn three_etcd_members_run_on_the_key_agents_certificates() {
             let v = v
                 .replace("/var/lib/cairn", &root.join("var/lib/cairn").display().to_string())
                 .replace("/var/lib/etcd/default", &data.display().to_string())
-                .replace(",https://127.0.0.1:2379", "")
-                .replace("http://127.0.0.1:2381", &format!("http://127.0.0.{n}:2381"));
+                .replace(
+                    "http://127.0.0.1:2381",
+                    &format!("http://127.0.0.1:{}", member_port(n, 2381)),
+                );
             cmd.env(k, v);
         }
         let log = std::fs::File::create(tmp.path().join(format!("etcd-{n}.log"))).unwrap();
@@ -218,20 +240,14 @@ fn three_etcd_members_run_on_the_key_agents_certificates() {
     let list = etcdctl(&roots[1], &["member", "list"]);
     let text = String::from_utf8_lossy(&list.stdout);
     assert_eq!(text.matches("started").count(), 3, "{text}");
-    assert_eq!(text.matches("https://127.0.0.").count(), 6, "{text}");
+    assert_eq!(text.matches("https://127.0.0.1:").count(), 6, "{text}");
     assert!(etcdctl(&roots[2], &["put", "/cairn/test", "hello"]).status.success());
     let got = etcdctl(&roots[0], &["get", "--print-value-only", "/cairn/test"]);
     assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "hello");
 
     // The node agent's own client (etcdctl, TLS with the etcd-client certificate) takes
     // the reboot lease through any member; a member that is down is skipped.
-    let endpoints: Vec<String> = [
-        "https://127.0.0.9:2379",
-        "https://127.0.0.1:2379",
-        "https://127.0.0.2:2379",
-    ]
-    .map(String::from)
-    .to_vec();
+    let endpoints: Vec<String> = vec!["https://127.0.0.9:2379".into(), client_url(1), client_url(2)];
     let client = |root: &Path| {
         cairn_node::etcd::Etcd::new(
             &endpoints,
@@ -288,8 +304,8 @@ fn three_etcd_members_run_on_the_key_agents_certificates() {
     );
 
     // The peer port checks the connecting address against the certificate: cp-2's peer
-    // certificate works from 127.0.0.2, not from 127.0.0.9.
-    let (code, said) = peer_get(&roots[1], "127.0.0.2");
+    // certificate works from 127.0.0.1, not from 127.0.0.9.
+    let (code, said) = peer_get(&roots[1], "127.0.0.1");
     assert_eq!(code, 200, "{said}\n{}", logs());
     let (code, said) = peer_get(&roots[1], "127.0.0.9");
     assert_eq!(code, 0, "{said}");
@@ -324,7 +340,7 @@ fn three_etcd_members_run_on_the_key_agents_certificates() {
     // A member that serves something else is reported (cp-2 shows its own certificate).
     let e = key_agent::consumers::check_etcd(
         &roots[0],
-        "127.0.0.2:2379".parse().unwrap(),
+        format!("127.0.0.1:{}", member_port(2, 2379)).parse().unwrap(),
         &clock,
         Duration::from_secs(1),
     )
@@ -390,7 +406,7 @@ fn three_etcd_members_run_on_the_key_agents_certificates() {
             let root = roots[n as usize - 1].clone();
             std::thread::spawn(move || {
                 let own = cairn_node::etcd::Etcd::new(
-                    &[format!("https://127.0.0.{n}:2379")],
+                    &[client_url(n)],
                     Some(&cairn_node::etcd::ClientTls::from_key_agent(&root)),
                     Duration::from_secs(10),
                 )
@@ -495,7 +511,7 @@ fn three_etcd_members_run_on_the_key_agents_certificates() {
     let bad = lease::unhealthy_members(&client(&roots[0])).unwrap();
     assert_eq!(bad.len(), 1, "{bad:?}");
     assert!(
-        bad[0].starts_with("cp-3 (https://127.0.0.3:2379: "),
+        bad[0].starts_with(&format!("cp-3 ({}: ", client_url(3))),
         "which endpoint and why: {bad:?}"
     );
     let config = cairn_node_config::Lease {
