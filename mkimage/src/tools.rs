@@ -54,6 +54,10 @@ pub fn package_of(tool: &str) -> &'static str {
         "depmod" => "kmod",
         "xorriso" => "xorriso",
         "qemu-img" => "qemu-utils",
+        "mkfs.fat" => "dosfstools",
+        "mmd" | "mcopy" => "mtools",
+        "sgdisk" => "gdisk",
+        "sfdisk" => "fdisk",
         _ => "(unknown package)",
     }
 }

@@ -175,15 +175,21 @@ pub fn firstboot() -> Result<Vec<String>, ApplyError> {
     let mut log = Vec::new();
     // Grow the state partition before anything is written to it. A failure is reported
     // and the node carries on with the space it has.
-    match crate::grow::grow_state() {
-        Ok(Some(line)) => log.push(line),
-        Ok(None) => {}
-        Err(e) => log.push(format!("cairn: growing the state partition failed: {e}")),
-    }
-    match save_machine_id(root) {
-        Ok(Some(line)) => log.push(line),
-        Ok(None) => {}
-        Err(e) => log.push(format!("cairn: saving the machine-id failed: {e}")),
+    // A live system (the ISO) has no state partition: nothing to grow, and a machine-id
+    // saved into the /var in memory would not outlive the boot.
+    if crate::system::Root::default().is_live() {
+        log.push("cairn: live system: /var is in memory and goes with the next reboot".to_string());
+    } else {
+        match crate::grow::grow_state() {
+            Ok(Some(line)) => log.push(line),
+            Ok(None) => {}
+            Err(e) => log.push(format!("cairn: growing the state partition failed: {e}")),
+        }
+        match save_machine_id(root) {
+            Ok(Some(line)) => log.push(line),
+            Ok(None) => {}
+            Err(e) => log.push(format!("cairn: saving the machine-id failed: {e}")),
+        }
     }
     match find(root) {
         None => log.push("cairn: no config drive attached".to_string()),

@@ -266,7 +266,7 @@ pub fn gather(root: &Path, config: &crate::config::NodeConfig, now: u64) -> Fact
     };
     if on_node {
         f.version = sys.image_version();
-        f.slot = sys.running_slot().map(|s| s.letter().to_string());
+        f.slot = sys.slot_name().map(str::to_string);
         if let Ok(t) = crate::update::Target::discover() {
             f.image = Some(t.image.clone());
             let running = t.running_hex();

@@ -57,6 +57,12 @@ pub fn reboot() {
     }
 }
 
+/// Whether a kernel command line boots the live ISO (`cairn.live`): the root from the
+/// medium, `/var` in memory, no update slots and no state partition.
+pub fn is_live(cmdline: &str) -> bool {
+    cmdline.split_whitespace().any(|w| w == "cairn.live")
+}
+
 /// The `roothash=` value of a kernel command line, if it is 64 hex digits.
 pub fn roothash_from_cmdline(cmdline: &str) -> Option<[u8; 32]> {
     let v = cmdline.split_whitespace().find_map(|w| w.strip_prefix("roothash="))?;
@@ -121,6 +127,20 @@ impl Root {
         uptime_from(&self.read("/proc/uptime").ok()?)
     }
 
+    /// Whether the running system is the live ISO's.
+    pub fn is_live(&self) -> bool {
+        self.cmdline().is_ok_and(|c| is_live(&c))
+    }
+
+    /// `a`, `b`, `live`, or `None` when it cannot be told: for the ready line and metrics.
+    pub fn slot_name(&self) -> Option<&'static str> {
+        if self.is_live() {
+            Some("live")
+        } else {
+            self.running_slot().map(Slot::letter)
+        }
+    }
+
     /// The slot the running root comes from: the partition whose UUID the command line's
     /// root hash names, by its GPT name.
     pub fn running_slot(&self) -> Option<Slot> {
@@ -148,6 +168,9 @@ mod tests {
         let cmd = format!("BOOT_IMAGE=x roothash={h} console=ttyS0\n");
         assert_eq!(roothash_from_cmdline(&cmd), Some([0xab; 32]));
         assert_eq!(roothash_from_cmdline("roothash=zz"), None);
+        assert!(is_live("roothash=ab cairn.live fstab=no"));
+        assert!(!is_live("roothash=ab cairn.livex"));
+        assert!(!is_live("roothash=ab xcairn.live"));
         assert_eq!(root_partuuid(&[0x01; 32]), "01010101-0101-0101-0101-010101010101");
         assert_eq!(
             os_release_field("A=1\nIMAGE_VERSION=\"1.2\"\n", "IMAGE_VERSION").as_deref(),

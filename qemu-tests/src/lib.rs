@@ -16,7 +16,7 @@ use std::process::Command;
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
-pub use cairn_vm::{self as vm, Accel, Vm, VmSpec};
+pub use cairn_vm::{self as vm, Accel, Medium, Vm, VmSpec};
 
 /// How long a boot may take under TCG before a test gives up.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -42,10 +42,11 @@ pub fn cairn_bin() -> PathBuf {
     p
 }
 
-/// The built test image directory (disk.raw, manifest.json, update.cairn): version 0.1.0.
+/// The built test image directory (disk.raw, manifest.json, update.cairn, live.iso):
+/// version 0.1.0.
 pub fn test_image() -> &'static Path {
     static IMAGE: OnceLock<PathBuf> = OnceLock::new();
-    IMAGE.get_or_init(|| build_image("node", &[]))
+    IMAGE.get_or_init(|| build_image("node", &["--format", "iso"]))
 }
 
 /// Build the default definition with the console overlay plus `extra` arguments into
@@ -219,6 +220,7 @@ pub fn spec(disk: &Path) -> VmSpec {
         accel: Accel::Auto,
         echo: std::env::var_os("CAIRN_TEST_ECHO").is_some(),
         writable: false,
+        medium: Medium::Disk,
         lan: None,
         label: None,
     }

@@ -89,6 +89,18 @@ pub enum Accel {
     Tcg,
 }
 
+/// How the image is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum Medium {
+    /// A virtio disk.
+    Disk,
+    /// A read-only CD-ROM on the SATA controller (2048-byte sectors): `live.iso` as a CD.
+    Cdrom,
+    /// A USB mass-storage stick on an XHCI controller.
+    Usb,
+}
+
 /// What to boot and how.
 #[derive(Debug, Clone)]
 pub struct VmSpec {
@@ -96,7 +108,10 @@ pub struct VmSpec {
     pub disk: PathBuf,
     /// Boot the disk itself, so what the node writes persists across boots (tests that
     /// reboot use a copy); otherwise a throwaway copy-on-write overlay takes the writes.
+    /// A CD-ROM is never written.
     pub writable: bool,
+    /// How `disk` is attached.
+    pub medium: Medium,
     /// A second drive for the node's configuration, if any.
     pub config_drive: Option<PathBuf>,
     /// Guest memory in MiB.
@@ -246,8 +261,17 @@ impl Vm {
             .tempdir()
             .map_err(io_err("creating", Path::new("a temporary directory")))?;
         let disk = std::fs::canonicalize(&spec.disk).map_err(io_err("opening", &spec.disk))?;
-        let drive = if spec.writable {
-            format!("if=virtio,format=raw,file={}", disk.display())
+        // The boot medium's drive; how it is attached follows (`medium`).
+        // (A disk stays `if=virtio`, created before the config drive's, so it is vda.)
+        let attach = if spec.medium == Medium::Disk {
+            "if=virtio"
+        } else {
+            "if=none,id=boot0"
+        };
+        let drive = if spec.medium == Medium::Cdrom {
+            format!("{attach},media=cdrom,readonly=on,format=raw,file={}", disk.display())
+        } else if spec.writable {
+            format!("{attach},format=raw,file={}", disk.display())
         } else {
             let overlay = dir.path().join("overlay.qcow2");
             let mut cmd = Command::new("qemu-img");
@@ -262,7 +286,7 @@ impl Vm {
                 let stderr = String::from_utf8_lossy(&out.stderr);
                 return Err(VmError::Overlay(format!("{}: {}", out.status, stderr.trim())));
             }
-            format!("if=virtio,format=qcow2,file={}", overlay.display())
+            format!("{attach},format=qcow2,file={}", overlay.display())
         };
         let vars = dir.path().join("OVMF_VARS.fd");
         std::fs::copy(OVMF_VARS, &vars).map_err(io_err("copying", Path::new(OVMF_VARS)))?;
@@ -296,6 +320,16 @@ impl Vm {
         // A hardware watchdog as real machines have one: PID 1 arms it (RuntimeWatchdogSec=),
         // and QEMU resets the machine when a hung guest stops petting it.
         .args(["-device", "i6300esb", "-action", "watchdog=reset"]);
+        match spec.medium {
+            Medium::Disk => &mut q,
+            Medium::Cdrom => q.args(["-device", "ide-cd,drive=boot0,bus=ide.0"]),
+            Medium::Usb => q.args([
+                "-device",
+                "qemu-xhci,id=xhci",
+                "-device",
+                "usb-storage,bus=xhci.0,drive=boot0,removable=on",
+            ]),
+        };
         if accel == Accel::Kvm {
             q.args(["-cpu", "host"]);
         }

@@ -327,6 +327,9 @@ pub fn required_tools(def: &Definition) -> Vec<&'static str> {
     if def.formats.contains(&OutputFormat::Qcow2) {
         t.push("qemu-img");
     }
+    if def.formats.contains(&OutputFormat::Iso) {
+        t.extend(["xorriso", "mkfs.fat", "mmd", "mcopy", "sgdisk", "sfdisk"]);
+    }
     t
 }
 
@@ -882,6 +885,8 @@ struct Esp {
     uki_offset: u64,
     uki_size: u64,
     uki_sha: [u8; 32],
+    /// The live ISO's ESP files (the live UKI in the UKI's place), when it is asked for.
+    live: Option<Vec<(String, Vec<u8>)>>,
 }
 
 /// Stages 5 and 6: the UKI (stub, kernel, initrd, command line with the root hash,
@@ -904,6 +909,23 @@ fn esp(
         initrd: &boot.initrd,
     })
     .map_err(BuildError::Uki)?;
+    // The live ISO's UKI: the same, with the live words on its command line.
+    let live_uki = if plan.def.formats.contains(&OutputFormat::Iso) {
+        let mut words = plan.def.cmdline.clone();
+        words.extend(crate::formats::iso::LIVE_WORDS.map(String::from));
+        let cmdline = layout::render_cmdline(&hex::encode(root_hash), &words);
+        let (live, _) = uki::build(&UkiParts {
+            stub: &inputs.stub,
+            osrel: plan.os_release.as_bytes(),
+            cmdline: cmdline.as_bytes(),
+            linux: &boot.kernel,
+            initrd: &boot.initrd,
+        })
+        .map_err(BuildError::Uki)?;
+        Some(live)
+    } else {
+        None
+    };
     stages.lap("uki");
 
     log("esp: writing FAT32");
@@ -913,15 +935,24 @@ fn esp(
     let mut uki = Some(uki);
     let mut uki_path = String::new();
     let mut files = Vec::new();
+    let mut live = live_uki.map(|u| (Some(u), Vec::new()));
     for (path, from) in &plan.esp {
         let bytes = match from {
             EspSource::File(p) => inputs.esp_files[p].clone(),
             EspSource::Text(t) => t.clone().into_bytes(),
             EspSource::Uki => {
                 uki_path = path.clone();
+                if let Some((u, files)) = &mut live {
+                    files.push((path.clone(), u.take().expect("one UKI in the plan")));
+                }
                 uki.take().expect("one UKI in the plan")
             }
         };
+        if let Some((_, files)) = &mut live {
+            if !matches!(from, EspSource::Uki) {
+                files.push((path.clone(), bytes.clone()));
+            }
+        }
         files.push((path.clone(), bytes));
     }
     let fat = FatSpec {
@@ -949,6 +980,7 @@ fn esp(
         uki_offset,
         uki_size,
         uki_sha,
+        live: live.map(|(_, files)| files),
     })
 }
 
@@ -1196,7 +1228,18 @@ pub fn build(plan: &Plan, log: &mut dyn FnMut(&str)) -> Result<BuildReport, Buil
         "sbom: {} Debian packages ({} with a license read from their copyright file), {} other components",
         counts.debian, counts.debian_licensed, counts.other
     ));
-    let extra = outputs::write(&scratch, &plan.def.formats, &manifest, &bytes, &sbom, &inputs.key, log)?;
+    let extra = outputs::write(
+        &scratch,
+        &plan.def.formats,
+        &outputs::Signed {
+            manifest: &manifest,
+            bytes: &bytes,
+            key: &inputs.key,
+        },
+        &sbom,
+        esp.live.as_deref(),
+        log,
+    )?;
     stages.lap("outputs");
 
     // The manifest after the files it names, the outputs' list after the manifest it

@@ -1,7 +1,7 @@
 //! The build's files beside `disk.raw` and its manifest: the SBOM (`sbom.spdx.json`,
 //! always) and the other forms of `disk.raw` asked for with `[output] formats` or
-//! `--format`: `disk.raw.bmap` (from the manifest's data ranges), `disk.raw.zst` (zstd)
-//! and `disk.qcow2` (qemu-img). Each is listed with its size and sha256 in
+//! `--format`: `disk.raw.bmap` (from the manifest's data ranges), `disk.raw.zst` (zstd),
+//! `disk.qcow2` (qemu-img) and `live.iso` (`formats::iso`). Each is listed with its size and sha256 in
 //! `outputs.json`, signed with the manifest's key and bound to the manifest by its sha256
 //! (why a second file: `cairn_signing::outputs`).
 //!
@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 
 use super::BuildError;
 use crate::definition::OutputFormat;
-use crate::formats::bmap;
+use crate::formats::{bmap, iso};
 use crate::ioerr::io_err;
 use crate::tools;
 
@@ -35,18 +35,31 @@ pub(super) fn all_files() -> Vec<&'static str> {
         .collect()
 }
 
+/// The signed manifest the outputs are bound to, and the key that signs their list.
+pub(super) struct Signed<'a> {
+    pub manifest: &'a Manifest,
+    /// The manifest's bytes as written.
+    pub bytes: &'a [u8],
+    pub key: &'a PrivateKey,
+}
+
 /// Write the SBOM `sbom` and the outputs `formats` asks for besides `disk.raw` into
-/// `dir` (which holds `disk.raw` and the signed manifest `manifest_bytes`), then
-/// `outputs.json` and its signature. Returns the files written, `outputs.json` last.
+/// `dir` (which holds `disk.raw` and the signed manifest), then `outputs.json` and its
+/// signature. `live_esp` is the live ISO's ESP files when `formats` has the ISO. Returns
+/// the files written, `outputs.json` last.
 pub(super) fn write(
     dir: &Path,
     formats: &[OutputFormat],
-    manifest: &Manifest,
-    manifest_bytes: &[u8],
+    signed: &Signed,
     sbom: &[u8],
-    key: &PrivateKey,
+    live_esp: Option<&[(String, Vec<u8>)]>,
     log: &mut dyn FnMut(&str),
 ) -> Result<Vec<&'static str>, BuildError> {
+    let Signed {
+        manifest,
+        bytes: manifest_bytes,
+        key,
+    } = *signed;
     let disk = dir.join(&manifest.disk.file);
     let path = dir.join(crate::sbom::FILE);
     fs::write(&path, sbom).map_err(io_err("writing", &path))?;
@@ -85,6 +98,44 @@ pub(super) fn write(
                         .arg(&disk),
                     "zstd",
                 )?;
+            }
+            OutputFormat::Iso => {
+                log(&format!(
+                    "outputs: {name} (hybrid ISO: a CD-ROM or a USB stick, /var in memory)"
+                ));
+                let esp_files = live_esp.expect("the ESP stage makes the live UKI when the ISO is asked for");
+                let range = |payload: &str| -> Result<iso::Range, BuildError> {
+                    let p = manifest.payload(payload).ok_or_else(|| {
+                        BuildError::Output(path.clone(), format!("the manifest has no {payload} payload"))
+                    })?;
+                    Ok(iso::Range {
+                        file: disk.clone(),
+                        offset: p.offset,
+                        size: p.size,
+                    })
+                };
+                let root_hash: [u8; 32] = hex::decode(&manifest.root_hash)
+                    .ok()
+                    .and_then(|h| h.try_into().ok())
+                    .ok_or_else(|| {
+                        BuildError::Output(path.clone(), "the manifest's root hash is not 32 bytes".into())
+                    })?;
+                let work = dir.join(".iso-work");
+                let _ = fs::remove_dir_all(&work);
+                let made = iso::write(
+                    &iso::IsoSpec {
+                        volume: "CAIRN_LIVE".into(),
+                        esp_files: esp_files.to_vec(),
+                        root: range("root")?,
+                        verity: range("verity")?,
+                        root_hash,
+                        epoch: manifest.source_date_epoch,
+                    },
+                    &path,
+                    &work,
+                );
+                let _ = fs::remove_dir_all(&work);
+                made.map_err(|e| BuildError::Output(path.clone(), e.to_string()))?;
             }
             OutputFormat::Qcow2 => {
                 log(&format!("outputs: {name} (qemu-img)"));

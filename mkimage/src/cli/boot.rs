@@ -6,12 +6,17 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 
 use crate::build::{self};
-use cairn_vm::{self as vm, Accel, Vm, VmSpec};
+use cairn_vm::{self as vm, Accel, Medium, Vm, VmSpec};
 
 #[derive(Debug, clap::Args)]
 pub(super) struct BootArgs {
-    /// A build output directory (holding disk.raw) or a disk image.
+    /// A build output directory (holding disk.raw) or a disk image (`live.iso` too: it is
+    /// a disk as well as a CD).
     image: PathBuf,
+    /// How the image is attached: `cairn boot OUT/live.iso --medium cdrom` (or `usb`)
+    /// boots the live ISO as firmware reads a CD (or a USB stick).
+    #[arg(long, value_enum, default_value_t = Medium::Disk, conflicts_with = "cluster")]
+    medium: Medium,
     /// A config drive image to attach as a second disk.
     #[arg(long, value_name = "FILE")]
     config_drive: Option<PathBuf>,
@@ -50,6 +55,7 @@ pub(super) struct BootArgs {
 pub(super) fn boot(args: BootArgs, _out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
     let BootArgs {
         image,
+        medium,
         config_drive,
         timeout,
         until_ready,
@@ -91,6 +97,7 @@ pub(super) fn boot(args: BootArgs, _out: &mut dyn Write, err: &mut dyn Write) ->
         accel,
         echo: true,
         writable: false,
+        medium,
         lan: None,
         label: None,
     };
@@ -207,6 +214,7 @@ fn boot_cluster(
             accel: opts.accel,
             echo: true,
             writable: false,
+            medium: Medium::Disk,
             lan: Some(vm::Lan {
                 port: lan_port,
                 mac: mac.clone(),

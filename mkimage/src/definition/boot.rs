@@ -18,8 +18,8 @@ pub const DEFAULT_DRACUT_MODULES: &[&str] = &[
     "kernel-modules",
 ];
 
-/// Kernel modules the initrd carries: virtio, SATA, NVMe, USB storage, dm-verity and the
-/// file systems of the disk.
+/// Kernel modules the initrd carries: virtio, SATA, NVMe, USB storage, CD-ROM and loop
+/// devices (the live ISO), dm-verity and the file systems of the disk.
 pub const DEFAULT_INITRD_DRIVERS: &[&str] = &[
     "virtio_blk",
     "virtio_pci",
@@ -31,6 +31,8 @@ pub const DEFAULT_INITRD_DRIVERS: &[&str] = &[
     "xhci_pci",
     "ehci_pci",
     "sd_mod",
+    "sr_mod",
+    "loop",
     "dm_verity",
     "squashfs",
     "ext4",

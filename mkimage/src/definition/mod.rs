@@ -79,15 +79,19 @@ pub enum OutputFormat {
     RawZst,
     /// `disk.qcow2`: for QEMU, libvirt and OpenStack.
     Qcow2,
+    /// `live.iso`: a hybrid ISO that boots a live system (`/var` in memory) from a CD-ROM
+    /// or, written raw, from a USB stick.
+    Iso,
 }
 
 impl OutputFormat {
     /// Every format, in the order they are written.
-    pub const ALL: [OutputFormat; 4] = [
+    pub const ALL: [OutputFormat; 5] = [
         OutputFormat::Raw,
         OutputFormat::Bmap,
         OutputFormat::RawZst,
         OutputFormat::Qcow2,
+        OutputFormat::Iso,
     ];
 
     /// Its name in `[output] formats` and `--format`.
@@ -97,6 +101,7 @@ impl OutputFormat {
             OutputFormat::Bmap => "bmap",
             OutputFormat::RawZst => "raw.zst",
             OutputFormat::Qcow2 => "qcow2",
+            OutputFormat::Iso => "iso",
         }
     }
 
@@ -107,6 +112,7 @@ impl OutputFormat {
             OutputFormat::Bmap => "disk.raw.bmap",
             OutputFormat::RawZst => "disk.raw.zst",
             OutputFormat::Qcow2 => "disk.qcow2",
+            OutputFormat::Iso => "live.iso",
         }
     }
 

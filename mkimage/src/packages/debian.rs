@@ -43,22 +43,33 @@ use crate::packages::store::{self, Placement, Sources, Store, StoreError, Unobta
 /// The customize hook, embedded so `cairn` works from any directory.
 pub const CUSTOMIZE_HOOK: &str = include_str!("../../../rootfs/customize.sh");
 
-/// Cairn's dracut module (`rootfs/dracut/95cairn-machine-id`): the initrd puts the machine-id
-/// saved on the state partition where the verified root's `/etc/machine-id` points.
+/// Cairn's dracut module (`rootfs/dracut/95cairn`): the initrd puts the machine-id
+/// saved on the state partition where the verified root's `/etc/machine-id` points, and
+/// on a live boot from a CD-ROM shows the ISO's root partitions (`formats::iso`).
 pub const DRACUT_MODULE: &[(&str, &str, u32)] = &[
     (
         "module-setup.sh",
-        include_str!("../../../rootfs/dracut/95cairn-machine-id/module-setup.sh"),
+        include_str!("../../../rootfs/dracut/95cairn/module-setup.sh"),
         0o755,
     ),
     (
         "cairn-machine-id.sh",
-        include_str!("../../../rootfs/dracut/95cairn-machine-id/cairn-machine-id.sh"),
+        include_str!("../../../rootfs/dracut/95cairn/cairn-machine-id.sh"),
         0o755,
     ),
     (
         "cairn-machine-id.service",
-        include_str!("../../../rootfs/dracut/95cairn-machine-id/cairn-machine-id.service"),
+        include_str!("../../../rootfs/dracut/95cairn/cairn-machine-id.service"),
+        0o644,
+    ),
+    (
+        "cairn-live-cd.sh",
+        include_str!("../../../rootfs/dracut/95cairn/cairn-live-cd.sh"),
+        0o755,
+    ),
+    (
+        "90-cairn-live.rules",
+        include_str!("../../../rootfs/dracut/95cairn/90-cairn-live.rules"),
         0o644,
     ),
 ];
@@ -232,7 +243,7 @@ pub fn render_dracut_conf(modules: &[String], drivers: &[String]) -> String {
     format!(
         "# Written by Cairn from the image definition's [initrd].\n\
          hostonly=\"no\"\nreproducible=\"yes\"\ncompress=\"zstd\"\n\
-         dracutmodules=\" {} \"\nadd_dracutmodules+=\" cairn-machine-id \"\ndrivers=\" {} \"\n",
+         dracutmodules=\" {} \"\nadd_dracutmodules+=\" cairn \"\ndrivers=\" {} \"\n",
         modules.join(" "),
         drivers.join(" ")
     )
@@ -671,7 +682,7 @@ fn run_mmdebstrap(
     fs::create_dir_all(work.join("boot")).map_err(io_err("creating", work))?;
     let hook = work.join("customize.sh");
     fs::write(&hook, CUSTOMIZE_HOOK).map_err(io_err("writing", &hook))?;
-    let module = work.join("95cairn-machine-id");
+    let module = work.join("95cairn");
     fs::create_dir_all(&module).map_err(io_err("creating", &module))?;
     for (name, text, mode) in DRACUT_MODULE {
         use std::os::unix::fs::PermissionsExt;
@@ -908,7 +919,7 @@ mod tests {
         assert_eq!(
             render_dracut_conf(&["systemd".into(), "base".into()], &["dm_verity".into()]),
             "# Written by Cairn from the image definition's [initrd].\nhostonly=\"no\"\nreproducible=\"yes\"\n\
-             compress=\"zstd\"\ndracutmodules=\" systemd base \"\nadd_dracutmodules+=\" cairn-machine-id \"\n\
+             compress=\"zstd\"\ndracutmodules=\" systemd base \"\nadd_dracutmodules+=\" cairn \"\n\
              drivers=\" dm_verity \"\n"
         );
     }

@@ -138,6 +138,13 @@ impl Target {
         let cmdline = sys
             .cmdline()
             .map_err(|e| UpdateError::System(format!("reading /proc/cmdline: {e}")))?;
+        if system::is_live(&cmdline) {
+            return Err(UpdateError::System(
+                "this node runs live from Cairn's ISO (cairn.live): it has no slots to install into; \
+                 flash the image to a disk (cairn flash) to update it"
+                    .into(),
+            ));
+        }
         let running_hash = system::roothash_from_cmdline(&cmdline).ok_or_else(|| {
             UpdateError::System("the kernel command line has no roothash=: not booted from a Cairn UKI".into())
         })?;

@@ -190,7 +190,7 @@ fn a_configured_node_boots_onto_its_verity_root_with_healthy_components() {
          cairn-keyserver.service cairn-keyserver.path cairn-lease-release.service cairn-etcd-auth.service \
          cairn-metrics.service cairn-metrics.timer prometheus-node-exporter.service \
          cairn-gate-failed@etcd.service cairn-update.service cairn-update.timer cairn-boot-deadline.service \
-         etcd.service containerd.service 2>&1",
+         etcd.service containerd.service tmp.mount 2>&1",
     );
     assert!(verify.trim().is_empty(), "systemd-analyze verify:\n{verify}");
     // This image has no kubelet: the binary is all systemd finds missing in its unit.

@@ -6,3 +6,4 @@ mod ab;
 mod boot;
 mod firstboot;
 mod keys;
+mod live;

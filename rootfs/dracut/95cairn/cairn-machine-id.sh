@@ -7,6 +7,10 @@
 # of a writable device does): with "noload" a machine-id saved shortly before the cut, still
 # only in the journal, was not seen and the node came back with a new identity.
 mkdir -p /run/cairn
+if grep -qw cairn.live /proc/cmdline; then
+    echo "cairn: live system: no state partition, /var is in memory; the machine-id is made anew"
+    exit 0
+fi
 dev=/dev/disk/by-partlabel/state
 n=0
 while [ ! -b "$dev" ] && [ "$n" -lt 15 ]; do
