@@ -601,3 +601,81 @@ fn from_web_servers_with_and_without_ranges() {
     refused(&format!("{}\n", busybox.url("build/")), &key, "not an image location");
     no_temporary_files(f.dir.path());
 }
+
+#[test]
+fn the_live_iso_by_its_signed_outputs_list_from_here_and_from_a_web_server() {
+    require(&["busybox", "xorriso", "cmp"]);
+    let f = Fixture::new();
+    f.write_definition("\n[output]\nformats = [\"iso\"]\n");
+    let out = f.build_ok("out");
+    let key = f.path("release.pub").display().to_string();
+    let iso = out.join("live.iso");
+    let size = fs::metadata(&iso).unwrap().len();
+
+    // From here and from a web server (by a Range request): the ISO's bytes exactly.
+    let target = f.path("stick.img");
+    let o = flash_cmd(&[iso.to_str().unwrap(), target.to_str().unwrap(), "--key", &key]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("read back past the page cache"), "{}", text(&o));
+    assert_eq!(fs::metadata(&target).unwrap().len(), size);
+    assert!(same_bytes(&iso, &target, size), "differs from live.iso");
+    let served = f.path("www");
+    run_ok(
+        Command::new("cp")
+            .args(["-a", "--sparse=always"])
+            .arg(&out)
+            .arg(&served),
+    );
+    let server = Server::start(&served, true);
+    let from_web = f.path("web.img");
+    let o = flash_cmd(&[&server.url("live.iso"), from_web.to_str().unwrap(), "--key", &key]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(same_bytes(&iso, &from_web, size), "differs from live.iso");
+
+    // Refused with nothing written: a damaged ISO, a list from another build, no list, an
+    // ISO the list does not name, another key.
+    let t = f.path("never.img");
+    let refused = |image: &str, key: &str, says: &str| {
+        let o = flash_cmd(&[image, t.to_str().unwrap(), "--key", key]);
+        assert!(!o.status.success(), "{image}: {}", text(&o));
+        assert!(text(&o).contains(says), "{image}: wanted {says:?} in {}", text(&o));
+        assert!(!t.exists(), "{image}: left {}", t.display());
+    };
+    flip(&iso, size / 2);
+    refused(iso.to_str().unwrap(), &key, "does not match its signed manifest");
+    flip(&iso, size / 2);
+    fs::copy(&iso, served.join("other.iso")).unwrap();
+    refused(&server.url("other.iso"), &key, "lists no ISO named other.iso");
+    fs::copy(&iso, out.join("copy.iso")).unwrap();
+    refused(
+        out.join("copy.iso").to_str().unwrap(),
+        &key,
+        "lists no ISO named copy.iso",
+    );
+    run_ok(cairn().arg("keygen").arg(f.path("other.pem")));
+    refused(
+        iso.to_str().unwrap(),
+        f.path("other.pub").to_str().unwrap(),
+        "signature",
+    );
+    // The list of another build of the same image (another version): not this manifest's.
+    let list = fs::read(out.join("outputs.json")).unwrap();
+    let sig = fs::read(out.join("outputs.json.sig")).unwrap();
+    let text_def = fs::read_to_string(f.path("image.toml"))
+        .unwrap()
+        .replace("1.2.3", "1.2.4");
+    fs::write(f.path("image.toml"), text_def).unwrap();
+    let other = f.build_ok("other");
+    fs::copy(other.join("outputs.json"), out.join("outputs.json")).unwrap();
+    fs::copy(other.join("outputs.json.sig"), out.join("outputs.json.sig")).unwrap();
+    refused(iso.to_str().unwrap(), &key, "belongs to another build");
+    fs::remove_file(out.join("outputs.json")).unwrap();
+    refused(
+        iso.to_str().unwrap(),
+        &key,
+        "keep outputs.json and outputs.json.sig beside the ISO",
+    );
+    fs::write(out.join("outputs.json"), list).unwrap();
+    fs::write(out.join("outputs.json.sig"), sig).unwrap();
+    no_temporary_files(f.dir.path());
+}

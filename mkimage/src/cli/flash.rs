@@ -12,7 +12,9 @@ pub(super) struct FlashArgs {
     /// A build output directory, or its disk.raw or disk.raw.zst, with manifest.json and
     /// manifest.json.sig beside it; here or on a web server (http:// or https://: the
     /// directory's URL, or the image file's). From a server, disk.raw.zst is streamed when
-    /// it is there, else disk.raw's data ranges are fetched by HTTP Range requests.
+    /// it is there, else disk.raw's data ranges are fetched by HTTP Range requests. A
+    /// live.iso (`--format iso`) is written whole, checked against the signed
+    /// outputs.json beside it.
     #[arg(value_name = "IMAGE")]
     image: String,
     /// The whole disk to write (/dev/sdX, /dev/disk/by-id/…), or an image file.

@@ -2,7 +2,9 @@
 //! with the signed `manifest.json` beside it, on this machine or on a web server. The
 //! signature is checked before anything else is read; from then on the manifest's data
 //! ranges (each with its sha256) say what to write, and every range read from the image
-//! is checked against its hash.
+//! is checked against its hash. The live ISO (`live.iso`) is flashed the same way as one
+//! range, the whole file, with the size and sha256 the build's signed `outputs.json` lists
+//! for it (that list names the manifest by its sha256, so both are checked).
 //!
 //! From a web server (`http://` or `https://`; a URL is a directory unless its last
 //! segment ends in `.zst`, `.raw` or `.img`): `manifest.json` and its signature first
@@ -37,6 +39,49 @@ pub enum Data {
     RawUrl(String),
     /// `disk.raw.zst` on a web server, streamed through `zstd -dc`.
     ZstUrl(String),
+}
+
+/// The largest `outputs.json` read from a server (a real one is under a KiB).
+const MAX_OUTPUTS: u64 = 1 << 20;
+
+/// The live ISO `name` as the image to write, found in the build's signed `outputs.json`
+/// (`outputs`, `outputs_sig`, bound to `manifest_bytes` by their sha256): the manifest's
+/// disk becomes the ISO, one data range of the whole file with the listed sha256, so
+/// everything after (plan, size checks, writing, reading back) treats it as it treats
+/// `disk.raw`.
+fn iso_as_disk(
+    mut manifest: Manifest,
+    manifest_bytes: &[u8],
+    outputs: &[u8],
+    outputs_sig: &[u8],
+    public: &PublicKey,
+    name: &str,
+    from: &str,
+) -> Result<Manifest, FlashError> {
+    use cairn_signing::outputs::Outputs;
+    let list =
+        Outputs::from_signed(outputs, outputs_sig, public).map_err(|e| FlashError::Input(format!("{from}: {e}")))?;
+    if list.manifest_sha256 != hex::encode(<sha2::Sha256 as sha2::Digest>::digest(manifest_bytes)) {
+        return Err(FlashError::Input(format!(
+            "{from} belongs to another build than the manifest beside it"
+        )));
+    }
+    let Some(entry) = list.files.iter().find(|f| f.file == name && f.format == "iso") else {
+        return Err(FlashError::Input(format!(
+            "{from} lists no ISO named {name}\n  hint: build with --format iso, and flash the live.iso beside its outputs.json"
+        )));
+    };
+    manifest.disk = cairn_signing::manifest::Disk {
+        file: name.to_string(),
+        size: entry.size,
+        guid: String::new(),
+        data: vec![cairn_signing::manifest::DataRange {
+            offset: 0,
+            size: entry.size,
+            sha256: entry.sha256.clone(),
+        }],
+    };
+    Ok(manifest)
 }
 
 /// The largest manifest read from a server (a real one is a few KiB).
@@ -91,6 +136,13 @@ fn fetch_small(agent: &ureq::Agent, url: &str, limit: u64) -> Result<Vec<u8>, St
     Ok(buf)
 }
 
+/// The file name of an ISO URL (its last path segment ends in `.iso`).
+fn iso_name(url: &str) -> Option<String> {
+    let (path, _) = url.split_once(['?', '#']).unwrap_or((url, ""));
+    let last = path.rsplit('/').next()?;
+    last.ends_with(".iso").then(|| last.to_string())
+}
+
 /// Split an image URL into its directory (ending in `/`) and the image file it names, if any.
 fn split_url(url: &str) -> (String, Option<Data>) {
     let (path, _) = url.split_once(['?', '#']).unwrap_or((url, ""));
@@ -102,7 +154,7 @@ fn split_url(url: &str) -> (String, Option<Data>) {
             path[..path.len() - last.len()].to_string(),
             Some(Data::ZstUrl(url.to_string())),
         )
-    } else if !is_host_only && (last.ends_with(".raw") || last.ends_with(".img")) {
+    } else if !is_host_only && (last.ends_with(".raw") || last.ends_with(".img") || last.ends_with(".iso")) {
         (
             path[..path.len() - last.len()].to_string(),
             Some(Data::RawUrl(url.to_string())),
@@ -132,6 +184,23 @@ fn open_url(url: &str, public: &PublicKey, key_given: bool) -> Result<(Manifest,
     let sig = fetch_small(&agent, &format!("{dir}{SIGNATURE_FILE}"), 4096).map_err(FlashError::Input)?;
     let manifest = check_manifest(&mpath, &bytes, &sig, public, key_given)?;
     let data = match named {
+        Some(Data::RawUrl(iso)) if iso_name(&iso).is_some() => {
+            let name = iso_name(&iso).unwrap_or_default();
+            let opath = format!("{dir}{}", cairn_signing::outputs::FILE);
+            let list = fetch_small(&agent, &opath, MAX_OUTPUTS).map_err(|e| {
+                FlashError::Input(format!(
+                    "{e}\n  hint: serve the build directory's outputs.json and outputs.json.sig beside the ISO"
+                ))
+            })?;
+            let osig = fetch_small(
+                &agent,
+                &format!("{dir}{}", cairn_signing::outputs::SIGNATURE_FILE),
+                4096,
+            )
+            .map_err(FlashError::Input)?;
+            let manifest = iso_as_disk(manifest, &bytes, &list, &osig, public, &name, &opath)?;
+            return Ok((manifest, Data::RawUrl(iso)));
+        }
         Some(d) => d,
         None => {
             let zst = format!("{dir}disk.raw.zst");
@@ -235,6 +304,10 @@ pub fn open(image: &str, key: Option<&Path>) -> Result<Image, FlashError> {
             Data::Raw(path.to_owned())
         };
         (dir, data)
+    } else if path.exists() {
+        return Err(FlashError::Input(format!(
+            "{image}: not a build directory or an image file"
+        )));
     } else {
         return Err(FlashError::Input(format!(
             "{image}: no such build directory or image file"
@@ -249,7 +322,33 @@ pub fn open(image: &str, key: Option<&Path>) -> Result<Image, FlashError> {
         ))
     })?;
     let sig = std::fs::read(&spath).map_err(|e| FlashError::Input(format!("{}: {e}", spath.display())))?;
-    let manifest = check_manifest(&mpath.display().to_string(), &bytes, &sig, &public, key.is_some())?;
+    let mut manifest = check_manifest(&mpath.display().to_string(), &bytes, &sig, &public, key.is_some())?;
+    if image.ends_with(".iso") && path.is_file() {
+        let opath = dir.join(cairn_signing::outputs::FILE);
+        let read = |p: &Path| {
+            std::fs::read(p).map_err(|e| {
+                FlashError::Input(format!(
+                    "{}: {e}\n  hint: keep outputs.json and outputs.json.sig beside the ISO",
+                    p.display()
+                ))
+            })
+        };
+        let list = read(&opath)?;
+        let osig = read(&dir.join(cairn_signing::outputs::SIGNATURE_FILE))?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        manifest = iso_as_disk(
+            manifest,
+            &bytes,
+            &list,
+            &osig,
+            &public,
+            &name,
+            &opath.display().to_string(),
+        )?;
+    }
     if let Data::Raw(p) = &data {
         let size = std::fs::metadata(p)
             .map_err(|e| FlashError::Input(format!("{}: {e}", p.display())))?

@@ -82,3 +82,24 @@ fn the_live_iso_boots_as_a_cd_rom_personalized_from_a_config_drive() {
     let etcd = run_ok(&mut vm, "systemctl is-active etcd.service");
     assert_eq!(etcd.trim(), "active");
 }
+
+#[test]
+fn the_live_iso_flashed_to_a_usb_stick_boots_from_its_gpt() {
+    // What `cairn flash` writes (the ISO checked against the signed outputs list, read
+    // back), on a USB stick.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let stick = dir.path().join("stick.img");
+    cairn(&["flash", &live_iso().display().to_string(), &stick.display().to_string()]);
+    let _slot = vm_slot();
+    let mut s = spec(&stick);
+    s.medium = Medium::Usb;
+    let mut vm = boot_live(&s);
+    // The verity device sits on the stick's own partitions (a SCSI disk), no loop device.
+    let under = run_ok(&mut vm, "lsblk -n -s -o NAME,TRAN,PARTLABEL /dev/mapper/root");
+    assert!(
+        under.contains("sda") && under.contains("usb") && under.contains("root-live"),
+        "{under}"
+    );
+    let loops = run_ok(&mut vm, "losetup -l -n | wc -l");
+    assert_eq!(loops.trim(), "0", "{loops}");
+}
