@@ -202,8 +202,8 @@ pub fn vm_slot() -> VmSlot {
     take_slots(1)
 }
 
-/// The whole machine: for a test whose VMs must not share it (a cluster, or a test that
-/// compares boot times).
+/// The whole machine: for a test whose VMs must not share it (a cluster of 1-vCPU guests
+/// on two cores). A test holding it leaves the other test thread idle, so use it sparingly.
 pub fn whole_machine() -> VmSlot {
     take_slots(usize::MAX)
 }
@@ -229,6 +229,22 @@ pub fn spec(disk: &Path) -> VmSpec {
 /// Start a VM on `disk` with the console captured (not echoed).
 pub fn boot(disk: &Path) -> Vm {
     Vm::start(&spec(disk)).expect("starting QEMU")
+}
+
+/// Wait for the ready line, which must contain `expect` (e.g. `"version=0.1.0 slot=a boot="`),
+/// print the boot-phase budget, then wait for the root shell on the console and make its
+/// output plain. Returns the ready line.
+pub fn ready_shell(vm: &mut Vm, expect: &str) -> String {
+    let ready = vm
+        .wait_for_line("cairn: ready ", BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let line = vm.lines()[ready].1.clone();
+    assert!(line.contains(&format!("cairn: ready {expect}")), "{line}");
+    eprintln!("{}", vm::render_budget(&vm::boot_phases(&vm.lines()), vm.accel));
+    vm.wait_for("root@", Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("{e}"));
+    run_ok(vm, "export SYSTEMD_PAGER=cat SYSTEMD_COLORS=0 TERM=dumb");
+    line
 }
 
 /// How long one command on the serial console may take.

@@ -900,29 +900,25 @@ fn esp(
     log: &mut dyn FnMut(&str),
 ) -> Result<Esp, BuildError> {
     log("uki: assembling the unified kernel image");
-    let cmdline = plan.cmdline(&hex::encode(root_hash));
-    let (uki, _) = uki::build(&UkiParts {
-        stub: &inputs.stub,
-        osrel: plan.os_release.as_bytes(),
-        cmdline: cmdline.as_bytes(),
-        linux: &boot.kernel,
-        initrd: &boot.initrd,
-    })
-    .map_err(BuildError::Uki)?;
-    // The live ISO's UKI: the same, with the live words on its command line.
-    let live_uki = if plan.def.formats.contains(&OutputFormat::Iso) {
-        let mut words = plan.def.cmdline.clone();
-        words.extend(crate::formats::iso::LIVE_WORDS.map(String::from));
-        let cmdline = layout::render_cmdline(&hex::encode(root_hash), &words);
-        let (live, _) = uki::build(&UkiParts {
+    // One kernel, initrd and stub; the command line is what differs between the disk's
+    // UKI and the live ISO's.
+    let build_uki = |cmdline: &str| {
+        uki::build(&UkiParts {
             stub: &inputs.stub,
             osrel: plan.os_release.as_bytes(),
             cmdline: cmdline.as_bytes(),
             linux: &boot.kernel,
             initrd: &boot.initrd,
         })
-        .map_err(BuildError::Uki)?;
-        Some(live)
+        .map(|(uki, _)| uki)
+        .map_err(BuildError::Uki)
+    };
+    let uki = build_uki(&plan.cmdline(&hex::encode(root_hash)))?;
+    // The live ISO's UKI: the same, with the live words on its command line.
+    let live_uki = if plan.def.formats.contains(&OutputFormat::Iso) {
+        let mut words = plan.def.cmdline.clone();
+        words.extend(crate::formats::iso::LIVE_WORDS.map(String::from));
+        Some(build_uki(&layout::render_cmdline(&hex::encode(root_hash), &words))?)
     } else {
         None
     };

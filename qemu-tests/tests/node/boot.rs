@@ -30,16 +30,7 @@ fn a_configured_node_boots_onto_its_verity_root_with_healthy_components() {
     let (_dir, disk) = disk_with_saved_config("wg", WIREGUARD_NODE);
     let _slot = vm_slot();
     let mut vm = boot(&disk);
-
-    let ready = vm
-        .wait_for_line("cairn: ready ", BOOT_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{e}"));
-    let line = vm.lines()[ready].1.clone();
-    assert!(line.contains("cairn: ready version=0.1.0 slot=a boot="), "{line}");
-    eprintln!("{}", vm::render_budget(&vm::boot_phases(&vm.lines()), vm.accel));
-    vm.wait_for("root@", Duration::from_secs(120))
-        .unwrap_or_else(|e| panic!("{e}"));
-    run_ok(&mut vm, "export SYSTEMD_PAGER=cat SYSTEMD_COLORS=0 TERM=dumb");
+    ready_shell(&mut vm, "version=0.1.0 slot=a boot=");
 
     // / is the verity device, squashfs, read-only; writing fails.
     let root = run_ok(&mut vm, "findmnt -n -o SOURCE,FSTYPE,OPTIONS /");

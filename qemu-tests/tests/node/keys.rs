@@ -83,7 +83,9 @@ fn a_node_enrolls_at_first_boot_and_boots_as_fast_without_its_keyserver() {
     assert!(said.contains("key agent  token "), "{said}");
 
     let (_tmp, disk) = copy_disk("keys");
-    let _machine = whole_machine();
+    // One VM slot like the other tests: the comparison below is of two boots of one
+    // 1-vCPU guest, each on a core of its own while another test's guest has the other.
+    let _slot = vm_slot();
     let boot = |drive: Option<&Path>| {
         let port = free_port();
         let mut s = spec(&disk);

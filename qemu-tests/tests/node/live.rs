@@ -22,15 +22,7 @@ fn live_iso() -> PathBuf {
 fn boot_live(spec: &vm::VmSpec) -> vm::Vm {
     let root_hash = manifest()["root-hash"].as_str().expect("root hash").to_string();
     let mut vm = vm::Vm::start(spec).expect("starting QEMU");
-    let ready = vm
-        .wait_for_line("cairn: ready ", BOOT_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{e}"));
-    let line = vm.lines()[ready].1.clone();
-    assert!(line.contains("cairn: ready version=0.1.0 slot=live boot="), "{line}");
-    eprintln!("{}", vm::render_budget(&vm::boot_phases(&vm.lines()), vm.accel));
-    vm.wait_for("root@", Duration::from_secs(120))
-        .unwrap_or_else(|e| panic!("{e}"));
-    run_ok(&mut vm, "export SYSTEMD_PAGER=cat SYSTEMD_COLORS=0 TERM=dumb");
+    ready_shell(&mut vm, "version=0.1.0 slot=live boot=");
 
     let cmdline = run_ok(&mut vm, "cat /proc/cmdline");
     assert!(
