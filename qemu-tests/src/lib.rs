@@ -231,20 +231,23 @@ pub fn boot(disk: &Path) -> Vm {
     Vm::start(&spec(disk)).expect("starting QEMU")
 }
 
-/// Wait for the ready line, which must contain `expect` (e.g. `"version=0.1.0 slot=a boot="`),
-/// print the boot-phase budget, then wait for the root shell on the console and make its
-/// output plain. Returns the ready line.
-pub fn ready_shell(vm: &mut Vm, expect: &str) -> String {
+/// Wait for the ready line after console line `from` (0: the first boot), which must
+/// contain `expect` (e.g. `"version=0.1.0 slot=a boot="`), then for the root shell on the
+/// console, and make its output plain. Returns the ready line's index.
+pub fn ready_shell(vm: &mut Vm, from: usize, expect: &str) -> usize {
     let ready = vm
-        .wait_for_line("cairn: ready ", BOOT_TIMEOUT)
+        .wait_for_line_from(from, "cairn: ready ", BOOT_TIMEOUT)
         .unwrap_or_else(|e| panic!("{e}"));
     let line = vm.lines()[ready].1.clone();
-    assert!(line.contains(&format!("cairn: ready {expect}")), "{line}");
-    eprintln!("{}", vm::render_budget(&vm::boot_phases(&vm.lines()), vm.accel));
-    vm.wait_for("root@", Duration::from_secs(120))
+    assert!(
+        line.contains(&format!("cairn: ready {expect}")),
+        "expected `cairn: ready {expect}`: {line}"
+    );
+    // The autologin prompt may come before or after the ready line.
+    vm.wait_for_from(from, "root@", Duration::from_secs(120))
         .unwrap_or_else(|e| panic!("{e}"));
     run_ok(vm, "export SYSTEMD_PAGER=cat SYSTEMD_COLORS=0 TERM=dumb");
-    line
+    ready
 }
 
 /// How long one command on the serial console may take.

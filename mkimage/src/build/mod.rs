@@ -913,12 +913,12 @@ fn esp(
         .map(|(uki, _)| uki)
         .map_err(BuildError::Uki)
     };
-    let uki = build_uki(&plan.cmdline(&hex::encode(root_hash)))?;
-    // The live ISO's UKI: the same, with the live words on its command line.
+    let cmdline = plan.cmdline(&hex::encode(root_hash));
+    let uki = build_uki(&cmdline)?;
+    // The live ISO's UKI: the same, with the live words at the end of its command line.
     let live_uki = if plan.def.formats.contains(&OutputFormat::Iso) {
-        let mut words = plan.def.cmdline.clone();
-        words.extend(crate::formats::iso::LIVE_WORDS.map(String::from));
-        Some(build_uki(&layout::render_cmdline(&hex::encode(root_hash), &words))?)
+        let live_words = crate::formats::iso::LIVE_WORDS.join(" ");
+        Some(build_uki(&format!("{cmdline} {live_words}"))?)
     } else {
         None
     };

@@ -54,19 +54,8 @@ fn writable(disk: &Path) -> Vm {
 /// Wait for the ready line of `version` in `slot` after console line `from`, then for
 /// the root shell of that boot. Returns the ready line's index and time.
 fn ready(vm: &mut Vm, from: usize, version: &str, slot: &str) -> (usize, Duration) {
-    let i = vm
-        .wait_for_line_from(from, "cairn: ready version=", BOOT_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{e}"));
-    let (at, line) = vm.lines()[i].clone();
-    assert!(
-        line.contains(&format!("cairn: ready version={version} slot={slot} ")),
-        "expected {version} from slot {slot}: {line}"
-    );
-    // The autologin prompt may come before or after the ready line.
-    vm.wait_for_from(from, "root@", Duration::from_secs(120))
-        .unwrap_or_else(|e| panic!("{e}"));
-    run_ok(vm, "export SYSTEMD_PAGER=cat SYSTEMD_COLORS=0 TERM=dumb");
-    (i, at)
+    let i = ready_shell(vm, from, &format!("version={version} slot={slot} "));
+    (i, vm.lines()[i].0)
 }
 
 /// What a polling node's world is made of: the update server and its directory, the

@@ -30,7 +30,8 @@ fn a_configured_node_boots_onto_its_verity_root_with_healthy_components() {
     let (_dir, disk) = disk_with_saved_config("wg", WIREGUARD_NODE);
     let _slot = vm_slot();
     let mut vm = boot(&disk);
-    ready_shell(&mut vm, "version=0.1.0 slot=a boot=");
+    ready_shell(&mut vm, 0, "version=0.1.0 slot=a boot=");
+    eprintln!("{}", vm::render_budget(&vm::boot_phases(&vm.lines()), vm.accel));
 
     // / is the verity device, squashfs, read-only; writing fails.
     let root = run_ok(&mut vm, "findmnt -n -o SOURCE,FSTYPE,OPTIONS /");

@@ -22,7 +22,8 @@ fn live_iso() -> PathBuf {
 fn boot_live(spec: &vm::VmSpec) -> vm::Vm {
     let root_hash = manifest()["root-hash"].as_str().expect("root hash").to_string();
     let mut vm = vm::Vm::start(spec).expect("starting QEMU");
-    ready_shell(&mut vm, "version=0.1.0 slot=live boot=");
+    ready_shell(&mut vm, 0, "version=0.1.0 slot=live boot=");
+    eprintln!("{}", vm::render_budget(&vm::boot_phases(&vm.lines()), vm.accel));
 
     let cmdline = run_ok(&mut vm, "cat /proc/cmdline");
     assert!(
